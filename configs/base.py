@@ -1,0 +1,97 @@
+"""The one config schema: every field and its default lives here (MoCo-v2 two-crop at demo scale).
+
+Variants (mocov2.py, multicrop.py, knn.py) import it and override a few fields; presets after a colon
+(`--config=configs/knn.py:coco`) select the paper's and the MoCo CIFAR-10 demo's settings.
+"""
+
+import ml_collections
+
+PRESETS = ('', 'cifar10', 'stl10', 'imagenet', 'coco')
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.method = 'mocov2'  # A label for logs and the summary; the fields below define the method.
+  c.dataset = 'embedded'  # embedded[:SPLIT] | embedded_subset[:SPLIT] | tfds:NAME[:SPLIT] | folder:PATH
+  c.eval_dataset = 'embedded:test'  # labelled set scored by the kNN monitor ('' disables it)
+  c.knn_bank_dataset = ''  # labelled bank for the kNN monitor; '' = `dataset` (its labels)
+  c.data_dir = ml_collections.FieldReference(None, field_type=str)  # TFDS data dir
+
+  c.num_epochs = 20
+  c.num_train_steps = 600  # > 0 overrides num_epochs
+  c.batch_size = 128  # global
+  c.bn_groups = 8  # split-BN groups per device (shuffling BN on one GPU)
+  c.seed = 0
+
+  c.model = ml_collections.ConfigDict()
+  c.model.arch = 'resnet18'
+  c.model.width = 0.25  # multiplier of the 64-256-512 channel widths
+  c.model.stem = 'cifar'  # 'imagenet' (7x7/2 + max-pool) or 'cifar' (3x3/1, for 32-96 px)
+  c.model.dilate_last = False
+  c.model.zero_init_residual = False
+  c.model.dtype = 'float32'  # compute dtype; parameters stay float32
+  c.model.projection_dim = 128
+  c.model.hidden_dim = 0  # 0: the backbone's feature width
+
+  c.moco = ml_collections.ConfigDict()
+  c.moco.queue_size = 4096  # K, a multiple of batch_size
+  c.moco.temperature = 0.2
+  c.moco.momentum = 0.99
+  c.moco.momentum_schedule = 'constant'  # or 'cosine' (ramp to 1)
+  c.moco.nn_weight = 0.0  # lambda; 0 disables the NN loss and Q_g
+  c.moco.nn_topk = 20
+  c.moco.nn_warmup_epochs = 0.0
+  c.moco.nn_order = 'loss_then_enqueue'  # or 'enqueue_then_mine' (appendix B)
+
+  c.crops = ml_collections.ConfigDict()
+  c.crops.large_size = 32
+  c.crops.small_size = 16
+  c.crops.num_small = 0
+  c.crops.large_scale = (0.2, 1.0)
+  c.crops.small_scale = (0.05, 0.14)
+  c.crops.min_overlap = 0.0  # constrained multi-crop threshold (0.2 in the paper); 0 = unconstrained
+  c.crops.overlap_tries = 10
+  c.crops.aplus = False  # A+ (AutoAugment branch) for positives
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.base_lr = 0.3  # at batch 256, scaled linearly
+  c.optim.momentum = 0.9
+  c.optim.weight_decay = 5e-4
+  c.optim.warmup_epochs = 0.0
+
+  c.knn = ml_collections.ConfigDict()
+  c.knn.k = 200
+  c.knn.temperature = 0.1
+  c.knn.batch_size = 500
+  c.knn.max_bank_examples = 0  # 0 = the whole bank
+
+  c.log_every_steps = 50
+  c.checkpoint_every_steps = 200
+  c.keep_checkpoints = 3
+  return c
+
+
+def apply_preset(c, preset):
+  """Paper-scale settings; the bare name keeps the demo-scale defaults."""
+  if preset not in PRESETS:
+    raise ValueError(f'unknown preset {preset!r}; choose one of {", ".join(p for p in PRESETS if p)}')
+  if preset in ('cifar10', 'stl10'):  # The MoCo CIFAR-10 demo: ResNet-18, CIFAR stem, 8 split-BN groups.
+    c.dataset, c.eval_dataset = f'tfds:{preset}:train', f'tfds:{preset}:test'
+    c.model.arch, c.model.width, c.model.stem = 'resnet18', 1.0, 'cifar'
+    c.batch_size, c.bn_groups, c.num_epochs, c.num_train_steps = 512, 8, 200, 0
+    c.moco.queue_size, c.moco.temperature = 4096, 0.1
+    c.optim.base_lr, c.optim.weight_decay = 0.06 * 256 / 512, 5e-4
+    if preset == 'stl10':
+      c.dataset = 'tfds:stl10:unlabelled'
+      c.knn_bank_dataset = 'tfds:stl10:train'
+      c.crops.large_size, c.crops.small_size = 96, 48
+  elif preset in ('imagenet', 'coco'):  # Paper 001 on COCO: ResNet-50, 160 + 96 px, batch 256, K = 65536.
+    c.dataset = 'folder:data/coco/train2017' if preset == 'coco' else 'folder:data/imagenet/train'
+    c.eval_dataset = '' if preset == 'coco' else 'folder:data/imagenet/val'
+    c.model.arch, c.model.width, c.model.stem = 'resnet50', 1.0, 'imagenet'
+    c.batch_size, c.bn_groups, c.num_epochs, c.num_train_steps = 256, 1, 200, 0
+    c.moco.queue_size, c.moco.temperature = 65536, 0.2
+    c.crops.large_size, c.crops.small_size = 224, 96
+    c.optim.base_lr, c.optim.weight_decay = 0.3, 1e-4
+    c.log_every_steps, c.checkpoint_every_steps = 100, 2000
+  return c

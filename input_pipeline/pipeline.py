@@ -1,0 +1,107 @@
+"""Training and evaluation streams of NumPy batches.
+
+Training: a global example counter c = 0, 1, 2, ... is the only state. Example c is image
+index_shuffle(c mod N, seed=(seed, c div N)) of the source (a fresh permutation per epoch, i.e. shuffle before
+repeat) and is augmented with an RNG seeded by (seed, c). Each process takes every process_count-th counter, so
+resuming at step s is starting the counter at s * global_batch: exact and free.
+"""
+
+import dataclasses
+import logging
+import math
+from typing import Iterator, Optional
+
+import tensorflow as tf
+
+from input_pipeline import sources
+from input_pipeline import views
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def view_spec(crops_config) -> views.ViewSpec:
+  return views.ViewSpec(
+      large_size=crops_config.large_size, small_size=crops_config.small_size, num_small=crops_config.num_small,
+      large_scale=tuple(crops_config.large_scale), small_scale=tuple(crops_config.small_scale),
+      min_overlap=crops_config.min_overlap, overlap_tries=crops_config.overlap_tries, aplus=crops_config.aplus)
+
+
+def local_batch_size(global_batch: int, process_count: int) -> int:
+  if global_batch % process_count:
+    raise ValueError(f'batch_size={global_batch} is not divisible by the process count {process_count}')
+  return global_batch // process_count
+
+
+def _options():
+  options = tf.data.Options()
+  options.deterministic = True
+  options.experimental_optimization.map_parallelization = True
+  return options
+
+
+def train_dataset(source: sources.Source, spec: views.ViewSpec, global_batch: int, seed: int, start_step: int = 0,
+                  process_index: int = 0, process_count: int = 1, keep_boxes: bool = False) -> tf.data.Dataset:
+  """Batches of views: anchor [B, S, S, 3], positive [B, S, S, 3], small [B, N, s, s, 3] (when N > 0), label."""
+  batch = local_batch_size(global_batch, process_count)
+  n = source.num_examples
+  counters = tf.data.Dataset.range(start_step * global_batch, 2**62).shard(process_count, process_index)
+
+  def load_and_augment(counter):
+    epoch, position = counter // n, counter % n
+    index = tf.random.experimental.index_shuffle(position, tf.stack([tf.cast(seed, tf.int64), epoch]), n - 1)
+    example = source.load(index)
+    example_seed = tf.random.experimental.stateless_fold_in(tf.constant([seed, 1], tf.int64), counter)
+    out = views.make_views(example['image'], example_seed, spec)
+    if not keep_boxes:
+      out.pop('boxes')
+    out['label'] = example['label']
+    return out
+
+  ds = counters.map(load_and_augment, num_parallel_calls=AUTOTUNE)
+  if source.may_fail:
+    ds = ds.ignore_errors(log_warning=True)  # Unreadable files are skipped (and logged), never fatal.
+  return ds.batch(batch, drop_remainder=True).prefetch(AUTOTUNE).with_options(_options())
+
+
+def resize_for_eval(image, size):
+  """Resizes the shorter side to `size` (antialiased bilinear) and centre-crops size x size."""
+  shape = tf.cast(tf.shape(image)[:2], tf.float32)
+  scale = size / tf.reduce_min(shape)
+  new = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), size)
+  image = tf.image.resize(image, new, method='bilinear', antialias=True)
+  top, left = (new[0] - size) // 2, (new[1] - size) // 2
+  image = image[top:top + size, left:left + size]
+  return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+
+
+def eval_dataset(source: sources.Source, image_size: int, global_batch: int, process_index: int = 0,
+                 process_count: int = 1, max_examples: Optional[int] = None) -> tf.data.Dataset:
+  """Every example exactly once, in order, un-augmented; padded to whole global batches with mask = False."""
+  batch = local_batch_size(global_batch, process_count)
+  n = min(source.num_examples, max_examples or source.num_examples)
+  padded = math.ceil(n / global_batch) * global_batch
+
+  def load(i):
+    example = source.load(tf.minimum(i, n - 1))
+    return {'image': resize_for_eval(example['image'], image_size), 'label': example['label'], 'mask': i < n}
+
+  ds = tf.data.Dataset.range(padded).shard(process_count, process_index).map(load, num_parallel_calls=AUTOTUNE)
+  if source.may_fail:
+    ds = ds.ignore_errors(log_warning=True)
+  return ds.batch(batch, drop_remainder=source.may_fail).prefetch(AUTOTUNE).with_options(_options())
+
+
+@dataclasses.dataclass
+class TrainData:
+  """What the driver needs of the training data: the per-host iterator and the epoch size."""
+  iterator: Iterator[dict]
+  num_examples: int
+  name: str
+
+
+def create_train_data(config, start_step: int, process_index: int = 0, process_count: int = 1) -> TrainData:
+  source = sources.get_source(config.dataset, config.data_dir)
+  logging.info('Training data: %s (%d examples)', source.name, source.num_examples)
+  ds = train_dataset(source, view_spec(config.crops), config.batch_size, config.seed, start_step,
+                     process_index, process_count)
+  return TrainData(ds.as_numpy_iterator(), source.num_examples, source.name)

@@ -1,0 +1,147 @@
+"""Image sources named by one string (DESIGN.md §3): `embedded[:SPLIT]`, `embedded_subset[:SPLIT]`,
+`tfds:NAME[:SPLIT]` and `folder:PATH`.
+
+A source is random access: `load(index)` returns {'image': uint8 [H, W, 3], 'label': int32} for any index in
+[0, num_examples), so the pipeline can shuffle, shard and resume by index arithmetic alone.
+"""
+
+import dataclasses
+import gzip
+import logging
+import os
+from typing import Callable, Optional
+
+import numpy as np
+import tensorflow as tf
+
+EMBEDDED_SUBSET = os.path.join(os.path.dirname(__file__), 'data', 'fashion_mnist_subset.npz')
+DEBIAN_FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
+MAX_IN_MEMORY_BYTES = 4 << 30  # TFDS splits are held decoded in memory; bigger ones should use `folder:`.
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  name: str
+  num_examples: int
+  num_classes: Optional[int]
+  load: Callable[[tf.Tensor], dict]  # index -> {'image': uint8 [H, W, 3], 'label': int32}
+  may_fail: bool = False  # True when decoding can fail (files): the pipeline then skips bad examples.
+
+
+def _array_source(name, images, labels, num_classes):
+  """A source over in-memory uint8 arrays [N, H, W, 3] (or [N, H, W] grayscale) and int labels."""
+  if images.ndim == 3:
+    images = images[..., None]
+  images = tf.constant(images)
+  labels = tf.constant(np.asarray(labels, np.int32))
+
+  def load(index):
+    image = tf.gather(images, index)
+    return {'image': tf.image.grayscale_to_rgb(image) if image.shape[-1] == 1 else image,
+            'label': tf.gather(labels, index)}
+
+  return Source(name, int(images.shape[0]), num_classes, load)
+
+
+def _read_idx(path, offset):
+  with gzip.open(path, 'rb') as f:
+    return np.frombuffer(f.read(), np.uint8, offset=offset)
+
+
+def _fashion_mnist(split, subset_only):
+  """Fashion-MNIST (MIT licence, Zalando SE): the full set from Debian's dataset-fashion-mnist when installed,
+  else the class-balanced subset shipped in input_pipeline/data. 28 px grayscale is padded to 32 px RGB."""
+  if split not in ('train', 'test'):
+    raise ValueError(f'embedded dataset: unknown split {split!r}; use train or test')
+  prefix = 'train' if split == 'train' else 't10k'
+  debian_images = os.path.join(DEBIAN_FASHION_MNIST, f'{prefix}-images-idx3-ubyte.gz')
+  if not subset_only and os.path.exists(debian_images):
+    images = _read_idx(debian_images, 16).reshape(-1, 28, 28)
+    labels = _read_idx(os.path.join(DEBIAN_FASHION_MNIST, f'{prefix}-labels-idx1-ubyte.gz'), 8)
+    name = f'fashion_mnist (Debian, full):{split}'
+  else:
+    with np.load(EMBEDDED_SUBSET) as data:
+      images, labels = data[f'{split}_images'], data[f'{split}_labels']
+    name = f'fashion_mnist (embedded subset):{split}'
+  images = np.pad(images, [(0, 0), (2, 2), (2, 2)])
+  return _array_source(name, images, labels, 10)
+
+
+def _tfds(name, split, data_dir):
+  import tensorflow_datasets as tfds  # Imported lazily: it is slow to import and only TFDS sources need it.
+  builder = tfds.builder(name, data_dir=data_dir)
+  if not builder.is_prepared():
+    raise FileNotFoundError(
+        f'tfds:{name} is not prepared in {builder.data_dir!r}. Nothing is downloaded at run time: prepare it with '
+        f'`tfds build {name}` (or set --config.data_dir to where it is).')
+  info = builder.info
+  shape = info.features['image'].shape
+  size = info.splits[split].num_examples * int(np.prod([d or 256 for d in shape]))
+  if size > MAX_IN_MEMORY_BYTES:
+    raise ValueError(f'tfds:{name}:{split} is too large to hold in memory ({size / 2**30:.1f} GiB); '
+                     'use `folder:PATH` for image collections of this size.')
+  data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+  labels = data.get('label', np.full(len(data['image']), -1))
+  num_classes = info.features['label'].num_classes if 'label' in info.features else None
+  images = data['image']
+  if images.shape[-1] == 1:
+    images = images[..., 0]
+  return _array_source(f'tfds:{name}:{split}', images, labels, num_classes)
+
+
+def list_image_files(root):
+  """Sorted image paths under root (recursive) and their labels from the first-level sub-folder, or -1."""
+  if not os.path.isdir(root):
+    raise FileNotFoundError(f'folder:{root} is not a directory')
+  paths = []
+  for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+    dirnames.sort()
+    paths += [os.path.join(dirpath, f) for f in sorted(filenames) if f.lower().endswith(IMAGE_EXTENSIONS)]
+  if not paths:
+    raise FileNotFoundError(f'folder:{root} holds no images ({", ".join(IMAGE_EXTENSIONS)})')
+  top = [os.path.relpath(p, root).split(os.sep) for p in paths]
+  if all(len(parts) > 1 for parts in top):
+    classes = sorted({parts[0] for parts in top})
+    labels = [classes.index(parts[0]) for parts in top]
+  else:
+    classes, labels = None, [-1] * len(paths)
+  return paths, labels, classes
+
+
+def decode_image(data):
+  """Decodes JPEG/PNG/BMP/GIF/WebP bytes to uint8 RGB: grayscale and alpha are converted, 16-bit scaled down,
+  and only the first frame of an animation kept."""
+  image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+  image.set_shape([None, None, 3])
+  return image
+
+
+def _folder(root):
+  paths, labels, classes = list_image_files(root)
+  paths_t = tf.constant(paths)
+  labels_t = tf.constant(labels, tf.int32)
+  logging.info('folder:%s: %d images, %s', root, len(paths), f'{len(classes)} classes' if classes else 'unlabelled')
+
+  def load(index):
+    return {'image': decode_image(tf.io.read_file(tf.gather(paths_t, index))), 'label': tf.gather(labels_t, index)}
+
+  return Source(f'folder:{root}', len(paths), len(classes) if classes else None, load, may_fail=True)
+
+
+def get_source(spec: str, data_dir: Optional[str] = None, default_split: str = 'train') -> Source:
+  """Resolves a dataset string to a Source; errors name the string."""
+  kind, _, rest = spec.partition(':')
+  if kind in ('embedded', 'embedded_subset'):
+    return _fashion_mnist(rest or default_split, subset_only=kind == 'embedded_subset')
+  if kind == 'tfds':
+    name, _, split = rest.partition(':')
+    if not name:
+      raise ValueError(f'dataset {spec!r}: expected tfds:NAME[:SPLIT]')
+    return _tfds(name, split or default_split, data_dir)
+  if kind == 'folder':
+    if not rest:
+      raise ValueError(f'dataset {spec!r}: expected folder:PATH')
+    return _folder(os.path.expanduser(rest))
+  raise ValueError(f'dataset {spec!r}: unknown source {kind!r}; use embedded, embedded_subset, tfds:NAME or '
+                   'folder:PATH')

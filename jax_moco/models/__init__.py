@@ -1,0 +1,1 @@
+"""Flax Linen models: torchvision-compatible ResNets, split BatchNorm and the MoCo encoder."""

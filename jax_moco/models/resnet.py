@@ -1,0 +1,124 @@
+"""ResNets with torchvision's architecture (v1.5: stride on the 3x3 conv) and a parameter tree that maps one to
+one onto torchvision's state-dict names: `layer2_0/downsample_1/scale` <-> `layer2.0.downsample.1.weight`.
+
+Options: width multiplier, ImageNet or CIFAR stem (3x3 conv, no max-pool), dilation in the last stage, zero-init of
+the last BN of each block, compute dtype (parameters stay float32), and split BN groups.
+"""
+
+import functools
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jax_moco.models.batchnorm import SplitBatchNorm
+
+# PyTorch's kaiming_normal_(mode='fan_out', nonlinearity='relu'), as torchvision initialises its convolutions.
+conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+class BasicBlock(nn.Module):
+  planes: int
+  stride: int = 1
+  dilation: int = 1
+  downsample: bool = False
+  zero_init_last: bool = False
+  norm: functools.partial = SplitBatchNorm
+  conv: functools.partial = nn.Conv
+  expansion = 1
+
+  @nn.compact
+  def __call__(self, x, train):
+    out = self.conv(self.planes, (3, 3), self.stride, padding=self.dilation, kernel_dilation=self.dilation,
+                    name='conv1')(x)
+    out = nn.relu(self.norm(name='bn1')(out, train))
+    out = self.conv(self.planes, (3, 3), padding=self.dilation, kernel_dilation=self.dilation, name='conv2')(out)
+    out = self.norm(name='bn2', zero_init=self.zero_init_last)(out, train)
+    return nn.relu(out + _shortcut(self, x, train))
+
+
+class Bottleneck(nn.Module):
+  planes: int
+  stride: int = 1
+  dilation: int = 1
+  downsample: bool = False
+  zero_init_last: bool = False
+  norm: functools.partial = SplitBatchNorm
+  conv: functools.partial = nn.Conv
+  expansion = 4
+
+  @nn.compact
+  def __call__(self, x, train):
+    out = nn.relu(self.norm(name='bn1')(self.conv(self.planes, (1, 1), name='conv1')(x), train))
+    out = self.conv(self.planes, (3, 3), self.stride, padding=self.dilation, kernel_dilation=self.dilation,
+                    name='conv2')(out)
+    out = nn.relu(self.norm(name='bn2')(out, train))
+    out = self.conv(self.planes * 4, (1, 1), name='conv3')(out)
+    out = self.norm(name='bn3', zero_init=self.zero_init_last)(out, train)
+    return nn.relu(out + _shortcut(self, x, train))
+
+
+def _shortcut(block, x, train):
+  if not block.downsample:
+    return x
+  y = block.conv(block.planes * block.expansion, (1, 1), block.stride, name='downsample_0')(x)
+  return block.norm(name='downsample_1')(y, train)
+
+
+class ResNet(nn.Module):
+  """Backbone: images [B, H, W, 3] (normalised) -> globally pooled features [B, C]."""
+  stage_sizes: Sequence[int]
+  block: type
+  width: float = 1.0
+  stem: str = 'imagenet'  # or 'cifar'
+  dilate_last: bool = False
+  zero_init_residual: bool = False
+  bn_groups: int = 1
+  dtype: jnp.dtype = jnp.float32
+
+  @property
+  def num_features(self):
+    return int(512 * self.width) * self.block.expansion
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init)
+    norm = functools.partial(SplitBatchNorm, groups=self.bn_groups, dtype=self.dtype, zero_init=False)
+    x = x.astype(self.dtype)
+    base = int(64 * self.width)
+    if self.stem == 'imagenet':
+      x = conv(base, (7, 7), 2, padding=3, name='conv1')(x)
+      x = nn.relu(norm(name='bn1')(x, train))
+      x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    elif self.stem == 'cifar':
+      x = nn.relu(norm(name='bn1')(conv(base, (3, 3), 1, padding=1, name='conv1')(x), train))
+    else:
+      raise ValueError(f'model.stem={self.stem!r}: use imagenet or cifar')
+    in_planes = base
+    for stage, num_blocks in enumerate(self.stage_sizes):
+      planes = base * 2**stage
+      last = stage == len(self.stage_sizes) - 1
+      stride = 1 if stage == 0 or (last and self.dilate_last) else 2
+      dilation = 2 if last and self.dilate_last else 1
+      for i in range(num_blocks):
+        downsample = i == 0 and (stride != 1 or in_planes != planes * self.block.expansion)
+        x = self.block(planes, stride if i == 0 else 1, dilation if i > 0 or not downsample else 1, downsample,
+                       self.zero_init_residual, norm=norm, conv=conv, name=f'layer{stage + 1}_{i}')(x, train)
+        in_planes = planes * self.block.expansion
+    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+
+
+ARCHS = {
+    'resnet_tiny': ([1, 1, 1, 1], BasicBlock),  # Test-only: one block a stage.
+    'resnet18': ([2, 2, 2, 2], BasicBlock),
+    'resnet34': ([3, 4, 6, 3], BasicBlock),
+    'resnet50': ([3, 4, 6, 3], Bottleneck),
+    'resnet101': ([3, 4, 23, 3], Bottleneck),
+}
+
+
+def create_resnet(arch: str, **kwargs) -> ResNet:
+  if arch not in ARCHS:
+    raise ValueError(f'model.arch={arch!r}: choose one of {", ".join(ARCHS)}')
+  stage_sizes, block = ARCHS[arch]
+  return ResNet(stage_sizes=stage_sizes, block=block, **kwargs)

@@ -1,0 +1,21 @@
+"""Learning-rate and EMA-momentum schedules (functions of the step)."""
+
+import jax.numpy as jnp
+import optax
+
+
+def learning_rate(base_lr, batch_size, warmup_steps, total_steps):
+  """Linear scaling (base_lr at batch 256), linear warm-up, then cosine decay to 0."""
+  peak = base_lr * batch_size / 256
+  if warmup_steps:
+    return optax.warmup_cosine_decay_schedule(0.0, peak, warmup_steps, max(total_steps, warmup_steps + 1), 0.0)
+  return optax.cosine_decay_schedule(peak, max(total_steps, 1))
+
+
+def ema_momentum(base, total_steps, kind):
+  """Constant m, or a cosine ramp from m to 1 over training (BYOL's schedule)."""
+  if kind == 'constant':
+    return lambda step: jnp.asarray(base, jnp.float32)
+  if kind == 'cosine':
+    return lambda step: 1.0 - (1.0 - base) * (jnp.cos(jnp.pi * jnp.minimum(step / max(total_steps, 1), 1.0)) + 1) / 2
+  raise ValueError(f'moco.momentum_schedule={kind!r}: use constant or cosine')

@@ -1,0 +1,67 @@
+"""The functional train state (DESIGN.md §3) and how it is created from a config.
+
+Everything a run needs to resume is in this one pytree of arrays: the data position is `step * batch_size`
+(input_pipeline.pipeline), so the state's step pins it down.
+"""
+
+from typing import Any, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from jax_moco import queue as queue_lib
+from jax_moco import schedules
+from jax_moco.models import encoder as encoder_lib
+from jax_moco.models import resnet
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any  # online encoder f
+  batch_stats: Any
+  ema_params: Any  # momentum encoder f'
+  ema_batch_stats: Any
+  opt_state: Any
+  queue_h: jax.Array  # [K, C] normalised projections of anchors
+  queue_g: Optional[jax.Array]  # [K, C_g] normalised backbone features, aligned with queue_h; None without NN loss
+  queue_ptr: jax.Array
+  rng: jax.Array  # raw uint32 key data (checkpointable); wrapped with jax.random.wrap_key_data when used
+
+
+def create_encoder(config) -> encoder_lib.Encoder:
+  m = config.model
+  backbone = resnet.create_resnet(m.arch, width=m.width, stem=m.stem, dilate_last=m.dilate_last,
+                                  zero_init_residual=m.zero_init_residual, bn_groups=config.bn_groups,
+                                  dtype=jnp.dtype(m.dtype))
+  return encoder_lib.Encoder(backbone, projection_dim=m.projection_dim, hidden_dim=m.hidden_dim)
+
+
+def create_optimizer(config, total_steps, steps_per_epoch) -> optax.GradientTransformation:
+  """SGD with momentum and (PyTorch-style, coupled) weight decay on every parameter, as MoCo."""
+  o = config.optim
+  lr = schedules.learning_rate(o.base_lr, config.batch_size, int(o.warmup_epochs * steps_per_epoch), total_steps)
+  return optax.chain(optax.add_decayed_weights(o.weight_decay), optax.sgd(lr, momentum=o.momentum))
+
+
+def nn_loss_enabled(config) -> bool:
+  return config.moco.nn_weight > 0
+
+
+def create_train_state(config, encoder, tx, key) -> TrainState:
+  """Fresh state: f' starts as a copy of f; both queues hold random unit vectors."""
+  init_key, qh_key, qg_key, rng = jax.random.split(key, 4)
+  size = config.crops.large_size
+  variables = encoder.init(init_key, jnp.zeros((config.bn_groups, size, size, 3), jnp.float32), train=True)
+  params, batch_stats = variables['params'], variables['batch_stats']
+  queue_g = None
+  if nn_loss_enabled(config):
+    queue_g = queue_lib.init_queue(qg_key, config.moco.queue_size, encoder.backbone.num_features)
+  return TrainState(
+      step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+      ema_params=jax.tree.map(jnp.copy, params), ema_batch_stats=jax.tree.map(jnp.copy, batch_stats),
+      opt_state=tx.init(params),
+      queue_h=queue_lib.init_queue(qh_key, config.moco.queue_size, config.model.projection_dim),
+      queue_g=queue_g, queue_ptr=jnp.zeros((), jnp.int32), rng=jax.random.key_data(rng))
