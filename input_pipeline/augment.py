@@ -41,24 +41,35 @@ def _maybe(apply, fn, image):
   return tf.cond(apply, lambda: fn(image), lambda: image)
 
 
+def moco_v2_decisions(seed):
+  """Which of jitter, grayscale, blur and flip apply (each with its MoCo-v2 probability), and the blur sigma."""
+  draws = tf.random.stateless_uniform([4], seed)
+  applied = draws < tf.constant([P_JITTER, P_GRAYSCALE, P_BLUR, P_FLIP])
+  sigma = tf.random.stateless_uniform([], tf.random.experimental.stateless_fold_in(seed, 1), *BLUR_SIGMA)
+  return applied, sigma
+
+
 def moco_v2_chain(image, seed):
-  """Colour jitter, grayscale, blur and flip, each with its MoCo-v2 probability."""
-  seeds = _split(seed, 6)
-  draws = tf.random.stateless_uniform([4], seeds[0])
-  image = _maybe(draws[0] < P_JITTER, lambda im: color_jitter(im, seeds[1]), image)
-  image = _maybe(draws[1] < P_GRAYSCALE, ops.grayscale, image)
-  sigma = _uniform(seeds[2], *BLUR_SIGMA)
-  image = _maybe(draws[2] < P_BLUR, lambda im: ops.gaussian_blur(im, sigma), image)
-  return _maybe(draws[3] < P_FLIP, ops.flip_left_right, image)
+  """Colour jitter, grayscale, blur and flip, in torchvision's order."""
+  decision_seed, jitter_seed = _split(seed, 2)
+  applied, sigma = moco_v2_decisions(decision_seed)
+  image = _maybe(applied[0], lambda im: color_jitter(im, jitter_seed), image)
+  image = _maybe(applied[1], ops.grayscale, image)
+  image = _maybe(applied[2], lambda im: ops.gaussian_blur(im, sigma), image)
+  return _maybe(applied[3], ops.flip_left_right, image)
+
+
+def aplus_uses_autoaugment(seed):
+  return _uniform(seed) < P_AUTOAUGMENT
 
 
 def aplus_chain(image, seed):
   """A+ for positives: with p = 0.5 flip + AutoAugment(ImageNet) instead of the MoCo-v2 chain."""
   seeds = _split(seed, 4)
-  use_autoaugment = _uniform(seeds[0]) < P_AUTOAUGMENT
 
   def flip_autoaugment(im):
     im = _maybe(_uniform(seeds[1]) < P_FLIP, ops.flip_left_right, im)
     return autoaugment.autoaugment(im, seeds[2])
 
-  return tf.cond(use_autoaugment, lambda: flip_autoaugment(image), lambda: moco_v2_chain(image, seeds[3]))
+  return tf.cond(aplus_uses_autoaugment(seeds[0]), lambda: flip_autoaugment(image),
+                 lambda: moco_v2_chain(image, seeds[3]))

@@ -92,7 +92,7 @@ def solarize(image, threshold):
 
 def autocontrast(image):
   """ImageOps.autocontrast(cutoff=0): per-channel linear stretch of [min, max] to [0, 255], truncating."""
-  x = tf.cast(image, tf.float32)
+  x = tf.cast(image, tf.float64)  # float64 as PIL's lookup table, so truncation lands on the same integers
   lo = tf.reduce_min(x, axis=[0, 1])
   hi = tf.reduce_max(x, axis=[0, 1])
   scale = tf.where(hi > lo, 255.0 / tf.maximum(hi - lo, 1.0), 1.0)

@@ -1,0 +1,75 @@
+"""Orbax checkpoints of the whole train state plus the resolved config (the only module that imports Orbax).
+
+The data position needs no item of its own: the pipeline resumes from `state.step * batch_size` examples.
+"""
+
+import json
+import logging
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+# Fields that fix the state's shapes or the data stream: resuming with other values would crash or silently change
+# the run, so a mismatch is refused with the fields named.
+STATE_DEFINING_FIELDS = ('model', 'moco.queue_size', 'moco.nn_weight', 'batch_size', 'bn_groups', 'dataset', 'seed',
+                         'crops')
+
+
+class ConfigMismatchError(ValueError):
+  pass
+
+
+def _lookup(config_dict, dotted):
+  for part in dotted.split('.'):
+    config_dict = config_dict[part]
+  return config_dict
+
+
+def check_compatible(saved: dict, current: dict, directory: str):
+  diffs = []
+  for field in STATE_DEFINING_FIELDS:
+    a, b = _lookup(saved, field), _lookup(current, field)
+    if field == 'moco.nn_weight':
+      a, b = a > 0, b > 0  # only whether Q_g exists matters for the state
+    if json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
+      diffs.append(f'  {field}: checkpoint {a!r} vs now {b!r}')
+  if diffs:
+    raise ConfigMismatchError(f'the checkpoint in {directory} was written with another config:\n' + '\n'.join(diffs)
+                              + '\nUse a new --workdir, or the checkpoint\'s values.')
+
+
+class Checkpointer:
+  """Saves every `every_steps`, keeps the newest `keep`, and restores the latest."""
+
+  def __init__(self, directory: str, config_dict: dict, every_steps: int, keep: int):
+    self.directory = os.path.abspath(directory)
+    self.config_dict = config_dict
+    options = ocp.CheckpointManagerOptions(
+        save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(every_steps),
+        preservation_policy=ocp.checkpoint_managers.LatestN(keep), create=True)
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=('state', 'config'))
+
+  def latest_step(self):
+    return self.manager.latest_step()
+
+  def save(self, step: int, state, force: bool = False) -> bool:
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(self.config_dict))
+    saved = self.manager.save(step, args=args, force=force)
+    if saved:
+      logging.info('Saving checkpoint at step %d to %s', step, self.directory)
+    return saved
+
+  def restore(self, target_state, step=None):
+    """Restores into the structure, shapes and shardings of `target_state` (the latest step by default)."""
+    step = self.latest_step() if step is None else step
+    saved_config = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))['config']
+    check_compatible(saved_config, self.config_dict, self.directory)
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target_state)
+    restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+    logging.info('Restored checkpoint at step %d from %s', step, self.directory)
+    return restored['state']
+
+  def close(self):
+    self.manager.wait_until_finished()
+    self.manager.close()

@@ -1,0 +1,80 @@
+"""Frozen-feature kNN monitor used during training (and by evaluation): extracts backbone features data-parallel
+over the mesh, with masked padding so every example counts exactly once."""
+
+import logging
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from input_pipeline import pipeline
+from input_pipeline import sources
+from jax_moco import knn
+from jax_moco.step import AXIS
+from jax_moco.step import normalize
+
+
+def shard_batch(mesh, batch):
+  """Host-local NumPy arrays -> global arrays sharded over 'data' on the leading axis."""
+  sharding = NamedSharding(mesh, P(AXIS))
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def make_feature_fn(mesh, backbone):
+  def features(variables, images):
+    return backbone.apply(variables, normalize(images), train=False)
+  return jax.jit(features, in_shardings=(NamedSharding(mesh, P()), NamedSharding(mesh, P(AXIS))),
+                 out_shardings=NamedSharding(mesh, P(AXIS)))
+
+
+def backbone_variables(params, batch_stats):
+  return {'params': params['backbone'], 'batch_stats': batch_stats['backbone']}
+
+
+def extract_features(feature_fn, variables, dataset, mesh):
+  """(features [n, C], labels [n]) for every unmasked example of an eval dataset."""
+  features, labels = [], []
+  for batch in dataset.as_numpy_iterator():
+    images = shard_batch(mesh, {'image': batch['image']})['image']
+    out = np.asarray(jax.device_get(feature_fn(variables, images)))
+    features.append(out[batch['mask']])
+    labels.append(batch['label'][batch['mask']])
+  return np.concatenate(features), np.concatenate(labels)
+
+
+class KnnMonitor:
+  """Weighted kNN accuracy of the online backbone: bank = training images (un-augmented), queries = eval set."""
+
+  def __init__(self, config, mesh, backbone):
+    self.config, self.mesh = config, mesh
+    self.bank = sources.get_source(config.knn_bank_dataset or config.dataset, config.data_dir)
+    self.test = sources.get_source(config.eval_dataset, config.data_dir, default_split='test')
+    if self.bank.num_classes is None:
+      raise ValueError(f'knn monitor: the bank {self.bank.name} has no labels; set knn_bank_dataset or '
+                       'eval_dataset=""')
+    self.feature_fn = make_feature_fn(mesh, backbone)
+    logging.info('kNN monitor: bank %s (%d), queries %s (%d)', self.bank.name, self.bank.num_examples,
+                 self.test.name, self.test.num_examples)
+
+  def _dataset(self, source, max_examples=None):
+    return pipeline.eval_dataset(source, self.config.crops.large_size, self.config.knn.batch_size,
+                                 jax.process_index(), jax.process_count(), max_examples=max_examples)
+
+  def _classify(self, extract):
+    bank_x, bank_y = extract(self._dataset(self.bank, self.config.knn.max_bank_examples or None))
+    test_x, test_y = extract(self._dataset(self.test))
+    return knn.knn_classify(bank_x, bank_y, test_x, test_y, self.config.knn.k, self.config.knn.temperature,
+                            self.bank.num_classes)
+
+  def run(self, params, batch_stats):
+    variables = backbone_variables(params, batch_stats)
+    return self._classify(lambda ds: extract_features(self.feature_fn, variables, ds, self.mesh))
+
+  def run_raw_pixels(self):
+    """The same classifier on raw (normalised) pixels: the floor a learned representation must beat."""
+    def extract(ds):
+      batches = list(ds.as_numpy_iterator())
+      feats = [np.asarray(normalize(b['image'])).reshape(len(b['image']), -1)[b['mask']] for b in batches]
+      return np.concatenate(feats), np.concatenate([b['label'][b['mask']] for b in batches])
+    return self._classify(extract)

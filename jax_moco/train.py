@@ -1,0 +1,148 @@
+"""The training driver: `train_and_evaluate(config, workdir)` builds the parts, resumes from the newest checkpoint,
+runs the step with progress and logging, and returns the final state."""
+
+import contextlib
+import json
+import logging
+import math
+import os
+import signal
+import time
+
+import jax
+import numpy as np
+from clu import metric_writers
+from clu import parameter_overview
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from tqdm import tqdm
+
+from input_pipeline import pipeline
+from input_pipeline import sources
+from jax_moco import checkpointing
+from jax_moco import schedules
+from jax_moco import state as state_lib
+from jax_moco import step as step_lib
+from jax_moco import validation
+from jax_moco.monitor import KnnMonitor
+from jax_moco.monitor import shard_batch
+
+STEP_INPUTS = ('anchor', 'positive', 'small')
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+@contextlib.contextmanager
+def stop_requests():
+  """Turns SIGTERM / SIGINT into a flag the loop checks, so the run can checkpoint and stop cleanly."""
+  requested = []
+  handler = lambda signum, frame: requested.append(signal.Signals(signum).name)  # noqa: E731
+  previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    yield requested
+  finally:
+    for s, h in previous.items():
+      signal.signal(s, h)
+
+
+def _check_finite(metrics, step, checkpoint_dir):
+  if not all(math.isfinite(float(v)) for v in metrics.values()):
+    raise NonFiniteLossError(f'non-finite loss at step {step} ({metrics}); the last good checkpoint in '
+                             f'{checkpoint_dir} is intact and nothing after it was saved')
+
+
+def _write_json(path, payload, mode='w'):
+  with open(path, mode) as f:
+    f.write(json.dumps(payload, sort_keys=True) + ('\n' if mode == 'a' else ''))
+
+
+def train_and_evaluate(config, workdir: str) -> state_lib.TrainState:
+  validation.validate(config, jax.device_count(), jax.process_count())
+  os.makedirs(workdir, exist_ok=True)
+  is_chief = jax.process_index() == 0
+  mesh = step_lib.create_mesh()
+  source = sources.get_source(config.dataset, config.data_dir)
+  steps_per_epoch = max(source.num_examples // config.batch_size, 1)
+  total_steps = config.num_train_steps or int(config.num_epochs * steps_per_epoch)
+  logging.info('%s on %s: %d steps (%.1f epochs of %d examples), %d devices', config.method, source.name,
+               total_steps, total_steps / steps_per_epoch, source.num_examples, jax.device_count())
+
+  encoder = state_lib.create_encoder(config)
+  tx = state_lib.create_optimizer(config, total_steps, steps_per_epoch)
+  state = state_lib.create_train_state(config, encoder, tx, jax.random.key(config.seed))
+  state = jax.device_put(state, NamedSharding(mesh, P()))
+  checkpointer = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'), config.to_dict(),
+                                            config.checkpoint_every_steps, config.keep_checkpoints)
+  if checkpointer.latest_step() is not None:
+    state = checkpointer.restore(state)
+  start_step = int(state.step)
+  if is_chief:
+    _write_json(os.path.join(workdir, 'config.json'), config.to_dict())
+    if start_step == 0:
+      parameter_overview.log_parameter_overview(state.params)
+
+  lr_fn = schedules.learning_rate(config.optim.base_lr, config.batch_size,
+                                  int(config.optim.warmup_epochs * steps_per_epoch), total_steps)
+  momentum_fn = schedules.ema_momentum(config.moco.momentum, total_steps, config.moco.momentum_schedule)
+  train_step = step_lib.make_train_step(mesh, encoder, tx, step_lib.step_config(config, steps_per_epoch), lr_fn,
+                                        momentum_fn)
+  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+  monitor = KnnMonitor(config, mesh, encoder.backbone) if config.eval_dataset else None
+  summary = {'method': config.method, 'dataset': source.name, 'workdir': os.path.abspath(workdir)}
+  if monitor and start_step == 0:
+    summary['knn_raw_pixels'] = monitor.run_raw_pixels()
+    summary['knn_before'] = monitor.run(state.params, state.batch_stats)
+    logging.info('kNN before training: %s (raw pixels: %s)', summary['knn_before'], summary['knn_raw_pixels'])
+    writer.write_scalars(0, {f'knn/{k}': v for k, v in summary['knn_before'].items()})
+
+  data = pipeline.train_dataset(source, pipeline.view_spec(config.crops), config.batch_size, config.seed,
+                                start_step, jax.process_index(), jax.process_count()).as_numpy_iterator()
+  started = time.time()
+  with stop_requests() as stop, tqdm(total=total_steps, initial=start_step, disable=not is_chief,
+                                     unit='step', dynamic_ncols=True, mininterval=2.0) as progress:
+    for step in range(start_step + 1, total_steps + 1):
+      batch = next(data)
+      state, metrics = train_step(state, shard_batch(mesh, {k: batch[k] for k in STEP_INPUTS if k in batch}))
+      progress.update(1)
+      log_now = step % config.log_every_steps == 0 or step == total_steps
+      if log_now or stop or checkpointer.manager.should_save(step):
+        metrics = jax.device_get(metrics)
+        _check_finite(metrics, step, checkpointer.directory)
+        checkpointer.save(step, state, force=bool(stop))
+      if log_now:
+        writer.write_scalars(step, metrics)
+        progress.set_postfix(loss=f'{metrics["loss"]:.3f}', acc=f'{metrics["acc_inst"]:.2f}')
+        if is_chief:
+          _write_json(os.path.join(workdir, 'metrics.jsonl'), {'step': step, **{k: float(v) for k, v in
+                                                                                  metrics.items()}}, 'a')
+      if stop:
+        logging.warning('%s received at step %d: checkpoint saved, stopping; run the same command to resume.',
+                        stop[0], step)
+        break
+  if checkpointer.latest_step() != int(state.step):
+    checkpointer.save(int(state.step), state, force=True)
+  checkpointer.close()
+  summary.update(steps=int(state.step), total_steps=total_steps, train_seconds=round(time.time() - started, 1),
+                 checkpoint_dir=checkpointer.directory)
+  if monitor and int(state.step) == total_steps:
+    summary['knn_after'] = monitor.run(state.params, state.batch_stats)
+    writer.write_scalars(int(state.step), {f'knn/{k}': v for k, v in summary['knn_after'].items()})
+  writer.flush()
+  if is_chief:
+    _write_json(os.path.join(workdir, 'summary.json'), summary)
+    print(format_summary(summary), flush=True)
+  return state
+
+
+def format_summary(summary) -> str:
+  lines = [f'== {summary["method"]} on {summary["dataset"]}: {summary["steps"]}/{summary["total_steps"]} steps in '
+           f'{summary["train_seconds"]:.0f} s']
+  if 'knn_before' in summary or 'knn_after' in summary:
+    fmt = lambda r: f'{r["top1"]:.2f} %' if r else 'n/a'  # noqa: E731
+    lines.append(f'kNN top-1 (k=200, T=0.1): raw pixels {fmt(summary.get("knn_raw_pixels"))}, '
+                 f'random init {fmt(summary.get("knn_before"))} -> trained {fmt(summary.get("knn_after"))}')
+  lines.append(f'checkpoints: {summary["checkpoint_dir"]}')
+  lines.append(f'TensorBoard: tensorboard --logdir {summary["workdir"]}')
+  return '\n'.join(lines)
