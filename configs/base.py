@@ -52,6 +52,7 @@ def get_config():
   c.crops.min_overlap = 0.0  # constrained multi-crop threshold (0.2 in the paper); 0 = unconstrained
   c.crops.overlap_tries = 10
   c.crops.aplus = False  # A+ (AutoAugment branch) for positives
+  c.crops.blur_reference_size = 224  # blur sigma [0.1, 2] px is for 224 px views; scaled to the view size
 
   c.optim = ml_collections.ConfigDict()
   c.optim.base_lr = 0.3  # at batch 256, scaled linearly
@@ -92,6 +93,7 @@ def apply_preset(c, preset):
     c.batch_size, c.bn_groups, c.num_epochs, c.num_train_steps = 256, 1, 200, 0
     c.moco.queue_size, c.moco.temperature = 65536, 0.2
     c.crops.large_size, c.crops.small_size = 224, 96
+    c.crops.blur_reference_size = 0  # the authors' fixed [0.1, 2] px at every view size
     c.optim.base_lr, c.optim.weight_decay = 0.3, 1e-4
     c.log_every_steps, c.checkpoint_every_steps = 100, 2000
   return c

@@ -12,7 +12,7 @@ from input_pipeline import ops
 # MoCo-v2: ColorJitter(0.4, 0.4, 0.4, 0.1) p = 0.8, RandomGrayscale p = 0.2, GaussianBlur([0.1, 2.0]) p = 0.5.
 JITTER_STRENGTH = (0.4, 0.4, 0.4, 0.1)
 P_JITTER, P_GRAYSCALE, P_BLUR, P_FLIP, P_AUTOAUGMENT = 0.8, 0.2, 0.5, 0.5, 0.5
-BLUR_SIGMA = (0.1, 2.0)
+BLUR_SIGMA = (0.1, 2.0)  # in pixels of a 224 px view; views.py scales it to the view size
 
 
 def _split(seed, n):
@@ -41,19 +41,19 @@ def _maybe(apply, fn, image):
   return tf.cond(apply, lambda: fn(image), lambda: image)
 
 
-def moco_v2_decisions(seed):
+def moco_v2_decisions(seed, blur_sigma=BLUR_SIGMA):
   """Which of jitter, grayscale, blur and flip apply (each with its MoCo-v2 probability), and the blur sigma."""
   draws = tf.random.stateless_uniform([4], seed)
   applied = draws < tf.constant([P_JITTER, P_GRAYSCALE, P_BLUR, P_FLIP])
-  sigma = tf.random.stateless_uniform([], tf.random.experimental.stateless_fold_in(seed, 1), *BLUR_SIGMA)
+  sigma = tf.random.stateless_uniform([], tf.random.experimental.stateless_fold_in(seed, 1), *blur_sigma)
   return applied, sigma
 
 
-def moco_v2_chain(image, seed):
+def moco_v2_chain(image, seed, blur_sigma=BLUR_SIGMA):
   """Colour jitter, grayscale, blur and flip, in torchvision's order."""
-  decision_seed, jitter_seed = _split(seed, 2)
-  applied, sigma = moco_v2_decisions(decision_seed)
-  image = _maybe(applied[0], lambda im: color_jitter(im, jitter_seed), image)
+  seeds = _split(seed, 2)
+  applied, sigma = moco_v2_decisions(seeds[0], blur_sigma)
+  image = _maybe(applied[0], lambda im: color_jitter(im, seeds[1]), image)
   image = _maybe(applied[1], ops.grayscale, image)
   image = _maybe(applied[2], lambda im: ops.gaussian_blur(im, sigma), image)
   return _maybe(applied[3], ops.flip_left_right, image)
@@ -63,7 +63,7 @@ def aplus_uses_autoaugment(seed):
   return _uniform(seed) < P_AUTOAUGMENT
 
 
-def aplus_chain(image, seed):
+def aplus_chain(image, seed, blur_sigma=BLUR_SIGMA):
   """A+ for positives: with p = 0.5 flip + AutoAugment(ImageNet) instead of the MoCo-v2 chain."""
   seeds = _split(seed, 4)
 
@@ -72,4 +72,4 @@ def aplus_chain(image, seed):
     return autoaugment.autoaugment(im, seeds[2])
 
   return tf.cond(aplus_uses_autoaugment(seeds[0]), lambda: flip_autoaugment(image),
-                 lambda: moco_v2_chain(image, seeds[3]))
+                 lambda: moco_v2_chain(image, seeds[3], blur_sigma))

@@ -9,7 +9,8 @@ resuming at step s is starting the counter at s * global_batch: exact and free.
 import dataclasses
 import logging
 import math
-from typing import Iterator, Optional
+from typing import Iterator
+from typing import Optional
 
 import tensorflow as tf
 
@@ -23,7 +24,8 @@ def view_spec(crops_config) -> views.ViewSpec:
   return views.ViewSpec(
       large_size=crops_config.large_size, small_size=crops_config.small_size, num_small=crops_config.num_small,
       large_scale=tuple(crops_config.large_scale), small_scale=tuple(crops_config.small_scale),
-      min_overlap=crops_config.min_overlap, overlap_tries=crops_config.overlap_tries, aplus=crops_config.aplus)
+      min_overlap=crops_config.min_overlap, overlap_tries=crops_config.overlap_tries, aplus=crops_config.aplus,
+      blur_reference_size=crops_config.blur_reference_size)
 
 
 def local_batch_size(global_batch: int, process_count: int) -> int:
@@ -39,6 +41,13 @@ def _options():
   return options
 
 
+def example_index(counter, num_examples, seed):
+  """The source index of global example `counter`: a fresh permutation of the source every epoch."""
+  counter = tf.cast(counter, tf.int64)
+  epoch, position = counter // num_examples, counter % num_examples
+  return tf.random.experimental.index_shuffle(position, tf.stack([tf.cast(seed, tf.int64), epoch]), num_examples - 1)
+
+
 def train_dataset(source: sources.Source, spec: views.ViewSpec, global_batch: int, seed: int, start_step: int = 0,
                   process_index: int = 0, process_count: int = 1, keep_boxes: bool = False) -> tf.data.Dataset:
   """Batches of views: anchor [B, S, S, 3], positive [B, S, S, 3], small [B, N, s, s, 3] (when N > 0), label."""
@@ -47,9 +56,7 @@ def train_dataset(source: sources.Source, spec: views.ViewSpec, global_batch: in
   counters = tf.data.Dataset.range(start_step * global_batch, 2**62).shard(process_count, process_index)
 
   def load_and_augment(counter):
-    epoch, position = counter // n, counter % n
-    index = tf.random.experimental.index_shuffle(position, tf.stack([tf.cast(seed, tf.int64), epoch]), n - 1)
-    example = source.load(index)
+    example = source.load(example_index(counter, n, seed))
     example_seed = tf.random.experimental.stateless_fold_in(tf.constant([seed, 1], tf.int64), counter)
     out = views.make_views(example['image'], example_seed, spec)
     if not keep_boxes:

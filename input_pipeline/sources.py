@@ -9,7 +9,8 @@ import dataclasses
 import gzip
 import logging
 import os
-from typing import Callable, Optional
+from typing import Callable
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf

@@ -20,6 +20,13 @@ class ViewSpec:
   min_overlap: float = 0.0  # 0 disables the constraint.
   overlap_tries: int = 10
   aplus: bool = False
+  # The blur sigma range is MoCo-v2's [0.1, 2.0] px at 224 px; scaling it with the view size keeps the same
+  # relative blur on small images (a 2 px blur wipes out a 32 px image). Set blur_reference_size=0 for fixed px.
+  blur_reference_size: int = 224
+
+  def blur_sigma(self, size):
+    scale = size / self.blur_reference_size if self.blur_reference_size else 1.0
+    return tuple(s * scale for s in augment.BLUR_SIGMA)
 
 
 def make_views(image, seed, spec: ViewSpec):
@@ -30,9 +37,11 @@ def make_views(image, seed, spec: ViewSpec):
   large = crops.random_resized_crop_boxes(seeds[0], height, width, 2, spec.large_scale)
   anchor_box, positive_box = large[0], large[1]
   positive_chain = augment.aplus_chain if spec.aplus else augment.moco_v2_chain
+  large_blur, small_blur = spec.blur_sigma(spec.large_size), spec.blur_sigma(spec.small_size)
   views = {
-      'anchor': augment.moco_v2_chain(crops.crop_and_resize(image, anchor_box, spec.large_size), seeds[1]),
-      'positive': positive_chain(crops.crop_and_resize(image, positive_box, spec.large_size), seeds[2]),
+      'anchor': augment.moco_v2_chain(crops.crop_and_resize(image, anchor_box, spec.large_size), seeds[1],
+                                      large_blur),
+      'positive': positive_chain(crops.crop_and_resize(image, positive_box, spec.large_size), seeds[2], large_blur),
   }
   boxes = [large]
   if spec.num_small:
@@ -42,7 +51,7 @@ def make_views(image, seed, spec: ViewSpec):
     else:
       small_boxes = crops.random_resized_crop_boxes(seeds[3], height, width, spec.num_small, spec.small_scale)
     views['small'] = tf.stack([
-        positive_chain(crops.crop_and_resize(image, small_boxes[i], spec.small_size), seeds[4 + i])
+        positive_chain(crops.crop_and_resize(image, small_boxes[i], spec.small_size), seeds[4 + i], small_blur)
         for i in range(spec.num_small)])
     boxes.append(small_boxes)
   views['boxes'] = tf.concat(boxes, axis=0)

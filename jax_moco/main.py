@@ -30,6 +30,7 @@ def main(argv):
   import tensorflow as tf
   tf.config.set_visible_devices([], 'GPU')
   import jax
+
   from jax_moco import train
 
   workdir = FLAGS.workdir or os.path.join(

@@ -4,9 +4,9 @@ over the mesh, with masked padding so every example counts exactly once."""
 import logging
 
 import jax
-import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+import numpy as np
 
 from input_pipeline import pipeline
 from input_pipeline import sources

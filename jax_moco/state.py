@@ -4,7 +4,8 @@ Everything a run needs to resume is in this one pytree of arrays: the data posit
 (input_pipeline.pipeline), so the state's step pins it down.
 """
 
-from typing import Any, Optional
+from typing import Any
+from typing import Optional
 
 import flax
 import jax

@@ -11,8 +11,8 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import optax
 from jax.sharding import PartitionSpec as P
+import optax
 
 from jax_moco import losses
 from jax_moco import queue as queue_lib

@@ -9,10 +9,9 @@ import os
 import signal
 import time
 
-import jax
-import numpy as np
 from clu import metric_writers
 from clu import parameter_overview
+import jax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
@@ -100,30 +99,12 @@ def train_and_evaluate(config, workdir: str) -> state_lib.TrainState:
   data = pipeline.train_dataset(source, pipeline.view_spec(config.crops), config.batch_size, config.seed,
                                 start_step, jax.process_index(), jax.process_count()).as_numpy_iterator()
   started = time.time()
-  with stop_requests() as stop, tqdm(total=total_steps, initial=start_step, disable=not is_chief,
-                                     unit='step', dynamic_ncols=True, mininterval=2.0) as progress:
-    for step in range(start_step + 1, total_steps + 1):
-      batch = next(data)
-      state, metrics = train_step(state, shard_batch(mesh, {k: batch[k] for k in STEP_INPUTS if k in batch}))
-      progress.update(1)
-      log_now = step % config.log_every_steps == 0 or step == total_steps
-      if log_now or stop or checkpointer.manager.should_save(step):
-        metrics = jax.device_get(metrics)
-        _check_finite(metrics, step, checkpointer.directory)
-        checkpointer.save(step, state, force=bool(stop))
-      if log_now:
-        writer.write_scalars(step, metrics)
-        progress.set_postfix(loss=f'{metrics["loss"]:.3f}', acc=f'{metrics["acc_inst"]:.2f}')
-        if is_chief:
-          _write_json(os.path.join(workdir, 'metrics.jsonl'), {'step': step, **{k: float(v) for k, v in
-                                                                                  metrics.items()}}, 'a')
-      if stop:
-        logging.warning('%s received at step %d: checkpoint saved, stopping; run the same command to resume.',
-                        stop[0], step)
-        break
-  if checkpointer.latest_step() != int(state.step):
-    checkpointer.save(int(state.step), state, force=True)
-  checkpointer.close()
+  try:
+    state = _train_loop(config, state, train_step, data, mesh, checkpointer, writer, total_steps, workdir, is_chief)
+    if checkpointer.latest_step() != int(state.step):
+      checkpointer.save(int(state.step), state, force=True)
+  finally:
+    checkpointer.close()  # commits pending asynchronous saves, also when training stops with an error
   summary.update(steps=int(state.step), total_steps=total_steps, train_seconds=round(time.time() - started, 1),
                  checkpoint_dir=checkpointer.directory)
   if monitor and int(state.step) == total_steps:
@@ -133,6 +114,32 @@ def train_and_evaluate(config, workdir: str) -> state_lib.TrainState:
   if is_chief:
     _write_json(os.path.join(workdir, 'summary.json'), summary)
     print(format_summary(summary), flush=True)
+  return state
+
+
+def _train_loop(config, state, train_step, data, mesh, checkpointer, writer, total_steps, workdir, is_chief):
+  """Runs steps until total_steps or a stop request; logs, checks finiteness and checkpoints on the way."""
+  start_step = int(state.step)
+  with stop_requests() as stop, tqdm(total=total_steps, initial=start_step, disable=not is_chief, unit='step',
+                                     dynamic_ncols=True, mininterval=2.0) as progress:
+    for step in range(start_step + 1, total_steps + 1):
+      batch = next(data)
+      state, metrics = train_step(state, shard_batch(mesh, {k: batch[k] for k in STEP_INPUTS if k in batch}))
+      progress.update(1)
+      log_now = step % config.log_every_steps == 0 or step == total_steps
+      if log_now or stop or checkpointer.manager.should_save(step):
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        _check_finite(metrics, step, checkpointer.directory)  # before saving: a bad state is never written
+        checkpointer.save(step, state, force=bool(stop))
+      if log_now:
+        writer.write_scalars(step, metrics)
+        progress.set_postfix(loss=f'{metrics["loss"]:.3f}', acc=f'{metrics["acc_inst"]:.2f}')
+        if is_chief:
+          _write_json(os.path.join(workdir, 'metrics.jsonl'), {'step': step, **metrics}, 'a')
+      if stop:
+        logging.warning('%s received at step %d: checkpoint saved, stopping; run the same command to resume.',
+                        stop[0], step)
+        break
   return state
 
 

@@ -7,15 +7,15 @@ except where a sample point sits within float error of a pixel boundary (<= 1 % 
 """
 
 import numpy as np
-import pytest
-import tensorflow as tf
 from PIL import Image
 from PIL import ImageEnhance
 from PIL import ImageFilter
 from PIL import ImageOps
+import pytest
+import tensorflow as tf
 
-from input_pipeline import autoaugment
 from input_pipeline import augment
+from input_pipeline import autoaugment
 from input_pipeline import ops
 
 

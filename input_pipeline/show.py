@@ -1,0 +1,65 @@
+"""Visual check of the views: `python -m input_pipeline.show --config=configs/knn.py --out=views.png`.
+
+One row per image: the original with the crop boxes drawn on it (anchor red, positive green, small crops blue),
+then the anchor, the positive and the small crops as the model receives them (uint8, before normalisation).
+"""
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from input_pipeline import pipeline
+from input_pipeline import sources
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Config file (as for training).', lock_config=True)
+flags.DEFINE_string('out', 'views.png', 'Output PNG.')
+flags.DEFINE_integer('num_images', 6, 'How many images (rows).')
+flags.mark_flags_as_required(['config'])
+
+BOX_COLOURS = ('red', 'lime') + ('deepskyblue',) * 64
+
+
+def draw_views(config, out_path, num_images):
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.patches as patches
+  import matplotlib.pyplot as plt
+
+  source = sources.get_source(config.dataset, config.data_dir)
+  ds = pipeline.train_dataset(source, pipeline.view_spec(config.crops), num_images, config.seed, keep_boxes=True)
+  batch = next(ds.as_numpy_iterator())
+  # The original images, in the order the pipeline drew them (same counters, no augmentation).
+  originals = [source.load(pipeline.example_index(c, source.num_examples, config.seed))['image'].numpy()
+               for c in range(num_images)]
+  num_small = config.crops.num_small
+  cols = 3 + num_small
+  fig, axes = plt.subplots(num_images, cols, figsize=(1.8 * cols, 1.8 * num_images), squeeze=False)
+  for row in range(num_images):
+    ax = axes[row, 0]
+    ax.imshow(originals[row])
+    for k, (top, left, h, w) in enumerate(batch['boxes'][row]):
+      ax.add_patch(patches.Rectangle((left - 0.5, top - 0.5), w, h, fill=False, lw=1.2, edgecolor=BOX_COLOURS[k]))
+    views = [batch['anchor'][row], batch['positive'][row]] + [batch['small'][row, i] for i in range(num_small)]
+    titles = ['anchor', 'positive'] + [f'small {i}' for i in range(num_small)]
+    for col, (view, title) in enumerate(zip(views, titles), start=1):
+      axes[row, col].imshow(view)
+      if row == 0:
+        axes[row, col].set_title(title, fontsize=8)
+  axes[0, 0].set_title('boxes', fontsize=8)
+  for ax in axes.flat:
+    ax.axis('off')
+  fig.suptitle(f'{config.method}: {source.name} (min_overlap={config.crops.min_overlap}, '
+               f'A+={config.crops.aplus})', fontsize=9)
+  fig.tight_layout()
+  fig.savefig(out_path, dpi=120)
+  return out_path
+
+
+def main(argv):
+  del argv
+  print(draw_views(FLAGS.config, FLAGS.out, FLAGS.num_images))
+
+
+if __name__ == '__main__':
+  app.run(main)

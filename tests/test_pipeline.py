@@ -1,0 +1,157 @@
+"""Crop statistics, constrained multi-crop, determinism, resumption, eval padding and robust folder input."""
+
+import io
+import os
+
+import numpy as np
+from PIL import Image
+import pytest
+import tensorflow as tf
+
+from input_pipeline import crops
+from input_pipeline import pipeline
+from input_pipeline import sources
+from input_pipeline import views
+
+
+def boxes_for(fn, n=2000):
+  return np.stack([fn(tf.constant([i, 11], tf.int64)).numpy() for i in range(n)])
+
+
+def test_random_resized_crop_area_and_ratio():
+  H, W = 300, 400
+  boxes = boxes_for(lambda s: crops.random_resized_crop_boxes(s, H, W, 1, (0.2, 1.0))[0], 1500)
+  top, left, h, w = boxes.T
+  assert np.all(top >= 0) and np.all(left >= 0) and np.all(top + h <= H) and np.all(left + w <= W)
+  area = h * w / (H * W)
+  ratio = w / h
+  # Integer rounding of w and h moves area and ratio slightly past the sampled range.
+  assert area.min() >= 0.2 * 0.97 and area.max() <= 1.0
+  assert ratio.min() >= 3 / 4 * 0.97 and ratio.max() <= 4 / 3 * 1.03
+  # log-uniform ratio: about half the crops are wider than tall.
+  assert 0.4 < np.mean(ratio > 1) < 0.6
+  # Areas spread over the whole range (uniform sampling; large tries are often rejected for not fitting).
+  assert np.mean(area < 0.4) > 0.15 and np.mean(area > 0.8) > 0.05
+
+
+def test_center_fallback_for_extreme_aspect_ratio():
+  # A 10 x 1000 strip: no RandomResizedCrop try fits, so torchvision's centre crop clamps the ratio to 4/3.
+  box = crops.random_resized_crop_boxes(tf.constant([0, 1], tf.int64), 10, 1000, 1, (0.2, 1.0))[0].numpy()
+  np.testing.assert_array_equal(box, [0, (1000 - 13) // 2, 10, 13])
+
+
+@pytest.mark.parametrize('threshold', [0.2, 0.5])
+def test_constrained_small_crops_overlap_the_anchor(threshold):
+  H, W = 240, 320
+
+  def sample(seed):
+    seeds = tf.random.experimental.stateless_split(seed, 2)
+    anchor = crops.random_resized_crop_boxes(seeds[0], H, W, 1, (0.2, 1.0))[0]
+    small = crops.constrained_crop_boxes(seeds[1], H, W, anchor, 4, (0.05, 0.14), threshold, 10)
+    return tf.concat([anchor[None], small], 0)
+
+  for b in boxes_for(sample, 500):
+    anchor, small = b[0], b[1:]
+    for top, left, h, w in small:  # overlap recomputed independently, in NumPy
+      assert top >= 0 and left >= 0 and top + h <= H and left + w <= W
+      inter_h = max(0, min(top + h, anchor[0] + anchor[2]) - max(top, anchor[0]))
+      inter_w = max(0, min(left + w, anchor[1] + anchor[3]) - max(left, anchor[1]))
+      assert inter_h * inter_w / (h * w) >= threshold
+
+
+def test_unconstrained_small_crops_often_miss_the_anchor():
+  """Sanity check that the constraint does something: without it, small crops land outside the anchor."""
+  H, W = 240, 320
+  anchor = tf.constant([0, 0, 100, 100])
+  small = boxes_for(lambda s: crops.random_resized_crop_boxes(s, H, W, 1, (0.05, 0.14))[0], 300)
+  overlap = crops.own_area_overlap(tf.constant(small), anchor).numpy()
+  assert np.mean(overlap < 0.2) > 0.5
+
+
+SPEC = views.ViewSpec(large_size=32, small_size=16, num_small=3, min_overlap=0.2, aplus=True)
+
+
+def test_train_batches_shapes_determinism_and_resume():
+  source = sources.get_source('embedded_subset')
+  ds = pipeline.train_dataset(source, SPEC, 8, seed=3)
+  first = list(ds.take(3).as_numpy_iterator())
+  assert first[0]['anchor'].shape == (8, 32, 32, 3) and first[0]['anchor'].dtype == np.uint8
+  assert first[0]['small'].shape == (8, 3, 16, 16, 3) and first[0]['label'].shape == (8,)
+  again = list(pipeline.train_dataset(source, SPEC, 8, seed=3).take(3).as_numpy_iterator())
+  resumed = next(pipeline.train_dataset(source, SPEC, 8, seed=3, start_step=2).as_numpy_iterator())
+  for key in first[0]:
+    assert all(np.array_equal(a[key], b[key]) for a, b in zip(first, again))
+    np.testing.assert_array_equal(resumed[key], first[2][key])
+  other_seed = next(pipeline.train_dataset(source, SPEC, 8, seed=4).as_numpy_iterator())
+  assert not np.array_equal(other_seed['anchor'], first[0]['anchor'])
+
+
+def test_epoch_visits_every_example_once_and_processes_partition_it():
+  source = sources._array_source('toy', np.arange(40, dtype=np.uint8).reshape(40, 1, 1, 1).repeat(8, 1).repeat(
+      8, 2), np.arange(40), 40)
+  spec = views.ViewSpec(large_size=4, small_size=2, num_small=0)
+  labels = [b['label'] for b in pipeline.train_dataset(source, spec, 8, 0).take(5).as_numpy_iterator()]
+  assert sorted(np.concatenate(labels)) == list(range(40))  # one epoch = a permutation
+  per_process = [np.concatenate([b['label'] for b in pipeline.train_dataset(
+      source, spec, 8, 0, process_index=p, process_count=2).take(5).as_numpy_iterator()]) for p in range(2)]
+  assert sorted(np.concatenate(per_process)) == list(range(40))
+  with pytest.raises(ValueError, match='batch_size=6 .* process count 4'):
+    pipeline.train_dataset(source, spec, 6, 0, process_count=4)
+
+
+def test_eval_padding_masks_so_nothing_is_dropped_or_repeated():
+  source = sources.get_source('embedded_subset:test')
+  batches = list(pipeline.eval_dataset(source, 32, 300).as_numpy_iterator())
+  masks = np.concatenate([b['mask'] for b in batches])
+  labels = np.concatenate([b['label'] for b in batches])[masks]
+  assert len(masks) == 2100 and masks.sum() == 2000
+  with np.load(sources.EMBEDDED_SUBSET) as data:
+    np.testing.assert_array_equal(labels, data['test_labels'])
+
+
+def _jpeg(array, **kwargs):
+  buf = io.BytesIO()
+  Image.fromarray(array).save(buf, format='JPEG', **kwargs)
+  return buf.getvalue()
+
+
+@pytest.fixture(scope='module')
+def messy_folder(tmp_path_factory, china):
+  root = tmp_path_factory.mktemp('messy')
+  for label in ('cats', 'dogs'):
+    os.makedirs(root / label)
+  good = _jpeg(china)
+  (root / 'cats' / 'good.jpg').write_bytes(good)
+  (root / 'cats' / 'truncated.jpg').write_bytes(good[:len(good) // 3])
+  (root / 'cats' / 'empty.jpg').write_bytes(b'')
+  (root / 'cats' / 'text.jpg').write_text('not an image')
+  Image.fromarray(china[..., 0]).save(root / 'cats' / 'gray.png')
+  Image.fromarray(china).convert('CMYK').save(root / 'dogs' / 'cmyk.jpg')
+  Image.fromarray(np.dstack([china, np.full(china.shape[:2], 128, np.uint8)])).save(root / 'dogs' / 'rgba.png')
+  Image.fromarray((china[..., 0].astype(np.uint16) * 257)).save(root / 'dogs' / 'sixteen.png')
+  Image.fromarray(china[:1, :1]).save(root / 'dogs' / 'pixel.png')
+  Image.new('RGB', (10000, 8000), (200, 30, 30)).save(root / 'dogs' / 'huge.jpg', quality=50)
+  (root / 'dogs' / 'notes.txt').write_text('ignored: not an image extension')
+  return root
+
+
+def test_folder_source_skips_bad_files_and_converts_modes(messy_folder):
+  source = sources.get_source(f'folder:{messy_folder}')
+  assert source.num_examples == 10 and source.num_classes == 2
+  spec = views.ViewSpec(large_size=32, small_size=16, num_small=2, min_overlap=0.2)
+  ds = pipeline.train_dataset(source, spec, 1, seed=0)
+  batches = list(ds.take(12).as_numpy_iterator())  # 7 readable of 10 a pass; runs on without crashing
+  assert len(batches) == 12
+  for b in batches:
+    assert b['anchor'].shape == (1, 32, 32, 3) and b['small'].shape == (1, 2, 16, 16, 3)
+
+
+def test_bad_dataset_strings_name_the_culprit(tmp_path):
+  with pytest.raises(ValueError, match='unknown source'):
+    sources.get_source('imagenet')
+  with pytest.raises(FileNotFoundError, match='is not a directory'):
+    sources.get_source(f'folder:{tmp_path}/missing')
+  with pytest.raises(FileNotFoundError, match='holds no images'):
+    sources.get_source(f'folder:{tmp_path}')
+  with pytest.raises(FileNotFoundError, match='not prepared'):
+    sources.get_source('tfds:cifar10', data_dir=str(tmp_path))

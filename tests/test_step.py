@@ -1,0 +1,175 @@
+"""The per-device step on 8 emulated devices: shuffling BN, queues, EMA, replication, both enqueue orders."""
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+import numpy as np
+import pytest
+
+from input_pipeline import pipeline
+from input_pipeline import sources
+from jax_moco import queue as queue_lib
+from jax_moco import schedules
+from jax_moco import shuffle
+from jax_moco import state as state_lib
+from jax_moco import step as step_lib
+from jax_moco import validation
+from jax_moco.monitor import shard_batch
+
+
+@pytest.mark.parametrize('groups,size', [(1, 5), (2, 3), (8, 4), (16, 2)])
+def test_cross_group_permutation(groups, size):
+  perm = np.asarray(shuffle.cross_group_permutation(jax.random.key(groups), groups, size))
+  assert sorted(perm) == list(range(groups * size))
+  np.testing.assert_array_equal(perm[np.asarray(shuffle.inverse_permutation(jnp.asarray(perm)))],
+                                np.arange(groups * size))
+  if groups > 1:
+    target_group = np.arange(groups * size) // size
+    assert np.all(perm // size != target_group)  # no anchor shares a BN group with its positive
+  if groups > 2 and size > 1:  # groups are mixed, not moved wholesale (all shifts equal has odds (G-1)^(1-b))
+    mixed = [len(set(np.asarray(shuffle.cross_group_permutation(jax.random.key(seed), groups, size))[:size] // size))
+             > 1 for seed in range(50)]
+    assert np.mean(mixed) > 0.9
+
+
+def test_enqueue_fifo_and_wraparound():
+  q = jnp.zeros((8, 2))
+  ptr = 0
+  for i in range(5):
+    q = queue_lib.enqueue(q, jnp.full((4, 2), i + 1.0), ptr)
+    ptr = queue_lib.advance(ptr, 4, 8)
+  # After 5 batches of 4 into 8 slots: slots 0-3 hold batch 5, slots 4-7 batch 4; the pointer is back at 4.
+  np.testing.assert_array_equal(q[:, 0], [5, 5, 5, 5, 4, 4, 4, 4])
+  assert ptr == 4
+
+
+def build(config, devices=None, steps_per_epoch=100, total_steps=100):
+  mesh = step_lib.create_mesh(devices)
+  encoder = state_lib.create_encoder(config)
+  tx = state_lib.create_optimizer(config, total_steps, steps_per_epoch)
+  state = state_lib.create_train_state(config, encoder, tx, jax.random.key(0))
+  state = jax.device_put(state, NamedSharding(mesh, P()))
+  fn = step_lib.make_train_step(
+      mesh, encoder, tx, step_lib.step_config(config, steps_per_epoch),
+      schedules.learning_rate(config.optim.base_lr, config.batch_size, 0, total_steps),
+      schedules.ema_momentum(config.moco.momentum, total_steps, config.moco.momentum_schedule))
+  return mesh, state, fn
+
+
+def real_batches(config, n):
+  source = sources.get_source(config.dataset)
+  ds = pipeline.train_dataset(source, pipeline.view_spec(config.crops), config.batch_size, config.seed)
+  return [{k: v for k, v in b.items() if k != 'label'} for b in ds.take(n).as_numpy_iterator()]
+
+
+@pytest.fixture(scope='module')
+def batches():
+  from tests.conftest import tiny_config
+  return real_batches(tiny_config(), 3)
+
+
+def run(config, batches, devices=None):
+  mesh, state, fn = build(config, devices)
+  metrics = []
+  for b in batches:
+    state, m = fn(state, shard_batch(mesh, b))
+    metrics.append(jax.device_get(m))
+  return state, metrics, fn
+
+
+def assert_replicated(tree):
+  for leaf in jax.tree.leaves(tree):
+    shards = [np.asarray(s.data) for s in leaf.addressable_shards]
+    assert len(shards) == 8
+    for s in shards[1:]:
+      np.testing.assert_array_equal(s, shards[0])
+
+
+def test_step_state_replicated_queues_aligned_and_compiled_once(make_config, batches):
+  config = make_config()
+  state, metrics, fn = run(config, batches)
+  assert fn._cache_size() == 1  # the step compiled once for all steps
+  assert_replicated(state)
+  B, K = config.batch_size, config.moco.queue_size
+  assert int(state.step) == 3 and int(state.queue_ptr) == 3 * B
+  # Rows written so far are unit vectors; rows not yet reached keep their random init (also unit).
+  np.testing.assert_allclose(np.linalg.norm(state.queue_h, axis=1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(np.linalg.norm(state.queue_g, axis=1), 1.0, rtol=1e-5)
+  for m in metrics:
+    assert all(np.isfinite(v) for v in m.values())
+  np.testing.assert_allclose(metrics[-1]['queue_fill'], 3 * B / K)
+
+
+def test_queues_written_in_the_same_rows(make_config, batches):
+  config = make_config()
+  mesh, state0, fn = build(config)
+  qh0, qg0 = np.asarray(state0.queue_h), np.asarray(state0.queue_g)
+  state1, _ = fn(state0, shard_batch(mesh, batches[0]))
+  B = config.batch_size
+  changed_h = np.any(np.asarray(state1.queue_h) != qh0, axis=1)
+  changed_g = np.any(np.asarray(state1.queue_g) != qg0, axis=1)
+  np.testing.assert_array_equal(changed_h, np.arange(len(qh0)) < B)
+  np.testing.assert_array_equal(changed_g, changed_h)
+
+
+def test_ema_uses_current_online_params_and_gets_no_gradient(make_config, batches):
+  config = make_config(**{'moco.momentum': 0.9})
+  mesh, state, fn = build(config)
+  state1, _ = fn(state, shard_batch(mesh, batches[0]))
+  params0 = jax.device_get(state1.params)  # online params before step 2
+  ema0 = jax.device_get(state1.ema_params)
+  state2, _ = fn(state1, shard_batch(mesh, batches[1]))
+  expected = jax.tree.map(lambda e, p: 0.9 * e + 0.1 * p, ema0, params0)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), jax.device_get(
+      state2.ema_params), expected)
+  # The online encoder did move (the SGD step happened).
+  moved = jax.tree.leaves(jax.tree.map(lambda a, b: np.any(a != b), jax.device_get(state2.params), params0))
+  assert any(moved)
+
+
+def test_eight_devices_equal_one_device_with_eight_bn_groups(make_config, batches):
+  """Split BN on one device and cross-device shuffling BN are the same algorithm."""
+  multi, m_multi, _ = run(make_config(bn_groups=1), batches[:2])
+  single, m_single, _ = run(make_config(bn_groups=8), batches[:2], devices=jax.devices()[:1])
+  for a, b in zip(m_multi, m_single):
+    for k in a:
+      np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-6, err_msg=k)
+  # After two SGD steps the states agree to float32 summation-order noise.
+  close = lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-5)  # noqa: E731
+  jax.tree.map(close, jax.device_get(multi), jax.device_get(single))
+
+
+def test_enqueue_then_mine_picks_from_the_current_batch(make_config, batches):
+  """Appendix B's order mines in Q_g after this step's enqueue: the positives' own anchors are there, and they are
+  their nearest neighbours far more often than chance; the paper's order never sees them at step 0."""
+  _, m_first, _ = run(make_config(**{'moco.nn_order': 'enqueue_then_mine', 'moco.nn_topk': 1}), batches[:1])
+  _, m_after, _ = run(make_config(**{'moco.nn_order': 'loss_then_enqueue', 'moco.nn_topk': 1}), batches[:1])
+  chance = make_config().batch_size / make_config().moco.queue_size
+  assert m_first[0]['nn_recent_fraction'] > 0.9
+  assert m_after[0]['nn_recent_fraction'] < 0.5 + chance
+
+
+def test_nn_warmup_switches_the_term_on(make_config, batches):
+  config = make_config(**{'moco.nn_warmup_epochs': 0.02})  # 2 steps at 100 steps an epoch
+  _, metrics, _ = run(config, batches)
+  assert [float(m['nn_weight']) for m in metrics] == pytest.approx([0.0, 0.0, 0.4])
+
+
+def test_mocov2_has_no_backbone_queue(make_config, batches):
+  config = make_config(**{'moco.nn_weight': 0.0, 'crops.num_small': 0})
+  state, metrics, _ = run(config, [{k: v for k, v in b.items() if k != 'small'} for b in batches[:1]])
+  assert state.queue_g is None and 'loss_nn' not in metrics[0]
+
+
+@pytest.mark.parametrize('field,overrides', [
+    ('moco.queue_size', {'moco.queue_size': 100}),
+    ('batch_size', {'batch_size': 36}),
+    ('bn_groups', {'bn_groups': 3}),
+    ('moco.nn_order', {'moco.nn_order': 'sometimes'}),
+    ('model.arch', {'model.arch': 'vit'}),
+    ('crops.min_overlap', {'crops.min_overlap': 1.5}),
+])
+def test_invalid_configs_are_refused_naming_the_field(make_config, field, overrides):
+  with pytest.raises(validation.ConfigError, match=field.replace('.', r'\.')):
+    validation.validate(make_config(**overrides), num_devices=8)

@@ -1,0 +1,83 @@
+"""End to end: train_and_evaluate on the embedded data with a tiny ResNet on 8 emulated devices."""
+
+import json
+import os
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+from jax_moco import checkpointing
+from jax_moco import train
+
+
+def leaves_equal(a, b):
+  for x, y in zip(jax.tree.leaves(jax.device_get(a)), jax.tree.leaves(jax.device_get(b))):
+    np.testing.assert_array_equal(x, y)
+
+
+def interrupt_after(monkeypatch, batches):
+  """Delivers SIGTERM to this process after `batches` training batches, as a scheduler preempting the job."""
+  make = train.pipeline.train_dataset
+
+  def train_dataset(*args, **kwargs):
+    dataset = make(*args, **kwargs)
+
+    class Interrupting:
+      def as_numpy_iterator(self):
+        for i, batch in enumerate(dataset.as_numpy_iterator()):
+          if i == batches:
+            signal.raise_signal(signal.SIGTERM)
+          yield batch
+
+    return Interrupting()
+
+  monkeypatch.setattr(train.pipeline, 'train_dataset', train_dataset)
+
+
+def test_end_to_end_with_knn_summary(make_config, tmp_path, capsys):
+  config = make_config(num_train_steps=4)
+  state = train.train_and_evaluate(config, str(tmp_path))
+  assert int(state.step) == 4
+  summary = json.load(open(tmp_path / 'summary.json'))
+  for key in ('knn_raw_pixels', 'knn_before', 'knn_after'):
+    assert 10.0 <= summary[key]['top1'] <= 100.0  # ten balanced classes: chance is 10 %
+  assert 'kNN top-1' in capsys.readouterr().out
+  assert os.path.isdir(tmp_path / 'checkpoints' / '4')
+  assert json.load(open(tmp_path / 'config.json'))['moco']['queue_size'] == 256
+  lines = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+  assert [m['step'] for m in lines] == [2, 4] and all(np.isfinite(m['loss']) for m in lines)
+  assert any(name.startswith('events.out.tfevents') for name in os.listdir(tmp_path))
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted(make_config, tmp_path, monkeypatch):
+  config = make_config(num_train_steps=5, eval_dataset='', checkpoint_every_steps=100)
+  uninterrupted = train.train_and_evaluate(config, str(tmp_path / 'straight'))
+
+  with monkeypatch.context() as patch:
+    interrupt_after(patch, 2)
+    stopped = train.train_and_evaluate(config, str(tmp_path / 'resumed'))
+  assert int(stopped.step) == 3  # the step in flight finishes, is checkpointed, and the run stops
+  assert os.path.isdir(tmp_path / 'resumed' / 'checkpoints' / '3')
+  resumed = train.train_and_evaluate(config, str(tmp_path / 'resumed'))
+  assert int(resumed.step) == 5
+  leaves_equal(resumed, uninterrupted)  # bit for bit: parameters, queues, optimiser state, BN statistics
+
+
+def test_resuming_with_another_config_is_refused(make_config, tmp_path):
+  train.train_and_evaluate(make_config(num_train_steps=2, eval_dataset=''), str(tmp_path))
+  with pytest.raises(checkpointing.ConfigMismatchError, match=r'model: checkpoint .*width.* vs now'):
+    train.train_and_evaluate(make_config(num_train_steps=4, eval_dataset='', **{'model.width': 0.25}),
+                             str(tmp_path))
+
+
+def test_non_finite_loss_stops_with_the_last_good_checkpoint(make_config, tmp_path):
+  config = make_config(num_train_steps=8, eval_dataset='', log_every_steps=1, checkpoint_every_steps=1,
+                       **{'optim.base_lr': 1e30})
+  with pytest.raises(train.NonFiniteLossError, match='non-finite loss at step'):
+    train.train_and_evaluate(config, str(tmp_path))
+  saved = sorted(int(d) for d in os.listdir(tmp_path / 'checkpoints') if d.isdigit())
+  metrics = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+  assert saved and all(np.isfinite(m['loss']) for m in metrics)
+  assert max(saved) == metrics[-1]['step']  # nothing after the last finite step was written
