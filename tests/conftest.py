@@ -19,26 +19,7 @@ def china():
                                                                                           Image.BILINEAR))
 
 
-def tiny_config(**overrides):
-  """The full kNN-MoCo config at test scale: a tiny ResNet, 32 px, small queues. Overrides: dotted names."""
-  from configs import knn
-  c = knn.get_config()
-  c.dataset, c.eval_dataset = 'embedded_subset', 'embedded_subset:test'
-  c.model.arch, c.model.width = 'resnet_tiny', 0.125
-  c.batch_size, c.bn_groups, c.moco.queue_size = 32, 1, 256
-  c.crops.num_small, c.crops.small_size = 2, 16
-  c.moco.nn_warmup_epochs = 0.0
-  c.num_train_steps, c.log_every_steps, c.checkpoint_every_steps = 4, 2, 2
-  c.knn.batch_size, c.knn.max_bank_examples = 400, 2000
-  for name, value in overrides.items():
-    target = c
-    *parents, leaf = name.split('.')
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
-  return c
-
-
 @pytest.fixture
 def make_config():
+  from tests.helpers import tiny_config
   return tiny_config

@@ -1,0 +1,50 @@
+"""Shared test helpers: the tiny config, building a step on a mesh, and real batches from the pipeline."""
+
+import jax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from configs import knn
+from input_pipeline import pipeline
+from input_pipeline import sources
+from jax_moco import schedules
+from jax_moco import state as state_lib
+from jax_moco import step as step_lib
+
+
+def tiny_config(**overrides):
+  """The full kNN-MoCo config at test scale: a tiny ResNet, 32 px, small queues. Overrides: dotted names."""
+  c = knn.get_config()
+  c.dataset, c.eval_dataset = 'embedded_subset', 'embedded_subset:test'
+  c.model.arch, c.model.width = 'resnet_tiny', 0.125
+  c.batch_size, c.bn_groups, c.moco.queue_size = 32, 1, 256
+  c.crops.num_small, c.crops.small_size = 2, 16
+  c.moco.nn_warmup_epochs = 0.0
+  c.num_train_steps, c.log_every_steps, c.checkpoint_every_steps = 4, 2, 2
+  c.knn.batch_size, c.knn.max_bank_examples = 400, 2000
+  for name, value in overrides.items():
+    target = c
+    *parents, leaf = name.split('.')
+    for p in parents:
+      target = target[p]
+    target[leaf] = value
+  return c
+
+
+def build(config, devices=None, steps_per_epoch=100, total_steps=100):
+  mesh = step_lib.create_mesh(devices)
+  encoder = state_lib.create_encoder(config)
+  tx = state_lib.create_optimizer(config, total_steps, steps_per_epoch)
+  state = state_lib.create_train_state(config, encoder, tx, jax.random.key(0))
+  state = jax.device_put(state, NamedSharding(mesh, P()))
+  fn = step_lib.make_train_step(
+      mesh, encoder, tx, step_lib.step_config(config, steps_per_epoch),
+      schedules.learning_rate(config.optim.base_lr, config.batch_size, 0, total_steps),
+      schedules.ema_momentum(config.moco.momentum, total_steps, config.moco.momentum_schedule))
+  return mesh, state, fn
+
+
+def real_batches(config, n):
+  source = sources.get_source(config.dataset)
+  ds = pipeline.train_dataset(source, pipeline.view_spec(config.crops), config.batch_size, config.seed)
+  return [{k: v for k, v in b.items() if k != 'label'} for b in ds.take(n).as_numpy_iterator()]
