@@ -149,3 +149,9 @@ def test_mocov2_has_no_backbone_queue(make_config, batches):
 def test_invalid_configs_are_refused_naming_the_field(make_config, field, overrides):
   with pytest.raises(validation.ConfigError, match=field.replace('.', r'\.')):
     validation.validate(make_config(**overrides), num_devices=8)
+
+
+def test_bfloat16_compute_keeps_float32_params(make_config, batches):
+  state, metrics, _ = run(make_config(**{'model.dtype': 'bfloat16'}), batches[:2])
+  assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(state.params))
+  assert all(np.isfinite(v) for m in metrics for v in m.values())
