@@ -20,7 +20,7 @@ def get_config():
   c.num_epochs = 20
   c.num_train_steps = 600  # > 0 overrides num_epochs
   c.batch_size = 128  # global
-  c.bn_groups = 8  # split-BN groups per device (shuffling BN on one GPU)
+  c.bn_groups = 2  # split-BN groups per device (shuffling BN on one GPU); 64 images a group in the demo
   c.seed = 0
 
   c.model = ml_collections.ConfigDict()
@@ -35,7 +35,7 @@ def get_config():
 
   c.moco = ml_collections.ConfigDict()
   c.moco.queue_size = 4096  # K, a multiple of batch_size
-  c.moco.temperature = 0.2
+  c.moco.temperature = 0.1  # the MoCo CIFAR-10 demo's; the paper presets use 0.2
   c.moco.momentum = 0.99
   c.moco.momentum_schedule = 'constant'  # or 'cosine' (ramp to 1)
   c.moco.nn_weight = 0.0  # lambda; 0 disables the NN loss and Q_g
@@ -55,7 +55,7 @@ def get_config():
   c.crops.blur_reference_size = 224  # blur sigma [0.1, 2] px is for 224 px views; scaled to the view size
 
   c.optim = ml_collections.ConfigDict()
-  c.optim.base_lr = 0.3  # at batch 256, scaled linearly
+  c.optim.base_lr = 0.06  # at batch 256, scaled linearly; the paper presets use 0.3
   c.optim.momentum = 0.9
   c.optim.weight_decay = 5e-4
   c.optim.warmup_epochs = 0.0
@@ -64,7 +64,7 @@ def get_config():
   c.knn.k = 200
   c.knn.temperature = 0.1
   c.knn.batch_size = 500
-  c.knn.max_bank_examples = 0  # 0 = the whole bank
+  c.knn.max_bank_examples = 10000  # bounds the monitor's time on the full Debian set; 0 = the whole bank
 
   c.log_every_steps = 50
   c.checkpoint_every_steps = 200
@@ -82,6 +82,7 @@ def apply_preset(c, preset):
     c.batch_size, c.bn_groups, c.num_epochs, c.num_train_steps = 512, 8, 200, 0
     c.moco.queue_size, c.moco.temperature = 4096, 0.1
     c.optim.base_lr, c.optim.weight_decay = 0.06 * 256 / 512, 5e-4
+    c.knn.max_bank_examples = 0
     if preset == 'stl10':
       c.dataset = 'tfds:stl10:unlabelled'
       c.knn_bank_dataset = 'tfds:stl10:train'
@@ -95,5 +96,6 @@ def apply_preset(c, preset):
     c.crops.large_size, c.crops.small_size = 224, 96
     c.crops.blur_reference_size = 0  # the authors' fixed [0.1, 2] px at every view size
     c.optim.base_lr, c.optim.weight_decay = 0.3, 1e-4
+    c.knn.max_bank_examples = 0
     c.log_every_steps, c.checkpoint_every_steps = 100, 2000
   return c

@@ -12,7 +12,7 @@ def test_readme_commands():
   assert 'pip install -r requirements.txt' in install_and_train
   assert 'python -m jax_moco.main --config=configs/knn.py' in install_and_train
   test = readme_command('test')
-  assert 'pip install -r requirements-test.txt' in test and 'pytest' in test
+  assert 'pip install -q -r requirements-test.txt' in test and 'pytest' in test
 
 
 def test_ci_runs_the_readme_test_command():

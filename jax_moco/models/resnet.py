@@ -17,7 +17,8 @@ from jax_moco.models.batchnorm import SplitBatchNorm
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 
-class BasicBlock(nn.Module):
+class ResidualBlock(nn.Module):
+  """Fields shared by both block types; `expansion` is the output width over `planes`."""
   planes: int
   stride: int = 1
   dilation: int = 1
@@ -25,6 +26,9 @@ class BasicBlock(nn.Module):
   zero_init_last: bool = False
   norm: functools.partial = SplitBatchNorm
   conv: functools.partial = nn.Conv
+
+
+class BasicBlock(ResidualBlock):
   expansion = 1
 
   @nn.compact
@@ -37,14 +41,7 @@ class BasicBlock(nn.Module):
     return nn.relu(out + _shortcut(self, x, train))
 
 
-class Bottleneck(nn.Module):
-  planes: int
-  stride: int = 1
-  dilation: int = 1
-  downsample: bool = False
-  zero_init_last: bool = False
-  norm: functools.partial = SplitBatchNorm
-  conv: functools.partial = nn.Conv
+class Bottleneck(ResidualBlock):
   expansion = 4
 
   @nn.compact

@@ -1,0 +1,70 @@
+"""ResNet structure: torchvision's parameter names and shapes, stems, width, dilation, zero-init, split BN."""
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jax_moco.models import resnet
+from jax_moco.models.batchnorm import SplitBatchNorm
+
+TORCH_NAMES = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean', 'var': 'running_var'}
+
+
+def torchvision_keys(arch, **kwargs):
+  """Our backbone variables under torchvision's state-dict names, with torchvision's (OIHW) shapes."""
+  model = resnet.create_resnet(arch, **kwargs)
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((2, 64, 64, 3)), train=True))
+  keys = {}
+  for collection in ('params', 'batch_stats'):
+    for path, leaf in flax.traverse_util.flatten_dict(variables[collection]).items():
+      name = '.'.join(p.replace('_', '.') for p in path[:-1]) + '.' + TORCH_NAMES[path[-1]]
+      shape = leaf.shape if leaf.ndim != 4 else (leaf.shape[3], leaf.shape[2], leaf.shape[0], leaf.shape[1])
+      keys[name] = shape
+  return model, keys
+
+
+def test_resnet50_names_and_shapes_are_torchvisions():
+  model, keys = torchvision_keys('resnet50')
+  # torchvision's resnet50 state dict: 53 convolutions and 53 BNs (weight, bias, running mean / var) + fc.
+  assert sum(k.endswith('running_mean') for k in keys) == 53 and len(keys) == 53 + 53 * 4
+  assert keys['conv1.weight'] == (64, 3, 7, 7)
+  assert keys['layer1.0.downsample.0.weight'] == (256, 64, 1, 1)
+  assert keys['layer4.2.conv3.weight'] == (2048, 512, 1, 1)
+  assert keys['layer3.5.bn2.running_var'] == (256,)
+  assert model.num_features == 2048
+
+
+def test_resnet18_cifar_stem_width_and_dilation():
+  _, keys = torchvision_keys('resnet18', stem='cifar', width=0.5)
+  assert keys['conv1.weight'] == (32, 3, 3, 3) and keys['layer4.1.conv2.weight'] == (256, 256, 3, 3)
+  assert 'layer1.0.downsample.0.weight' not in keys and 'layer2.0.downsample.0.weight' in keys
+  model = resnet.create_resnet('resnet18', dilate_last=True)
+  x = jnp.zeros((2, 64, 64, 3))
+  variables = model.init(jax.random.key(0), x, train=False)
+  # With a dilated last stage the final map is 4x4 instead of 2x2 for 64 px: check through the capture of stage 4.
+  _, state = model.apply(variables, x, train=False, capture_intermediates=True, mutable=['intermediates'])
+  assert state['intermediates']['layer4_1']['__call__'][0].shape == (2, 4, 4, 512)
+
+
+def test_zero_init_residual_zeroes_the_last_bn_of_each_block():
+  model = resnet.create_resnet('resnet_tiny', zero_init_residual=True, width=0.25)
+  params = model.init(jax.random.key(0), jnp.zeros((2, 32, 32, 3)), train=True)['params']
+  assert np.all(params['layer2_0']['bn2']['scale'] == 0) and np.all(params['layer2_0']['bn1']['scale'] == 1)
+
+
+@pytest.mark.parametrize('groups', [1, 4])
+def test_split_batchnorm_against_numpy(groups):
+  x = np.random.default_rng(0).normal(2.0, 3.0, size=(8, 5, 5, 6)).astype(np.float32)
+  bn = SplitBatchNorm(groups=groups)
+  variables = bn.init(jax.random.key(0), x, train=True)
+  y, updates = bn.apply(variables, x, train=True, mutable=['batch_stats'])
+  xg = x.reshape(groups, -1, 5, 5, 6)
+  mean = xg.mean(axis=(1, 2, 3), keepdims=True)
+  var = xg.var(axis=(1, 2, 3), keepdims=True)
+  np.testing.assert_allclose(y, ((xg - mean) / np.sqrt(var + 1e-5)).reshape(x.shape), rtol=1e-4, atol=1e-4)
+  n = xg[0].size // 6
+  np.testing.assert_allclose(updates['batch_stats']['mean'], 0.1 * mean.reshape(groups, 6).mean(0), rtol=1e-5)
+  np.testing.assert_allclose(updates['batch_stats']['var'],
+                             0.9 + 0.1 * (var.reshape(groups, 6) * n / (n - 1)).mean(0), rtol=1e-5)
