@@ -18,7 +18,7 @@ def get_config():
   c.data_dir = ml_collections.FieldReference(None, field_type=str)  # TFDS data dir
 
   c.num_epochs = 20
-  c.num_train_steps = 600  # > 0 overrides num_epochs
+  c.num_train_steps = 500  # > 0 overrides num_epochs
   c.batch_size = 128  # global
   c.bn_groups = 2  # split-BN groups per device (shuffling BN on one GPU); 64 images a group in the demo
   c.seed = 0

@@ -6,10 +6,7 @@ repeat) and is augmented with an RNG seeded by (seed, c). Each process takes eve
 resuming at step s is starting the counter at s * global_batch: exact and free.
 """
 
-import dataclasses
-import logging
 import math
-from typing import Iterator
 from typing import Optional
 
 import tensorflow as tf
@@ -96,19 +93,3 @@ def eval_dataset(source: sources.Source, image_size: int, global_batch: int, pro
   if source.may_fail:
     ds = ds.ignore_errors(log_warning=True)
   return ds.batch(batch, drop_remainder=source.may_fail).prefetch(AUTOTUNE).with_options(_options())
-
-
-@dataclasses.dataclass
-class TrainData:
-  """What the driver needs of the training data: the per-host iterator and the epoch size."""
-  iterator: Iterator[dict]
-  num_examples: int
-  name: str
-
-
-def create_train_data(config, start_step: int, process_index: int = 0, process_count: int = 1) -> TrainData:
-  source = sources.get_source(config.dataset, config.data_dir)
-  logging.info('Training data: %s (%d examples)', source.name, source.num_examples)
-  ds = train_dataset(source, view_spec(config.crops), config.batch_size, config.seed, start_step,
-                     process_index, process_count)
-  return TrainData(ds.as_numpy_iterator(), source.num_examples, source.name)

@@ -25,9 +25,10 @@ def test_every_config_and_preset_is_valid(module, preset):
 
 
 def test_variants_differ_where_the_paper_says():
-  m, mc, k = mocov2.get_config(), multicrop.get_config(), knn.get_config()
+  m, mc, k = mocov2.get_config(), multicrop.get_config('coco'), knn.get_config()
   assert (m.crops.num_small, m.moco.nn_weight, m.crops.aplus) == (0, 0.0, False)
   assert (mc.crops.num_small, mc.crops.min_overlap, mc.moco.nn_weight) == (4, 0.2, 0.0)
+  assert tuple(mc.crops.small_scale) == (0.05, 0.14)
   assert (k.crops.aplus, k.moco.nn_weight, k.moco.nn_topk) == (True, 0.4, 20)
   coco = knn.get_config('coco')
   assert (coco.model.arch, coco.batch_size, coco.moco.queue_size, coco.crops.large_size, coco.crops.small_size,
