@@ -40,11 +40,16 @@ def create_encoder(config) -> encoder_lib.Encoder:
   return encoder_lib.Encoder(backbone, projection_dim=m.projection_dim, hidden_dim=m.hidden_dim)
 
 
+def learning_rate_fn(config, total_steps, steps_per_epoch):
+  o = config.optim
+  return schedules.learning_rate(o.base_lr, config.batch_size, int(o.warmup_epochs * steps_per_epoch), total_steps)
+
+
 def create_optimizer(config, total_steps, steps_per_epoch) -> optax.GradientTransformation:
   """SGD with momentum and (PyTorch-style, coupled) weight decay on every parameter, as MoCo."""
-  o = config.optim
-  lr = schedules.learning_rate(o.base_lr, config.batch_size, int(o.warmup_epochs * steps_per_epoch), total_steps)
-  return optax.chain(optax.add_decayed_weights(o.weight_decay), optax.sgd(lr, momentum=o.momentum))
+  lr = learning_rate_fn(config, total_steps, steps_per_epoch)
+  return optax.chain(optax.add_decayed_weights(config.optim.weight_decay),
+                     optax.sgd(lr, momentum=config.optim.momentum))
 
 
 def nn_loss_enabled(config) -> bool:

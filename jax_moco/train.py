@@ -82,8 +82,7 @@ def train_and_evaluate(config, workdir: str) -> state_lib.TrainState:
     if start_step == 0:
       parameter_overview.log_parameter_overview(state.params)
 
-  lr_fn = schedules.learning_rate(config.optim.base_lr, config.batch_size,
-                                  int(config.optim.warmup_epochs * steps_per_epoch), total_steps)
+  lr_fn = state_lib.learning_rate_fn(config, total_steps, steps_per_epoch)
   momentum_fn = schedules.ema_momentum(config.moco.momentum, total_steps, config.moco.momentum_schedule)
   train_step = step_lib.make_train_step(mesh, encoder, tx, step_lib.step_config(config, steps_per_epoch), lr_fn,
                                         momentum_fn)

@@ -39,7 +39,7 @@ def build(config, devices=None, steps_per_epoch=100, total_steps=100):
   state = jax.device_put(state, NamedSharding(mesh, P()))
   fn = step_lib.make_train_step(
       mesh, encoder, tx, step_lib.step_config(config, steps_per_epoch),
-      schedules.learning_rate(config.optim.base_lr, config.batch_size, 0, total_steps),
+      state_lib.learning_rate_fn(config, total_steps, steps_per_epoch),
       schedules.ema_momentum(config.moco.momentum, total_steps, config.moco.momentum_schedule))
   return mesh, state, fn
 
