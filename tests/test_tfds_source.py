@@ -1,0 +1,38 @@
+"""The tfds: source on a real (tiny) TFDS dataset prepared in a temporary data dir: nothing is downloaded."""
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from input_pipeline import pipeline
+from input_pipeline import sources
+from input_pipeline import views
+
+
+class JaxMocoTinyImages(tfds.core.GeneratorBasedBuilder):
+  """12 train / 5 test grayscale 20 x 24 images, label = index mod 3."""
+  VERSION = tfds.core.Version('1.0.0')
+
+  def _info(self):
+    return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
+        'image': tfds.features.Image(shape=(20, 24, 1)), 'label': tfds.features.ClassLabel(num_classes=3)}))
+
+  def _split_generators(self, dl_manager):
+    return {'train': self._generate_examples(12), 'test': self._generate_examples(5)}
+
+  def _generate_examples(self, n):
+    for i in range(n):
+      yield i, {'image': np.full((20, 24, 1), 10 * i, np.uint8), 'label': i % 3}
+
+
+def test_tfds_source_reads_a_prepared_dataset(tmp_path):
+  JaxMocoTinyImages(data_dir=str(tmp_path)).download_and_prepare()
+  source = sources.get_source('tfds:jax_moco_tiny_images', data_dir=str(tmp_path))
+  assert (source.num_examples, source.num_classes) == (12, 3)
+  test = sources.get_source('tfds:jax_moco_tiny_images:test', data_dir=str(tmp_path))
+  batches = list(pipeline.eval_dataset(test, 16, 4).as_numpy_iterator())
+  images = np.concatenate([b['image'] for b in batches])[np.concatenate([b['mask'] for b in batches])]
+  assert images.shape == (5, 16, 16, 3)  # grayscale -> RGB, resized to the eval size
+  assert sorted(images[:, 0, 0, 0].tolist()) == [0, 10, 20, 30, 40]
+  spec = views.ViewSpec(large_size=16, small_size=8, num_small=1)
+  batch = next(pipeline.train_dataset(source, spec, 4, seed=0).as_numpy_iterator())
+  assert batch['anchor'].shape == (4, 16, 16, 3) and batch['small'].shape == (4, 1, 8, 8, 3)
