@@ -88,7 +88,8 @@ def train_and_evaluate(config, workdir: str) -> state_lib.TrainState:
                                         momentum_fn)
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
   monitor = KnnMonitor(config, mesh, encoder.backbone) if config.eval_dataset else None
-  summary = {'method': config.method, 'dataset': source.name, 'workdir': os.path.abspath(workdir)}
+  summary = {'method': config.method, 'dataset': source.name, 'workdir': os.path.abspath(workdir),
+             'knn_k': config.knn.k, 'knn_temperature': config.knn.temperature}
   if monitor and start_step == 0:
     summary['knn_raw_pixels'] = monitor.run_raw_pixels()
     summary['knn_before'] = monitor.run(state.params, state.batch_stats)
@@ -147,8 +148,9 @@ def format_summary(summary) -> str:
            f'{summary["train_seconds"]:.0f} s']
   if 'knn_before' in summary or 'knn_after' in summary:
     fmt = lambda r: f'{r["top1"]:.2f} %' if r else 'n/a'  # noqa: E731
-    lines.append(f'kNN top-1 (k=200, T=0.1): raw pixels {fmt(summary.get("knn_raw_pixels"))}, '
-                 f'random init {fmt(summary.get("knn_before"))} -> trained {fmt(summary.get("knn_after"))}')
+    lines.append(f'kNN top-1 (k={summary["knn_k"]}, T={summary["knn_temperature"]}): '
+                 f'raw pixels {fmt(summary.get("knn_raw_pixels"))}, random init {fmt(summary.get("knn_before"))} '
+                 f'-> trained {fmt(summary.get("knn_after"))}')
   lines.append(f'checkpoints: {summary["checkpoint_dir"]}')
   lines.append(f'TensorBoard: tensorboard --logdir {summary["workdir"]}')
   return '\n'.join(lines)
