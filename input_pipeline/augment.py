@@ -1,7 +1,8 @@
-"""The MoCo-v2 "aug+" chain and the A+ alternative of paper 001 (Sec. 4.2), on uint8 crops.
+"""The MoCo-v2 "aug+" chain and the A+ alternative of paper 001 (Sec. 4.2), on batches of uint8 views.
 
-Random decisions use stateless RNG from a per-example seed, so a given seed and example give the same views
-whatever tf.data's parallelism.
+Each image of a batch gets its own random decisions and parameters, drawn with stateless RNG from one seed per
+batch (the pipeline derives it from the batch's first example counter), so a given seed gives the same views
+whatever tf.data's parallelism, and resuming at a step reproduces its batches.
 """
 
 import tensorflow as tf
@@ -19,57 +20,61 @@ def _split(seed, n):
   return tf.random.experimental.stateless_split(seed, n)
 
 
-def _uniform(seed, low=0.0, high=1.0):
-  return tf.random.stateless_uniform([], seed, low, high)
+def _batch_size(images):
+  return tf.shape(images)[:1]
 
 
-def color_jitter(image, seed, strength=JITTER_STRENGTH):
-  """torchvision's ColorJitter: four factors, applied in a random order (a fresh permutation per call)."""
+def color_jitter(images, seed, applied, strength=JITTER_STRENGTH):
+  """torchvision's ColorJitter on the images where `applied`: four factors in a fresh random order per image."""
   b, c, s, h = strength
   seeds = _split(seed, 5)
-  factors = [_uniform(seeds[0], 1 - b, 1 + b), _uniform(seeds[1], 1 - c, 1 + c),
-             _uniform(seeds[2], 1 - s, 1 + s), _uniform(seeds[3], -h, h)]
+  shape = _batch_size(images)
+  factors = [tf.random.stateless_uniform(shape, seeds[0], 1 - b, 1 + b),
+             tf.random.stateless_uniform(shape, seeds[1], 1 - c, 1 + c),
+             tf.random.stateless_uniform(shape, seeds[2], 1 - s, 1 + s),
+             tf.random.stateless_uniform(shape, seeds[3], -h, h)]
   adjust = [ops.adjust_brightness, ops.adjust_contrast, ops.adjust_saturation, ops.adjust_hue]
-  order = tf.argsort(tf.random.stateless_uniform([4], seeds[4]))
+  order = tf.argsort(tf.random.stateless_uniform(tf.concat([shape, [4]], 0), seeds[4]), axis=1)
   for position in range(4):
-    image = tf.switch_case(order[position],
-                           [lambda im=image, f=f, fn=fn: fn(im, f) for f, fn in zip(factors, adjust)])
-  return image
+    op = tf.where(applied, order[:, position], -1)
+    # Each image's factor for whichever op it applies at this position.
+    factor = tf.gather(tf.stack(factors, axis=1), tf.maximum(op, 0), batch_dims=1)
+    images = ops.apply_switch(op, adjust, images, factor)
+  return images
 
 
-def _maybe(apply, fn, image):
-  return tf.cond(apply, lambda: fn(image), lambda: image)
-
-
-def moco_v2_decisions(seed, blur_sigma=BLUR_SIGMA):
-  """Which of jitter, grayscale, blur and flip apply (each with its MoCo-v2 probability), and the blur sigma."""
-  draws = tf.random.stateless_uniform([4], seed)
-  applied = draws < tf.constant([P_JITTER, P_GRAYSCALE, P_BLUR, P_FLIP])
-  sigma = tf.random.stateless_uniform([], tf.random.experimental.stateless_fold_in(seed, 1), *blur_sigma)
+def moco_v2_decisions(seed, batch_size, blur_sigma=BLUR_SIGMA):
+  """Which of jitter, grayscale, blur and flip apply to each image ([B, 4], MoCo-v2's probabilities) and the blur
+  sigmas [B]."""
+  seeds = _split(seed, 2)
+  applied = tf.random.stateless_uniform([batch_size, 4], seeds[0]) < tf.constant([P_JITTER, P_GRAYSCALE, P_BLUR,
+                                                                                   P_FLIP])
+  sigma = tf.random.stateless_uniform([batch_size], seeds[1], *blur_sigma)
   return applied, sigma
 
 
-def moco_v2_chain(image, seed, blur_sigma=BLUR_SIGMA):
+def moco_v2_chain(images, seed, blur_sigma=BLUR_SIGMA):
   """Colour jitter, grayscale, blur and flip, in torchvision's order."""
   seeds = _split(seed, 2)
-  applied, sigma = moco_v2_decisions(seeds[0], blur_sigma)
-  image = _maybe(applied[0], lambda im: color_jitter(im, seeds[1]), image)
-  image = _maybe(applied[1], ops.grayscale, image)
-  image = _maybe(applied[2], lambda im: ops.gaussian_blur(im, sigma), image)
-  return _maybe(applied[3], ops.flip_left_right, image)
+  applied, sigma = moco_v2_decisions(seeds[0], tf.shape(images)[0], blur_sigma)
+  images = color_jitter(images, seeds[1], applied[:, 0])
+  images = ops.apply_where(applied[:, 1], ops.grayscale, images)
+  images = ops.apply_where(applied[:, 2], ops.gaussian_blur, images, sigma)
+  return ops.apply_where(applied[:, 3], ops.flip_left_right, images)
 
 
-def aplus_uses_autoaugment(seed):
-  return _uniform(seed) < P_AUTOAUGMENT
+def aplus_uses_autoaugment(seed, batch_size):
+  return tf.random.stateless_uniform([batch_size], seed) < P_AUTOAUGMENT
 
 
-def aplus_chain(image, seed, blur_sigma=BLUR_SIGMA):
-  """A+ for positives: with p = 0.5 flip + AutoAugment(ImageNet) instead of the MoCo-v2 chain."""
+def aplus_chain(images, seed, blur_sigma=BLUR_SIGMA):
+  """A+ for positives: each image with p = 0.5 gets flip + AutoAugment(ImageNet) instead of the MoCo-v2 chain."""
   seeds = _split(seed, 4)
+  use_autoaugment = aplus_uses_autoaugment(seeds[0], tf.shape(images)[0])
+  flip = tf.random.stateless_uniform(_batch_size(images), seeds[1]) < P_FLIP
 
-  def flip_autoaugment(im):
-    im = _maybe(_uniform(seeds[1]) < P_FLIP, ops.flip_left_right, im)
-    return autoaugment.autoaugment(im, seeds[2])
+  def flip_autoaugment(selected, selected_flip):
+    return autoaugment.autoaugment(ops.apply_where(selected_flip, ops.flip_left_right, selected), seeds[2])
 
-  return tf.cond(aplus_uses_autoaugment(seeds[0]), lambda: flip_autoaugment(image),
-                 lambda: moco_v2_chain(image, seeds[3], blur_sigma))
+  images = ops.apply_where(use_autoaugment, flip_autoaugment, images, flip)
+  return ops.apply_where(~use_autoaugment, lambda selected: moco_v2_chain(selected, seeds[3], blur_sigma), images)

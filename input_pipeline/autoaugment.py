@@ -44,15 +44,15 @@ def _linspace(start, stop):
   return [start + (stop - start) * i / (NUM_BINS - 1) for i in range(NUM_BINS)]
 
 
-# op name -> (magnitudes per bin, signed, apply(image, magnitude, height, width)). Translate magnitudes are fractions
+# op name -> (magnitudes per bin, signed, apply(images, magnitude [B])). Translate magnitudes are fractions
 # of the image side (torchvision: 150 / 331 * side). Enhance ops use 1 + magnitude as their factor.
 OPS = {
     'ShearX': (_linspace(0.0, 0.3), True, lambda im, m: ops.shear_x(im, m)),
     'ShearY': (_linspace(0.0, 0.3), True, lambda im, m: ops.shear_y(im, m)),
     'TranslateX': (_linspace(0.0, 150.0 / 331.0), True,
-                   lambda im, m: ops.translate_x(im, m * tf.cast(tf.shape(im)[1], tf.float32))),
+                   lambda im, m: ops.translate_x(im, m * tf.cast(tf.shape(im)[2], tf.float32))),
     'TranslateY': (_linspace(0.0, 150.0 / 331.0), True,
-                   lambda im, m: ops.translate_y(im, m * tf.cast(tf.shape(im)[0], tf.float32))),
+                   lambda im, m: ops.translate_y(im, m * tf.cast(tf.shape(im)[1], tf.float32))),
     'Rotate': (_linspace(0.0, 30.0), True, lambda im, m: ops.rotate(im, m)),
     'Brightness': (_linspace(0.0, 0.9), True, lambda im, m: ops.adjust_brightness(im, 1.0 + m)),
     'Color': (_linspace(0.0, 0.9), True, lambda im, m: ops.adjust_saturation(im, 1.0 + m)),
@@ -68,13 +68,13 @@ OPS = {
 OP_NAMES = tuple(OPS)
 
 
-def apply_op(image, name, magnitude):
-  """Applies one named op with a given (already signed) magnitude; used by tests and by the policy."""
-  return OPS[name][2](image, tf.cast(magnitude, tf.float32))
+def apply_op(images, name, magnitude):
+  """Applies one named op to a batch with a per-image (already signed) magnitude [B]."""
+  return OPS[name][2](images, tf.cast(magnitude, tf.float32))
 
 
 def _policy_tables():
-  """Policy as tensors: op index [25, 2], probability [25, 2], signed magnitude-free value [25, 2]."""
+  """Policy as tensors: op index [25, 2], probability [25, 2], magnitude [25, 2], signed [25, 2]."""
   op_ids, probs, mags, signed = [], [], [], []
   for sub_policy in IMAGENET_POLICY:
     for name, prob, bin_ in sub_policy:
@@ -88,21 +88,20 @@ def _policy_tables():
           tf.reshape(tf.constant(mags), shape), tf.reshape(tf.constant(signed), shape))
 
 
-def autoaugment(image, seed):
-  """torchvision's AutoAugment(IMAGENET) forward: one random sub-policy; each op applied with its probability
-  (rand <= p, as torchvision) and a random sign for signed ops."""
+def autoaugment(images, seed):
+  """torchvision's AutoAugment(IMAGENET) forward on each image of a batch: one random sub-policy per image; each of
+  its two ops applied with its probability (rand <= p, as torchvision) and a random sign for signed ops."""
   op_ids, probs, mags, signed = _policy_tables()
+  batch = tf.shape(images)[0]
   seeds = tf.random.experimental.stateless_split(seed, 3)
-  index = tf.random.stateless_uniform([], seeds[0], 0, len(IMAGENET_POLICY), dtype=tf.int32)
-  draws = tf.random.stateless_uniform([2], seeds[1])
-  signs = tf.random.stateless_uniform([2], seeds[2], 0, 2, dtype=tf.int32)
-  branches = [lambda im, m, name=name: apply_op(im, name, m) for name in OP_NAMES]
+  index = tf.random.stateless_uniform([batch], seeds[0], 0, len(IMAGENET_POLICY), dtype=tf.int32)
+  draws = tf.random.stateless_uniform([batch, 2], seeds[1])
+  negative = tf.random.stateless_uniform([batch, 2], seeds[2], 0, 2, dtype=tf.int32) == 0
   for slot in range(2):
-    magnitude = mags[index, slot]
-    magnitude = tf.where(signed[index, slot] & (signs[slot] == 0), -magnitude, magnitude)
-    apply = draws[slot] <= probs[index, slot]
-    image = tf.cond(apply,
-                    lambda im=image, m=magnitude, s=slot: tf.switch_case(
-                        op_ids[index, s], [lambda b=b: b(im, m) for b in branches]),
-                    lambda im=image: im)
-  return image
+    magnitude = tf.gather(mags[:, slot], index)
+    magnitude = tf.where(tf.gather(signed[:, slot], index) & negative[:, slot], -magnitude, magnitude)
+    applied = draws[:, slot] <= tf.gather(probs[:, slot], index)
+    op = tf.where(applied, tf.gather(op_ids[:, slot], index), -1)
+    images = ops.apply_switch(op, [lambda im, m, name=name: apply_op(im, name, m) for name in OP_NAMES], images,
+                              magnitude)
+  return images

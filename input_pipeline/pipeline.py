@@ -2,7 +2,8 @@
 
 Training: a global example counter c = 0, 1, 2, ... is the only state. Example c is image
 index_shuffle(c mod N, seed=(seed, c div N)) of the source (a fresh permutation per epoch, i.e. shuffle before
-repeat) and is augmented with an RNG seeded by (seed, c). Each process takes every process_count-th counter, so
+repeat) and is cropped with an RNG seeded by (seed, c); each batch is augmented with an RNG seeded by (seed, its first
+counter). Each process takes every process_count-th counter, so
 resuming at step s is starting the counter at s * global_batch: exact and free.
 """
 
@@ -52,19 +53,27 @@ def train_dataset(source: sources.Source, spec: views.ViewSpec, global_batch: in
   n = source.num_examples
   counters = tf.data.Dataset.range(start_step * global_batch, 2**62).shard(process_count, process_index)
 
-  def load_and_augment(counter):
+  def load_and_crop(counter):
     example = source.load(example_index(counter, n, seed))
-    example_seed = tf.random.experimental.stateless_fold_in(tf.constant([seed, 1], tf.int64), counter)
-    out = views.make_views(example['image'], example_seed, spec)
+    crop_seed = tf.random.experimental.stateless_fold_in(tf.constant([seed, 1], tf.int64), counter)
+    out = views.make_crops(example['image'], crop_seed, spec)
     if not keep_boxes:
       out.pop('boxes')
     out['label'] = example['label']
+    out['counter'] = counter
     return out
 
-  ds = counters.map(load_and_augment, num_parallel_calls=AUTOTUNE)
+  def augment(batch):
+    # One seed per batch, from its first example counter: batches are the same whatever the parallelism.
+    batch = dict(batch)
+    augment_seed = tf.random.experimental.stateless_fold_in(tf.constant([seed, 2], tf.int64), batch.pop('counter')[0])
+    return views.augment_batch(batch, augment_seed, spec)
+
+  ds = counters.map(load_and_crop, num_parallel_calls=AUTOTUNE)
   if source.may_fail:
     ds = ds.ignore_errors(log_warning=True)  # Unreadable files are skipped (and logged), never fatal.
-  return ds.batch(batch, drop_remainder=True).prefetch(AUTOTUNE).with_options(_options())
+  ds = ds.batch(batch, drop_remainder=True).map(augment, num_parallel_calls=AUTOTUNE)
+  return ds.prefetch(AUTOTUNE).with_options(_options())
 
 
 def resize_for_eval(image, size):

@@ -1,5 +1,6 @@
-"""Views of one image: anchor and positive (RandomResizedCrop) plus N small crops, optionally constrained to
-overlap the anchor (paper 001, Sec. 4.1); the image is decoded once and cropped many times."""
+"""Views: anchor and positive (RandomResizedCrop) plus N small crops, optionally constrained to overlap the anchor
+(paper 001, Sec. 4.1). Each image is decoded once and cropped many times (`make_crops`, per image); the crops are
+then augmented a batch at a time (`augment_batch`), where vectorised ops cost a fraction of per-view ones."""
 
 import dataclasses
 
@@ -29,30 +30,39 @@ class ViewSpec:
     return tuple(s * scale for s in augment.BLUR_SIGMA)
 
 
-def make_views(image, seed, spec: ViewSpec):
-  """Returns a dict with uint8 `anchor`, `positive`, `small` ([N, s, s, 3]) and int32 `boxes` ([2 + N, 4]:
-  anchor, positive, small crops, in original pixels)."""
+def make_crops(image, seed, spec: ViewSpec):
+  """The crops of one image, not yet augmented: a dict with uint8 `anchor`, `positive`, `small` ([N, s, s, 3]) and
+  int32 `boxes` ([2 + N, 4]: anchor, positive, small crops, in original pixels)."""
   height, width = tf.shape(image)[0], tf.shape(image)[1]
-  seeds = tf.random.experimental.stateless_split(seed, 4 + 2 * spec.num_small)
+  seeds = tf.random.experimental.stateless_split(seed, 2)
   large = crops.random_resized_crop_boxes(seeds[0], height, width, 2, spec.large_scale)
-  anchor_box, positive_box = large[0], large[1]
-  positive_chain = augment.aplus_chain if spec.aplus else augment.moco_v2_chain
-  large_blur, small_blur = spec.blur_sigma(spec.large_size), spec.blur_sigma(spec.small_size)
-  views = {
-      'anchor': augment.moco_v2_chain(crops.crop_and_resize(image, anchor_box, spec.large_size), seeds[1],
-                                      large_blur),
-      'positive': positive_chain(crops.crop_and_resize(image, positive_box, spec.large_size), seeds[2], large_blur),
-  }
+  out = {'anchor': crops.crop_and_resize(image, large[0], spec.large_size),
+         'positive': crops.crop_and_resize(image, large[1], spec.large_size)}
   boxes = [large]
   if spec.num_small:
     if spec.min_overlap > 0:
-      small_boxes = crops.constrained_crop_boxes(seeds[3], height, width, anchor_box, spec.num_small,
+      small_boxes = crops.constrained_crop_boxes(seeds[1], height, width, large[0], spec.num_small,
                                                  spec.small_scale, spec.min_overlap, spec.overlap_tries)
     else:
-      small_boxes = crops.random_resized_crop_boxes(seeds[3], height, width, spec.num_small, spec.small_scale)
-    views['small'] = tf.stack([
-        positive_chain(crops.crop_and_resize(image, small_boxes[i], spec.small_size), seeds[4 + i], small_blur)
-        for i in range(spec.num_small)])
+      small_boxes = crops.random_resized_crop_boxes(seeds[1], height, width, spec.num_small, spec.small_scale)
+    out['small'] = tf.stack([crops.crop_and_resize(image, small_boxes[i], spec.small_size)
+                             for i in range(spec.num_small)])
     boxes.append(small_boxes)
-  views['boxes'] = tf.concat(boxes, axis=0)
-  return views
+  out['boxes'] = tf.concat(boxes, axis=0)
+  return out
+
+
+def augment_batch(batch, seed, spec: ViewSpec):
+  """Augments a batch of crops in place: MoCo-v2 aug+ for anchors; the positive chain (A+ or aug+) for positives
+  and small crops, which are augmented as one stack of B * N views."""
+  seeds = tf.random.experimental.stateless_split(seed, 3)
+  positive_chain = augment.aplus_chain if spec.aplus else augment.moco_v2_chain
+  large_blur, small_blur = spec.blur_sigma(spec.large_size), spec.blur_sigma(spec.small_size)
+  batch = dict(batch)
+  batch['anchor'] = augment.moco_v2_chain(batch['anchor'], seeds[0], large_blur)
+  batch['positive'] = positive_chain(batch['positive'], seeds[1], large_blur)
+  if spec.num_small:
+    small = batch['small']
+    flat = tf.reshape(small, tf.concat([[-1], tf.shape(small)[2:]], 0))
+    batch['small'] = tf.reshape(positive_chain(flat, seeds[2], small_blur), tf.shape(small))
+  return batch

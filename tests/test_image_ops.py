@@ -20,9 +20,9 @@ from input_pipeline import ops
 
 
 def run_both(fn, image):
-  """The op eagerly and inside a tf.data map; both results."""
-  eager = fn(tf.constant(image)).numpy()
-  in_data = next(iter(tf.data.Dataset.from_tensors(image).map(fn))).numpy()
+  """The op on a batch of one image, eagerly and inside a tf.data map; both results."""
+  eager = fn(tf.constant(image[None]))[0].numpy()
+  in_data = next(iter(tf.data.Dataset.from_tensors(image[None]).map(fn)))[0].numpy()
   return eager, in_data
 
 
@@ -81,7 +81,43 @@ def test_gaussian_blur_close_to_pil(china):
     expected = np.asarray(Image.fromarray(china).filter(ImageFilter.GaussianBlur(sigma))).astype(np.float32)
     for got in run_both(lambda x, s=sigma: ops.gaussian_blur(x, s), china):
       assert np.mean(np.abs(got - expected)) < 1.5, sigma
-  np.testing.assert_array_equal(ops.gaussian_blur(tf.constant(china), 0.1).numpy(), china)
+  np.testing.assert_array_equal(ops.gaussian_blur(tf.constant(china[None]), 0.1)[0].numpy(), china)
+
+
+PER_IMAGE_OPS = [  # op, per-image parameters for a batch of 4
+    (ops.adjust_brightness, [0.6, 1.0, 1.3, 1.9]), (ops.adjust_contrast, [0.6, 1.0, 1.3, 1.9]),
+    (ops.adjust_saturation, [0.0, 0.7, 1.0, 1.4]), (ops.adjust_hue, [-0.1, 0.0, 0.04, 0.5]),
+    (ops.adjust_sharpness, [0.1, 1.0, 1.5, 1.9]), (ops.posterize, [8, 6, 4, 1]),
+    (ops.solarize, [0.0, 100.0, 141.7, 255.0]), (ops.shear_x, [-0.3, 0.0, 0.1, 0.2]),
+    (ops.shear_y, [-0.3, 0.0, 0.1, 0.2]), (ops.translate_x, [-40.5, 0.0, 3.2, 60.0]),
+    (ops.translate_y, [-40.5, 0.0, 3.2, 60.0]), (ops.rotate, [-30.0, 0.0, 9.0, 27.0]),
+    (ops.gaussian_blur, [0.1, 0.5, 1.2, 2.0]),
+    (lambda x, _: ops.autocontrast(x), [0, 0, 0, 0]), (lambda x, _: ops.equalize(x), [0, 0, 0, 0]),
+]
+
+
+@pytest.mark.parametrize('op,params', PER_IMAGE_OPS, ids=lambda v: getattr(v, '__name__', None))
+def test_batched_op_equals_the_op_image_by_image(china, op, params):
+  """Vectorisation: each image of a batch gets its own parameter, exactly as if processed alone."""
+  rng = np.random.default_rng(0)
+  crops = np.stack([china[r:r + 64, c:c + 80] for r, c in rng.integers(0, 32, size=(4, 2))])
+  crops[1] = crops[1] // 4  # a dark image, and a flat one, for the histogram ops
+  crops[2, :, :, 1] = 77
+  batched = op(tf.constant(crops), tf.constant(params)).numpy()
+  for i, param in enumerate(params):
+    alone = op(tf.constant(crops[i:i + 1]), tf.constant([param]))[0].numpy()
+    np.testing.assert_array_equal(batched[i], alone)
+
+
+def test_apply_where_changes_only_the_selected_images(china):
+  images = tf.constant(np.stack([china[:64, :64]] * 5))
+  mask = tf.constant([True, False, True, False, False])
+  out = ops.apply_where(mask, ops.adjust_brightness, images, tf.constant([0.5, 9.0, 1.5, 9.0, 9.0])).numpy()
+  np.testing.assert_array_equal(out[[1, 3, 4]], images.numpy()[[1, 3, 4]])
+  np.testing.assert_array_equal(out[0], ops.adjust_brightness(images[:1], 0.5)[0].numpy())
+  np.testing.assert_array_equal(out[2], ops.adjust_brightness(images[:1], 1.5)[0].numpy())
+  nothing = ops.apply_where(tf.zeros([5], tf.bool), ops.equalize, images)
+  np.testing.assert_array_equal(nothing.numpy(), images.numpy())
 
 
 def test_all_autoaugment_ops_are_covered():
@@ -96,17 +132,21 @@ def test_all_autoaugment_ops_are_covered():
 
 
 def test_autoaugment_runs_in_tf_data_and_is_deterministic(china):
-  ds = tf.data.Dataset.range(16).map(
-      lambda i: autoaugment.autoaugment(tf.constant(china), tf.stack([i, tf.constant(7, tf.int64)])))
+  batch = tf.constant(np.stack([china[:96, :96]] * 16))
+  ds = tf.data.Dataset.range(3).map(lambda i: autoaugment.autoaugment(batch, tf.stack([i, tf.constant(7, tf.int64)])))
   first, second = list(ds.as_numpy_iterator()), list(ds.as_numpy_iterator())
   assert all(np.array_equal(a, b) for a, b in zip(first, second))
-  assert sum(not np.array_equal(a, china) for a in first) >= 8  # most sub-policies change the image
+  changed = [not np.array_equal(view, china[:96, :96]) for out in first for view in out]
+  assert sum(changed) >= 24  # most sub-policies change the image
+  assert len({out.tobytes() for out in first[0]}) >= 8  # each image of a batch draws its own sub-policy
 
 
 @pytest.mark.parametrize('image_fn', [augment.moco_v2_chain, augment.aplus_chain])
-def test_chains_keep_shape_and_dtype(china, image_fn):
-  out = image_fn(tf.constant(china), tf.constant([1, 2], tf.int64)).numpy()
-  assert out.shape == china.shape and out.dtype == np.uint8
+def test_chains_keep_shape_and_dtype_and_vary_per_image(china, image_fn):
+  batch = tf.constant(np.stack([china[:96, :96]] * 8))
+  out = image_fn(batch, tf.constant([1, 2], tf.int64)).numpy()
+  assert out.shape == batch.shape and out.dtype == np.uint8
+  assert len({view.tobytes() for view in out}) >= 6
 
 
 def _binomial_ok(successes, n, p):
@@ -116,11 +156,13 @@ def _binomial_ok(successes, n, p):
 
 def test_application_probabilities():
   n = 4000
-  seeds = tf.stack([tf.range(n, dtype=tf.int64), tf.fill([n], tf.constant(3, tf.int64))], axis=1)
-  applied = tf.map_fn(lambda s: augment.moco_v2_decisions(s)[0], seeds, fn_output_signature=tf.bool).numpy()
+  seed = tf.constant([3, 4], tf.int64)
+  applied, sigmas = augment.moco_v2_decisions(seed, n)
   for column, p in enumerate((augment.P_JITTER, augment.P_GRAYSCALE, augment.P_BLUR, augment.P_FLIP)):
-    assert _binomial_ok(applied[:, column].sum(), n, p), (column, applied[:, column].mean())
-  sigmas = tf.map_fn(lambda s: augment.moco_v2_decisions(s)[1], seeds, fn_output_signature=tf.float32).numpy()
-  assert sigmas.min() >= 0.1 and sigmas.max() <= 2.0
-  aa = tf.map_fn(augment.aplus_uses_autoaugment, seeds, fn_output_signature=tf.bool).numpy()
+    assert _binomial_ok(applied[:, column].numpy().sum(), n, p), (column, applied[:, column].numpy().mean())
+  assert sigmas.numpy().min() >= 0.1 and sigmas.numpy().max() <= 2.0
+  aa = augment.aplus_uses_autoaugment(seed, n).numpy()
   assert _binomial_ok(aa.sum(), n, augment.P_AUTOAUGMENT)
+  # The decisions of different images are independent: jitter and grayscale co-occur at the product rate.
+  both = (applied[:, 0] & applied[:, 1]).numpy().sum()
+  assert _binomial_ok(both, n, augment.P_JITTER * augment.P_GRAYSCALE)
