@@ -8,7 +8,10 @@ import logging
 import os
 
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
+
+from jax_moco import state as state_lib
 
 # Fields that fix the state's shapes or the data stream: resuming with other values would crash or silently change
 # the run, so a mismatch is refused with the fields named.
@@ -73,3 +76,35 @@ class Checkpointer:
   def close(self):
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+class NotARunError(FileNotFoundError):
+  pass
+
+
+def load_run(workdir: str, step=None):
+  """(config, state, step) of a training run's checkpoint (the latest by default), for evaluation and export.
+
+  The config is the one saved with the checkpoint, so the state's shapes are rebuilt exactly as they were trained.
+  """
+  directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
+  if not os.path.isdir(directory):
+    raise NotARunError(f'{workdir} is not a jax_moco work directory: it has no checkpoints/ folder')
+  manager = ocp.CheckpointManager(directory, item_names=('state', 'config'))
+  steps = manager.all_steps()
+  if not steps:
+    raise NotARunError(f'{directory} holds no checkpoint')
+  step = max(steps) if step is None else step
+  if step not in steps:
+    raise ValueError(f'step={step}: no checkpoint at that step in {directory}; saved steps: {sorted(steps)}')
+  try:
+    saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))['config']
+  except Exception as e:  # a foreign Orbax checkpoint: no config item
+    raise NotARunError(f'{directory} step {step} has no jax_moco config: not a jax_moco checkpoint ({e})') from e
+  config = ml_collections.ConfigDict(saved)
+  encoder = state_lib.create_encoder(config)
+  tx = state_lib.create_optimizer(config, total_steps=1, steps_per_epoch=1)  # the schedule does not shape the state
+  abstract = jax.eval_shape(lambda: state_lib.create_train_state(config, encoder, tx, jax.random.key(0)))
+  state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))['state']
+  manager.close()
+  return config, state, step

@@ -6,22 +6,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jax_moco import torch_layout
 from jax_moco.models import resnet
 from jax_moco.models.batchnorm import SplitBatchNorm
-
-TORCH_NAMES = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean', 'var': 'running_var'}
 
 
 def torchvision_keys(arch, **kwargs):
   """Our backbone variables under torchvision's state-dict names, with torchvision's (OIHW) shapes."""
   model = resnet.create_resnet(arch, **kwargs)
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((2, 64, 64, 3)), train=True))
-  keys = {}
-  for collection in ('params', 'batch_stats'):
-    for path, leaf in flax.traverse_util.flatten_dict(variables[collection]).items():
-      name = '.'.join(p.replace('_', '.') for p in path[:-1]) + '.' + TORCH_NAMES[path[-1]]
-      shape = leaf.shape if leaf.ndim != 4 else (leaf.shape[3], leaf.shape[2], leaf.shape[0], leaf.shape[1])
-      keys[name] = shape
+  tree = torch_layout.merge(variables['params'], variables['batch_stats'])
+  keys = {torch_layout.torch_name(path): torch_layout.to_torch_layout(np.zeros(leaf.shape)).shape
+          for path, leaf in flax.traverse_util.flatten_dict(tree).items()}
   return model, keys
 
 
