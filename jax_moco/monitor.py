@@ -7,6 +7,7 @@ import jax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import numpy as np
+from tqdm import tqdm
 
 from input_pipeline import pipeline
 from input_pipeline import sources
@@ -32,10 +33,12 @@ def backbone_variables(params, batch_stats):
   return {'params': params['backbone'], 'batch_stats': batch_stats['backbone']}
 
 
-def extract_features(feature_fn, variables, dataset, mesh):
-  """(features [n, C], labels [n]) for every unmasked example of an eval dataset."""
+def extract_features(feature_fn, variables, dataset, mesh, description=None):
+  """(features [n, C], labels [n]) for every unmasked example of an eval dataset; a progress bar when described."""
   features, labels = [], []
-  for batch in dataset.as_numpy_iterator():
+  total = int(dataset.cardinality()) if int(dataset.cardinality()) > 0 else None
+  for batch in tqdm(dataset.as_numpy_iterator(), total=total, desc=description, unit='batch', leave=False,
+                    disable=description is None or jax.process_index() != 0):
     images = shard_batch(mesh, {'image': batch['image']})['image']
     out = np.asarray(jax.device_get(feature_fn(variables, images)))
     features.append(out[batch['mask']])

@@ -1,0 +1,125 @@
+"""Evaluation: kNN against scikit-learn, the linear probe's protocol (grid, split, refit) against direct scikit-learn
+fits, features with masked padding against one-image-at-a-time, and the CLI path on a saved run."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
+
+from input_pipeline import pipeline
+from input_pipeline import sources
+from jax_moco import checkpointing
+from jax_moco import evaluate
+from jax_moco import knn
+from jax_moco import linear_probe
+from jax_moco import monitor
+from jax_moco import state as state_lib
+from jax_moco import step as step_lib
+
+
+def clusters(n, num_classes=5, dim=16, spread=0.1, seed=0):
+  """Gaussian clusters around fixed random centres (the same for every seed: seeds draw samples)."""
+  centres = np.random.default_rng(100).normal(size=(num_classes, dim))
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, num_classes, n)
+  return (centres[labels] + spread * rng.normal(size=(n, dim))).astype(np.float32), labels
+
+
+def test_knn_matches_scikit_learn_weighted_cosine_neighbours():
+  bank_x, bank_y = clusters(600, spread=1.5)
+  test_x, test_y = clusters(300, spread=1.5, seed=1)
+  k, temperature = 20, 0.1
+  reference = KNeighborsClassifier(k, metric='cosine', algorithm='brute',
+                                   weights=lambda d: np.exp((1.0 - d) / temperature)).fit(bank_x, bank_y)
+  expected = np.mean(reference.predict(test_x) == test_y) * 100
+  got = knn.knn_classify(bank_x, bank_y, test_x, test_y, k, temperature)
+  assert 30 < expected < 100 and got['top1'] == pytest.approx(expected)
+  # Chunking the queries and the bank (with a ragged last chunk) changes nothing.
+  assert knn.knn_classify(bank_x, bank_y, test_x, test_y, k, temperature, query_chunk=70, bank_chunk=97) == got
+
+
+def test_knn_separable_is_perfect_and_shuffled_is_chance():
+  bank_x, bank_y = clusters(500)
+  test_x, test_y = clusters(200, seed=1)
+  assert knn.knn_classify(bank_x, bank_y, test_x, test_y)['top1'] == 100.0
+  shuffled = np.random.default_rng(2).permutation(bank_y)
+  assert abs(knn.knn_classify(bank_x, shuffled, test_x, test_y, k=50)['top1'] - 20.0) < 12.0
+
+
+def test_linear_probe_follows_the_protocol():
+  grid = linear_probe.L2_GRID
+  assert len(grid) == 45 and grid[0] == pytest.approx(1e-5) and grid[-1] == pytest.approx(1e5)
+  np.testing.assert_allclose(np.diff(np.log10(grid)), 10 / 44)
+  train_x, train_y = clusters(300, spread=2.5)
+  val_x, val_y = clusters(100, spread=2.5, seed=1)
+  test_x, test_y = clusters(200, spread=2.5, seed=2)
+  short_grid = grid[::11]
+  result = linear_probe.linear_probe(train_x, train_y, test_x, test_y, validation=(val_x, val_y), grid=short_grid,
+                                     n_jobs=1)
+  # Selection: the constant with the best validation accuracy (the first among ties), from direct fits.
+  val_scores = [np.mean(LogisticRegression(C=1 / l2, max_iter=1000).fit(train_x, train_y).predict(val_x) == val_y)
+                for l2 in short_grid]
+  assert result['l2'] == pytest.approx(short_grid[int(np.argmax(val_scores))])
+  np.testing.assert_allclose([s for _, s in result['validation_curve']], np.array(val_scores) * 100)
+  # Refit on train + validation with that constant, scored on test.
+  refit = LogisticRegression(C=1 / result['l2'], max_iter=1000).fit(np.concatenate([train_x, val_x]),
+                                                                     np.concatenate([train_y, val_y]))
+  assert result['top1'] == pytest.approx(np.mean(refit.predict(test_x) == test_y) * 100)
+
+
+def test_linear_probe_separable_is_perfect_shuffled_is_chance_and_split_is_stratified():
+  train_x, train_y = clusters(400)
+  test_x, test_y = clusters(200, seed=1)
+  grid = linear_probe.L2_GRID[::8]
+  assert linear_probe.linear_probe(train_x, train_y, test_x, test_y, grid=grid, n_jobs=1)['top1'] == 100.0
+  shuffled = np.random.default_rng(3).permutation(train_y)
+  assert abs(linear_probe.linear_probe(train_x, shuffled, test_x, test_y, grid=grid, n_jobs=1)['top1'] - 20) < 12
+  train_idx, val_idx = linear_probe.split_train_validation(train_y)
+  assert len(val_idx) == 80 and not set(train_idx) & set(val_idx)
+  np.testing.assert_allclose(np.bincount(train_y[val_idx]) / 80, np.bincount(train_y) / 400, atol=0.02)
+
+
+def test_padded_extraction_equals_one_image_at_a_time(make_config):
+  config = make_config()
+  encoder = state_lib.create_encoder(config)
+  state = state_lib.create_train_state(config, encoder, state_lib.create_optimizer(config, 1, 1), jax.random.key(0))
+  variables = monitor.backbone_variables(state.params, state.batch_stats)
+  mesh = step_lib.create_mesh()
+  source = sources.get_source('embedded_subset:test')
+  ds = pipeline.eval_dataset(source, 32, 16, max_examples=37)  # 37 = 2 whole batches + 5, padded with masks
+  features, labels = monitor.extract_features(monitor.make_feature_fn(mesh, encoder.backbone), variables, ds, mesh)
+  assert features.shape[0] == 37
+  for i in (0, 17, 36):
+    image = pipeline.resize_for_eval(source.load(i)['image'], 32).numpy()[None]
+    alone = encoder.backbone.apply(variables, step_lib.normalize(jnp.asarray(image)), train=False)
+    np.testing.assert_allclose(features[i], np.asarray(alone)[0], rtol=1e-4, atol=1e-5)
+    assert labels[i] == int(source.load(i)['label'])
+
+
+def test_evaluate_a_saved_run_writes_results_and_reuses_features(make_config, tmp_path, monkeypatch):
+  config = make_config()
+  encoder = state_lib.create_encoder(config)
+  state = state_lib.create_train_state(config, encoder, state_lib.create_optimizer(config, 1, 1), jax.random.key(1))
+  checkpointer = checkpointing.Checkpointer(str(tmp_path / 'checkpoints'), config.to_dict(), 100, 3)
+  checkpointer.save(3, state.replace(step=jnp.asarray(3, jnp.int32)), force=True)
+  checkpointer.close()
+  result = evaluate.evaluate(str(tmp_path), 'knn', max_examples=400)
+  assert result['step'] == 3 and result['num_train'] == 400 and 10 <= result['top1'] <= 100
+  assert json.load(open(tmp_path / 'eval' / 'step_3_online' / 'knn.json'))['top1'] == result['top1']
+  assert 'kNN (k=200, T=0.1)' in evaluate.format_table(result)
+
+  def no_network(*args, **kwargs):
+    raise AssertionError('features should come from the cache')
+  monkeypatch.setattr(monitor, 'extract_features', no_network)
+  probe = evaluate.evaluate(str(tmp_path), 'linear_probe', max_examples=400, n_jobs=1)
+  assert 10 <= probe['top1'] <= 100 and len(probe['validation_curve']) == 45
+  assert 'linear probe' in evaluate.format_table(probe)
+  (tmp_path / 'unlabelled').mkdir()
+  Image.new('RGB', (8, 8)).save(tmp_path / 'unlabelled' / 'a.png')
+  with pytest.raises(ValueError, match='has no labels'):
+    evaluate.evaluate(str(tmp_path), 'knn', dataset='folder:' + str(tmp_path / 'unlabelled'))
