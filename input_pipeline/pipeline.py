@@ -89,7 +89,10 @@ def resize_for_eval(image, size):
 
 def eval_dataset(source: sources.Source, image_size: int, global_batch: int, process_index: int = 0,
                  process_count: int = 1, max_examples: Optional[int] = None) -> tf.data.Dataset:
-  """Every example exactly once, in order, un-augmented; padded to whole global batches with mask = False."""
+  """Every example exactly once, in order, un-augmented, in whole batches: the tail is padded with mask = False.
+
+  Unreadable files (folder sources) are skipped and logged; the batch they leave short is padded like the tail.
+  """
   batch = local_batch_size(global_batch, process_count)
   n = min(source.num_examples, max_examples or source.num_examples)
   padded = math.ceil(n / global_batch) * global_batch
@@ -98,7 +101,12 @@ def eval_dataset(source: sources.Source, image_size: int, global_batch: int, pro
     example = source.load(tf.minimum(i, n - 1))
     return {'image': resize_for_eval(example['image'], image_size), 'label': example['label'], 'mask': i < n}
 
+  def pad_to_batch(examples):
+    missing = batch - tf.shape(examples['mask'])[0]
+    return {k: tf.pad(v, [[0, missing]] + [[0, 0]] * (len(v.shape) - 1)) for k, v in examples.items()}
+
   ds = tf.data.Dataset.range(padded).shard(process_count, process_index).map(load, num_parallel_calls=AUTOTUNE)
   if source.may_fail:
     ds = ds.ignore_errors(log_warning=True)
-  return ds.batch(batch, drop_remainder=source.may_fail).prefetch(AUTOTUNE).with_options(_options())
+  ds = ds.batch(batch).map(pad_to_batch)
+  return ds.prefetch(AUTOTUNE).with_options(_options())

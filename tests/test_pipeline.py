@@ -146,6 +146,15 @@ def test_folder_source_skips_bad_files_and_converts_modes(messy_folder):
     assert b['anchor'].shape == (1, 32, 32, 3) and b['small'].shape == (1, 2, 16, 16, 3)
 
 
+def test_folder_eval_keeps_every_readable_file(messy_folder):
+  source = sources.get_source(f'folder:{messy_folder}')
+  batches = list(pipeline.eval_dataset(source, 16, 4).as_numpy_iterator())
+  assert all(b['image'].shape == (4, 16, 16, 3) for b in batches)  # whole batches, short ones padded
+  masks = np.concatenate([b['mask'] for b in batches])
+  labels = np.concatenate([b['label'] for b in batches])[masks]
+  assert masks.sum() == 7 and sorted(labels) == [0, 0, 1, 1, 1, 1, 1]  # good + gray cats; five dogs
+
+
 def test_bad_dataset_strings_name_the_culprit(tmp_path):
   with pytest.raises(ValueError, match='unknown source'):
     sources.get_source('imagenet')
