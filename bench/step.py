@@ -1,0 +1,165 @@
+"""Images/s of the full kNN-MoCo training step (both encoders, key shuffle, multi-crop, NN loss, queue update,
+optimiser) for jax_moco and for a PyTorch reference of the same step (bench/torch_reference_step.py), same weights,
+batch, crops and queue, on the same device, alternating rounds; medians and their ratio.
+
+  python bench/step.py                      # CPU demo scale: ResNet-18, CIFAR stem, 32 px + 2 x 16 px, batch 64
+  python bench/step.py --arch=resnet50 --stem=imagenet --large=160 --small=96 --num_small=4 --batch=256 \\
+      --queue=65536 --dtype=bfloat16        # the GPU setting (PyTorch reference then in float32 eager)
+
+Also prints XLA's compile time, the model FLOPs per step from XLA's cost analysis, achieved FLOP/s and peak host RSS.
+One device, one BN group (the reference has no split BN).
+"""
+
+import os
+import resource
+import statistics
+import sys
+import time
+
+from absl import app
+from absl import flags
+import jax
+import numpy as np
+import optax
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from configs import knn  # noqa: E402
+from jax_moco import schedules  # noqa: E402
+from jax_moco import state as state_lib  # noqa: E402
+from jax_moco import step as step_lib  # noqa: E402
+from jax_moco import torch_layout  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  flags.DEFINE_string('arch', 'resnet18', 'torchvision architecture.')
+  flags.DEFINE_enum('stem', 'cifar', ('cifar', 'imagenet'), 'Stem.')
+  flags.DEFINE_integer('batch', 64, 'Images per step.')
+  flags.DEFINE_integer('large', 32, 'Anchor / positive size.')
+  flags.DEFINE_integer('small', 16, 'Small-crop size.')
+  flags.DEFINE_integer('num_small', 2, 'Small crops per image.')
+  flags.DEFINE_integer('queue', 4096, 'Queue length K.')
+  flags.DEFINE_enum('dtype', 'float32', ('float32', 'bfloat16'), 'Compute dtype of ours.')
+  flags.DEFINE_integer('steps', 5, 'Steps timed per round.')
+  flags.DEFINE_integer('rounds', 3, 'Alternating rounds.')
+  flags.DEFINE_bool('torch_compile', False, 'Also time torch.compile of the reference (slow to compile on CPU).')
+  flags.DEFINE_bool('channels_last', True, 'Channels-last memory format for the reference.')
+
+
+def bench_config(arch='resnet18', stem='cifar', batch=64, large=32, small=16, num_small=2, queue=4096,
+                 dtype='float32'):
+  c = knn.get_config()
+  c.model.arch, c.model.stem, c.model.width, c.model.dtype = arch, stem, 1.0, dtype
+  c.batch_size, c.bn_groups, c.moco.queue_size = batch, 1, queue
+  c.crops.large_size, c.crops.small_size, c.crops.num_small = large, small, num_small
+  c.moco.nn_topk = min(c.moco.nn_topk, queue)
+  return c
+
+
+def synthetic_batch(config, seed=0):
+  rng = np.random.default_rng(seed)
+  s, t, n, b = config.crops.large_size, config.crops.small_size, config.crops.num_small, config.batch_size
+  batch = {'anchor': rng.integers(0, 256, (b, s, s, 3), np.uint8), 'positive': rng.integers(0, 256, (b, s, s, 3),
+                                                                                              np.uint8)}
+  if n:
+    batch['small'] = rng.integers(0, 256, (b, n, t, t, 3), np.uint8)
+  return batch
+
+
+def jax_step(config, seed=0):
+  """(train step on one device, initial state, constant learning rate) for `config`."""
+  mesh = step_lib.create_mesh(jax.devices()[:1])
+  encoder = state_lib.create_encoder(config)
+  lr = config.optim.base_lr * config.batch_size / 256
+  tx = optax.chain(optax.add_decayed_weights(config.optim.weight_decay), optax.sgd(lr, momentum=config.optim.momentum))
+  state = state_lib.create_train_state(config, encoder, tx, jax.random.key(seed))
+  fn = step_lib.make_train_step(mesh, encoder, tx, step_lib.step_config(config, 1000), lambda step: lr,
+                                schedules.ema_momentum(config.moco.momentum, 1, 'constant'))
+  return fn, state, lr
+
+
+def torch_reference(config, state, lr, channels_last=False):
+  """The PyTorch reference holding exactly `state`'s encoders and queues."""
+  import torch
+  import torch_reference_step as ref
+  m = config.moco
+  model = ref.KnnMoco(config.model.arch, config.model.stem, config.model.projection_dim, m.queue_size,
+                      m.temperature, m.momentum, m.nn_topk, m.nn_weight, m.nn_order, channels_last)
+  for name, params, stats in (('encoder_q', state.params, state.batch_stats),
+                              ('encoder_k', state.ema_params, state.ema_batch_stats)):
+    arrays = torch_layout.to_state_dict(torch_layout.encoder_tree(jax.device_get(params), jax.device_get(stats)))
+    getattr(model, name).load_state_dict({k: torch.from_numpy(v) for k, v in arrays.items()})
+  model.to(memory_format=model.memory_format)
+  with torch.no_grad():
+    model.queue.copy_(torch.from_numpy(np.array(state.queue_h)))
+    model.queue_backbone.copy_(torch.from_numpy(np.array(state.queue_g)))
+  optimizer = ref.make_optimizer(model, lr, config.optim.momentum, config.optim.weight_decay)
+  return model, optimizer
+
+
+def _median_step_seconds(run_one, steps):
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    run_one()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def run(config, steps=5, rounds=3, torch_compile=False, channels_last=True, log=print):
+  """Alternating rounds of ours and the reference(s); returns {name: median images/s} and prints a summary."""
+  import torch
+  import torch_reference_step as ref
+  fn, state, lr = jax_step(config)
+  model, optimizer = torch_reference(config, state, lr, channels_last)
+  batch = synthetic_batch(config)
+  torch_batch = {k: torch.from_numpy(v) for k, v in batch.items()}
+  device_batch = jax.device_put(batch, jax.devices()[0])
+  start = time.perf_counter()
+  compiled = fn.lower(state, device_batch).compile()
+  compile_s = time.perf_counter() - start
+  flops = (compiled.cost_analysis() or {}).get('flops', float('nan'))
+  holder = {'state': state}
+
+  def ours():
+    holder['state'], metrics = compiled(holder['state'], device_batch)
+    jax.block_until_ready(metrics['loss'])
+
+  runners = {'jax_moco (XLA)': ours,
+             'PyTorch reference (eager)': lambda: ref.train_step(model, optimizer, torch_batch)}
+  if torch_compile:
+    compiled_model = torch.compile(model)
+    runners['PyTorch reference (torch.compile)'] = lambda: ref.train_step(compiled_model, optimizer, torch_batch)
+  for run_one in runners.values():
+    run_one()  # warm-up (and torch.compile's compilation)
+  results = {name: [] for name in runners}
+  for r in range(rounds):
+    for name, run_one in runners.items():
+      results[name].append(config.batch_size / _median_step_seconds(run_one, steps))
+    log(f'round {r + 1}: ' + ', '.join(f'{k} {v[-1]:.1f} img/s' for k, v in results.items()))
+  medians = {k: statistics.median(v) for k, v in results.items()}
+  ours_rate = medians['jax_moco (XLA)']
+  log(f'\n{config.model.arch} ({config.model.stem} stem), batch {config.batch_size}, {config.crops.large_size} px + '
+      f'{config.crops.num_small} x {config.crops.small_size} px, K = {config.moco.queue_size}, {config.model.dtype}, '
+      f'{jax.devices()[0].platform}, torch threads {torch.get_num_threads()}, median of {rounds} rounds:')
+  for name, value in medians.items():
+    log(f'  {name:36s} {value:8.1f} images/s   ours / this: {ours_rate / value:.2f}x')
+  log(f'  XLA compile {compile_s:.1f} s; model FLOPs per step {flops / 1e9:.1f} G '
+      f'({flops * ours_rate / config.batch_size / 1e9:.1f} GFLOP/s achieved); '
+      f'peak host RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB')
+  return medians
+
+
+def main(argv):
+  del argv
+  config = bench_config(FLAGS.arch, FLAGS.stem, FLAGS.batch, FLAGS.large, FLAGS.small, FLAGS.num_small, FLAGS.queue,
+                        FLAGS.dtype)
+  run(config, FLAGS.steps, FLAGS.rounds, FLAGS.torch_compile, FLAGS.channels_last)
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)

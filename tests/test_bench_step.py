@@ -1,0 +1,53 @@
+"""The PyTorch reference step of bench/step.py computes our step (same losses and update on the same weights and
+inputs, so the benchmark compares like with like), and the benchmark runs at a tiny size (so it cannot rot)."""
+
+import importlib.util
+import os
+import sys
+
+import jax
+import numpy as np
+import pytest
+import torch
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'bench')
+sys.path.insert(0, BENCH)
+_spec = importlib.util.spec_from_file_location('bench_step', os.path.join(BENCH, 'step.py'))
+bench_step = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench_step)
+import torch_reference_step as ref  # noqa: E402
+
+
+def tiny(order):
+  config = bench_step.bench_config(batch=8, queue=32, num_small=2, large=32, small=16)
+  config.moco.nn_topk, config.moco.nn_order = 5, order
+  return config
+
+
+@pytest.mark.parametrize('order', ['loss_then_enqueue', 'enqueue_then_mine'])
+def test_reference_step_computes_our_step(order):
+  config = tiny(order)
+  fn, state, lr = bench_step.jax_step(config)
+  model, optimizer = bench_step.torch_reference(config, state, lr, channels_last=True)
+  batch = bench_step.synthetic_batch(config)
+  new_state, metrics = fn(state, batch)
+  theirs = ref.train_step(model, optimizer, {k: torch.from_numpy(v) for k, v in batch.items()})
+  for name in ('loss', 'loss_inst', 'loss_nn'):
+    np.testing.assert_allclose(float(metrics[name]), theirs[name], rtol=1e-5, err_msg=name)
+  # The same SGD update of f, the same EMA f' and the same enqueued keys.
+  ours = jax.device_get(new_state)
+  np.testing.assert_allclose(ours.params['backbone']['layer3_0']['conv1']['kernel'].transpose(3, 2, 0, 1),
+                             model.encoder_q.layer3[0].conv1.weight.detach().numpy(), rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(ours.params['fc_2']['kernel'].T, model.encoder_q.fc[2].weight.detach().numpy(),
+                             rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(ours.ema_params['backbone']['conv1']['kernel'].transpose(3, 2, 0, 1),
+                             model.encoder_k.conv1.weight.numpy(), rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(ours.queue_h, model.queue.numpy(), atol=1e-5)
+  np.testing.assert_allclose(ours.queue_g, model.queue_backbone.numpy(), atol=1e-5)
+
+
+def test_benchmark_runs_at_a_tiny_size():
+  lines = []
+  medians = bench_step.run(tiny('enqueue_then_mine'), steps=1, rounds=1, log=lines.append)
+  assert set(medians) == {'jax_moco (XLA)', 'PyTorch reference (eager)'} and all(v > 0 for v in medians.values())
+  assert any('model FLOPs per step' in line for line in lines)
