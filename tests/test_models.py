@@ -64,3 +64,27 @@ def test_split_batchnorm_against_numpy(groups):
   np.testing.assert_allclose(updates['batch_stats']['mean'], 0.1 * mean.reshape(groups, 6).mean(0), rtol=1e-5)
   np.testing.assert_allclose(updates['batch_stats']['var'],
                              0.9 + 0.1 * (var.reshape(groups, 6) * n / (n - 1)).mean(0), rtol=1e-5)
+
+
+@pytest.mark.parametrize('size,stride,dilation,channels', [(2, 1, 1, 8), (1, 1, 1, 4), (4, 1, 2, 4), (2, 2, 1, 4),
+                                                           (5, 1, 1, 4)])
+def test_small_map_convolution_equals_lax_convolution(size, stride, dilation, channels):
+  """The matmul path for maps smaller than the kernel (and the plain path otherwise): values and gradients."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(3, size, size, channels)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(3, 3, channels, 6)), jnp.float32)
+  padding = ((dilation, dilation), (dilation, dilation))
+  dims = jax.lax.conv_dimension_numbers(x.shape, k.shape, ('NHWC', 'HWIO', 'NHWC'))
+
+  def ours(x, k):
+    return resnet.conv_small_maps_as_matmul(x, k, (stride, stride), padding, rhs_dilation=(dilation, dilation),
+                                            dimension_numbers=dims)
+
+  def reference(x, k):
+    return jax.lax.conv_general_dilated(x, k, (stride, stride), padding, rhs_dilation=(dilation, dilation),
+                                        dimension_numbers=dims)
+
+  np.testing.assert_allclose(ours(x, k), reference(x, k), rtol=1e-5, atol=1e-5)
+  for a, b in zip(jax.grad(lambda *v: jnp.sum(ours(*v) ** 2), (0, 1))(x, k),
+                  jax.grad(lambda *v: jnp.sum(reference(*v) ** 2), (0, 1))(x, k)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
