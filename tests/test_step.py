@@ -159,3 +159,17 @@ def test_bfloat16_compute_keeps_float32_params(make_config, batches):
   state, metrics, _ = run(make_config(**{'model.dtype': 'bfloat16'}), batches[:2])
   assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(state.params))
   assert all(np.isfinite(v) for m in metrics for v in m.values())
+
+
+def test_no_implicit_host_device_transfers_inside_the_loop(make_config, batches):
+  """Besides the batch (placed explicitly), the step moves nothing between host and device: any implicit
+  transfer (a Python scalar argument, a NumPy constant re-uploaded each call) fails under the transfer guard."""
+  mesh, state, fn = build(make_config())
+  sharded = [shard_batch(mesh, b) for b in batches]  # explicit transfers, allowed
+  state, _ = fn(state, sharded[0])  # compile outside the guard
+  with jax.transfer_guard('disallow'):
+    for b in sharded[1:]:
+      state, metrics = fn(state, b)
+  assert fn._cache_size() == 1 and int(jax.device_get(state.step)) == 3
+  with jax.transfer_guard('disallow'), pytest.raises(Exception, match='[Dd]isallowed'):
+    fn(state, batches[0])  # the guard is live: a host NumPy batch is an implicit transfer
