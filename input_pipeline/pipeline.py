@@ -12,6 +12,7 @@ from typing import Optional
 
 import tensorflow as tf
 
+from input_pipeline import crops
 from input_pipeline import sources
 from input_pipeline import views
 
@@ -74,6 +75,30 @@ def train_dataset(source: sources.Source, spec: views.ViewSpec, global_batch: in
     ds = ds.ignore_errors(log_warning=True)  # Unreadable files are skipped (and logged), never fatal.
   ds = ds.batch(batch, drop_remainder=True).map(augment, num_parallel_calls=AUTOTUNE)
   return ds.prefetch(AUTOTUNE).with_options(_options())
+
+
+def classification_dataset(source: sources.Source, image_size: int, global_batch: int, seed: int, start_step: int = 0,
+                           process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
+  """Supervised training batches for linear classification: RandomResizedCrop (torchvision's defaults, scale
+  [0.08, 1]) + horizontal flip, {'image' uint8 [B, S, S, 3], 'label'}; counter-based like train_dataset, so resuming
+  at a step is exact."""
+  batch = local_batch_size(global_batch, process_count)
+  n = source.num_examples
+  counters = tf.data.Dataset.range(start_step * global_batch, 2**62).shard(process_count, process_index)
+
+  def load(counter):
+    example = source.load(example_index(counter, n, seed))
+    image = example['image']
+    crop_seed = tf.random.experimental.stateless_fold_in(tf.constant([seed, 3], tf.int64), counter)
+    box = crops.random_resized_crop_boxes(crop_seed, tf.shape(image)[0], tf.shape(image)[1], 1, (0.08, 1.0))[0]
+    image = crops.crop_and_resize(image, box, image_size)
+    flip = tf.random.stateless_uniform([], tf.random.experimental.stateless_fold_in(crop_seed, 1)) < 0.5
+    return {'image': tf.cond(flip, lambda: image[:, ::-1], lambda: image), 'label': example['label']}
+
+  ds = counters.map(load, num_parallel_calls=AUTOTUNE)
+  if source.may_fail:
+    ds = ds.ignore_errors(log_warning=True)
+  return ds.batch(batch, drop_remainder=True).prefetch(AUTOTUNE).with_options(_options())
 
 
 def resize_for_eval(image, size):

@@ -6,6 +6,8 @@
 - knn: weighted kNN on L2-normalised features (k = 200, T = 0.1 from the config; --knn_k / --knn_temperature),
   top-1 and top-5, the training-time monitor's classifier.
 - linear_probe: paper 001's appendix A.2 protocol (`jax_moco.linear_probe`).
+- linear: paper 002's linear classification (`jax_moco.linear_eval`: SGD, lr 30, 100 epochs, RandomResizedCrop +
+  flip, frozen BN), checkpointed and resumed under DIR/eval/<step>_<encoder>/linear/ (--epochs, --batch_size, --lr).
 
 Features are extracted data-parallel over all devices without augmentation (shorter side resized to the eval size,
 centre crop), every example exactly once, and cached under DIR/eval/<step>_<encoder>/, so a second protocol or a
@@ -26,12 +28,13 @@ from input_pipeline import pipeline
 from input_pipeline import sources
 from jax_moco import checkpointing
 from jax_moco import knn
+from jax_moco import linear_eval
 from jax_moco import linear_probe
 from jax_moco import monitor
 from jax_moco import state as state_lib
 from jax_moco import step as step_lib
 
-PROTOCOLS = ('knn', 'linear_probe')
+PROTOCOLS = ('knn', 'linear_probe', 'linear')
 
 
 def _slug(name):
@@ -72,7 +75,8 @@ def cached_features(cache_dir, source, extract, image_size, max_examples):
 
 
 def evaluate(workdir, protocol, step=None, encoder='online', dataset=None, test_dataset=None, image_size=None,
-             max_examples=None, knn_k=None, knn_temperature=None, random_init=False, n_jobs=-1):
+             max_examples=None, knn_k=None, knn_temperature=None, random_init=False, n_jobs=-1,
+             epochs=linear_eval.EPOCHS, batch_size=linear_eval.BATCH_SIZE, lr=linear_eval.LR):
   """Runs one protocol on a checkpoint; returns (and writes) its result dict."""
   if protocol not in PROTOCOLS:
     raise ValueError(f'protocol={protocol!r}: choose one of {", ".join(PROTOCOLS)}')
@@ -81,10 +85,17 @@ def evaluate(workdir, protocol, step=None, encoder='online', dataset=None, test_
   test_source = _labelled(test_dataset or config.eval_dataset or 'embedded:test', config.data_dir, 'test')
   image_size = image_size or config.crops.large_size
   mesh = step_lib.create_mesh()
-  feature_fn = monitor.make_feature_fn(mesh, state_lib.create_encoder(config).backbone)
+  backbone = state_lib.create_encoder(config).backbone
+  feature_fn = monitor.make_feature_fn(mesh, backbone)
   variables = _backbone(config, state, encoder, random_init)
   tag = f'random_init_{encoder}' if random_init else f'step_{step}_{encoder}'
   cache_dir = os.path.join(os.path.abspath(workdir), 'eval', tag)
+  if protocol == 'linear':
+    result = linear_eval.linear_classification(mesh, backbone, variables, train_source, test_source, image_size,
+                                               os.path.join(cache_dir, 'linear'), batch_size, config.knn.batch_size,
+                                               epochs, lr, config.seed)
+    return _finish(result, protocol, workdir, step, encoder, random_init, config, image_size, train_source,
+                   train_source.num_examples, test_source, result['num_val'], cache_dir)
 
   def extract(source):
     ds = pipeline.eval_dataset(source, image_size, config.knn.batch_size, jax.process_index(), jax.process_count(),
@@ -100,10 +111,17 @@ def evaluate(workdir, protocol, step=None, encoder='online', dataset=None, test_
     result.update(k=k, temperature=temperature)
   else:
     result = linear_probe.linear_probe(train_x, train_y, test_x, test_y, n_jobs=n_jobs)
+  return _finish(result, protocol, workdir, step, encoder, random_init, config, image_size, train_source,
+                 len(train_y), test_source, len(test_y), cache_dir)
+
+
+def _finish(result, protocol, workdir, step, encoder, random_init, config, image_size, train_source, num_train,
+            test_source, num_test, cache_dir):
+  """Adds what was evaluated to a protocol's result and writes it as JSON."""
   result.update(protocol=protocol, workdir=os.path.abspath(workdir), step=None if random_init else step,
                 encoder=encoder, random_init=random_init, arch=config.model.arch, image_size=image_size,
-                train_dataset=train_source.name, num_train=len(train_y), test_dataset=test_source.name,
-                num_test=len(test_y))
+                train_dataset=train_source.name, num_train=num_train, test_dataset=test_source.name,
+                num_test=num_test)
   if jax.process_index() == 0:
     os.makedirs(cache_dir, exist_ok=True)
     with open(os.path.join(cache_dir, f'{protocol}.json'), 'w') as f:
@@ -117,6 +135,9 @@ def format_table(result) -> str:
   if result['protocol'] == 'knn':
     method = f'kNN (k={result["k"]}, T={result["temperature"]})'
     scores = f'top-1 {result["top1"]:.2f} %, top-5 {result["top5"]:.2f} %'
+  elif result['protocol'] == 'linear':
+    method = f'linear classification ({result["epochs"]} epochs, lr {result["lr"]}, batch {result["batch_size"]})'
+    scores = f'top-1 {result["top1"]:.2f} %'
   else:
     method = 'linear probe (logistic regression, L-BFGS)'
     scores = (f'top-1 {result["top1"]:.2f} % (L2 = {result["l2"]:.3g}, chosen on validation at '
@@ -140,6 +161,9 @@ def define_flags():
   flags.DEFINE_integer('knn_k', None, 'k of the kNN classifier (default: the config\'s, 200).')
   flags.DEFINE_float('knn_temperature', None, 'T of the kNN classifier (default: the config\'s, 0.1).')
   flags.DEFINE_bool('random_init', False, 'Score the architecture at initialisation instead (the baseline).')
+  flags.DEFINE_integer('epochs', linear_eval.EPOCHS, 'Epochs of linear classification.')
+  flags.DEFINE_integer('batch_size', linear_eval.BATCH_SIZE, 'Global batch of linear classification.')
+  flags.DEFINE_float('lr', linear_eval.LR, 'Learning rate of linear classification.')
 
 
 def main(argv):
@@ -152,7 +176,8 @@ def main(argv):
   f = flags.FLAGS
   try:
     result = evaluate(f.workdir, f.protocol, f.step, f.encoder, f.dataset, f.test_dataset, f.image_size,
-                      f.max_examples, f.knn_k, f.knn_temperature, f.random_init)
+                      f.max_examples, f.knn_k, f.knn_temperature, f.random_init, epochs=f.epochs,
+                      batch_size=f.batch_size, lr=f.lr)
   except (FileNotFoundError, ValueError) as e:
     raise app.UsageError(str(e)) from e
   print(format_table(result))

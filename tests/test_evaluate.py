@@ -123,3 +123,37 @@ def test_evaluate_a_saved_run_writes_results_and_reuses_features(make_config, tm
   Image.new('RGB', (8, 8)).save(tmp_path / 'unlabelled' / 'a.png')
   with pytest.raises(ValueError, match='has no labels'):
     evaluate.evaluate(str(tmp_path), 'knn', dataset='folder:' + str(tmp_path / 'unlabelled'))
+
+
+def test_linear_classification_learns_and_resumes_exactly(make_config, tmp_path, monkeypatch):
+  config = make_config()
+  encoder = state_lib.create_encoder(config)
+  state = state_lib.create_train_state(config, encoder, state_lib.create_optimizer(config, 1, 1), jax.random.key(1))
+  for run in ('straight', 'resumed'):
+    checkpointer = checkpointing.Checkpointer(str(tmp_path / run / 'checkpoints'), config.to_dict(), 100, 3)
+    checkpointer.save(0, state, force=True)
+    checkpointer.close()
+  settings = dict(dataset='embedded_subset:test', epochs=10, batch_size=400, lr=10.0)  # 2000 images: 5 steps an epoch
+  straight = evaluate.evaluate(str(tmp_path / 'straight'), 'linear', **settings)
+  assert straight['steps'] == 50 and straight['top1'] > 20  # ten classes (chance 10 %): it learns
+
+  make = evaluate.linear_eval.pipeline.classification_dataset
+
+  class Preempted(Exception):
+    pass
+
+  def stops_after_epoch_one(*args, **kwargs):
+    def batches():
+      for i, batch in enumerate(make(*args, **kwargs).as_numpy_iterator()):
+        if i == 7:
+          raise Preempted
+        yield batch
+    return type('Stream', (), {'as_numpy_iterator': lambda self: batches()})()
+
+  with monkeypatch.context() as patch:
+    patch.setattr(evaluate.linear_eval.pipeline, 'classification_dataset', stops_after_epoch_one)
+    with pytest.raises(Preempted):
+      evaluate.evaluate(str(tmp_path / 'resumed'), 'linear', **settings)
+  resumed = evaluate.evaluate(str(tmp_path / 'resumed'), 'linear', **settings)  # continues from the epoch-1 save
+  assert resumed['top1'] == straight['top1']
+  assert 'linear classification (10 epochs' in evaluate.format_table(resumed)
