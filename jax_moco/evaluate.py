@@ -90,12 +90,15 @@ def evaluate(workdir, protocol, step=None, encoder='online', dataset=None, test_
   variables = _backbone(config, state, encoder, random_init)
   tag = f'random_init_{encoder}' if random_init else f'step_{step}_{encoder}'
   cache_dir = os.path.join(os.path.abspath(workdir), 'eval', tag)
+  meta = dict(protocol=protocol, workdir=os.path.abspath(workdir), step=None if random_init else step,
+              encoder=encoder, random_init=random_init, arch=config.model.arch, image_size=image_size,
+              train_dataset=train_source.name, test_dataset=test_source.name)
   if protocol == 'linear':
     result = linear_eval.linear_classification(mesh, backbone, variables, train_source, test_source, image_size,
                                                os.path.join(cache_dir, 'linear'), batch_size, config.knn.batch_size,
                                                epochs, lr, config.seed)
-    return _finish(result, protocol, workdir, step, encoder, random_init, config, image_size, train_source,
-                   train_source.num_examples, test_source, result['num_val'], cache_dir)
+    return _write(cache_dir, {**result, **meta, 'num_train': train_source.num_examples,
+                              'num_test': result['num_val']})
 
   def extract(source):
     ds = pipeline.eval_dataset(source, image_size, config.knn.batch_size, jax.process_index(), jax.process_count(),
@@ -111,20 +114,14 @@ def evaluate(workdir, protocol, step=None, encoder='online', dataset=None, test_
     result.update(k=k, temperature=temperature)
   else:
     result = linear_probe.linear_probe(train_x, train_y, test_x, test_y, n_jobs=n_jobs)
-  return _finish(result, protocol, workdir, step, encoder, random_init, config, image_size, train_source,
-                 len(train_y), test_source, len(test_y), cache_dir)
+  return _write(cache_dir, {**result, **meta, 'num_train': len(train_y), 'num_test': len(test_y)})
 
 
-def _finish(result, protocol, workdir, step, encoder, random_init, config, image_size, train_source, num_train,
-            test_source, num_test, cache_dir):
-  """Adds what was evaluated to a protocol's result and writes it as JSON."""
-  result.update(protocol=protocol, workdir=os.path.abspath(workdir), step=None if random_init else step,
-                encoder=encoder, random_init=random_init, arch=config.model.arch, image_size=image_size,
-                train_dataset=train_source.name, num_train=num_train, test_dataset=test_source.name,
-                num_test=num_test)
+def _write(cache_dir, result):
+  """Writes a protocol's result (named by its protocol) as JSON next to its features; returns it."""
   if jax.process_index() == 0:
     os.makedirs(cache_dir, exist_ok=True)
-    with open(os.path.join(cache_dir, f'{protocol}.json'), 'w') as f:
+    with open(os.path.join(cache_dir, f'{result["protocol"]}.json'), 'w') as f:
       json.dump(result, f, indent=2)
   return result
 
