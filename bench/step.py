@@ -20,7 +20,6 @@ from absl import app
 from absl import flags
 import jax
 import numpy as np
-import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -74,7 +73,7 @@ def jax_step(config, seed=0):
   mesh = step_lib.create_mesh(jax.devices()[:1])
   encoder = state_lib.create_encoder(config)
   lr = config.optim.base_lr * config.batch_size / 256
-  tx = optax.chain(optax.add_decayed_weights(config.optim.weight_decay), optax.sgd(lr, momentum=config.optim.momentum))
+  tx = state_lib.sgd(lr, config.optim.momentum, config.optim.weight_decay)
   state = state_lib.create_train_state(config, encoder, tx, jax.random.key(seed))
   fn = step_lib.make_train_step(mesh, encoder, tx, step_lib.step_config(config, 1000), lambda step: lr,
                                 schedules.ema_momentum(config.moco.momentum, 1, 'constant'))

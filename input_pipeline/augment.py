@@ -73,8 +73,11 @@ def aplus_chain(images, seed, blur_sigma=BLUR_SIGMA):
   use_autoaugment = aplus_uses_autoaugment(seeds[0], tf.shape(images)[0])
   flip = tf.random.stateless_uniform(_batch_size(images), seeds[1]) < P_FLIP
 
+  def mocov2(selected, unused_flip):
+    return moco_v2_chain(selected, seeds[3], blur_sigma)
+
   def flip_autoaugment(selected, selected_flip):
     return autoaugment.autoaugment(ops.apply_where(selected_flip, ops.flip_left_right, selected), seeds[2])
 
-  images = ops.apply_where(use_autoaugment, flip_autoaugment, images, flip)
-  return ops.apply_where(~use_autoaugment, lambda selected: moco_v2_chain(selected, seeds[3], blur_sigma), images)
+  # One partition of the batch into its two branches.
+  return ops.apply_switch(tf.cast(use_autoaugment, tf.int32), [mocov2, flip_autoaugment], images, flip)

@@ -47,15 +47,28 @@ def example_index(counter, num_examples, seed):
   return tf.random.experimental.index_shuffle(position, tf.stack([tf.cast(seed, tf.int64), epoch]), num_examples - 1)
 
 
+def _counter_batches(source: sources.Source, global_batch: int, seed: int, start_step: int, process_index: int,
+                     process_count: int, make_example) -> tf.data.Dataset:
+  """This process's batches of the endless counter stream from start_step * global_batch: make_example(example,
+  counter) for the source example each counter selects; unreadable files are skipped (and logged), never fatal."""
+  batch = local_batch_size(global_batch, process_count)
+  n = source.num_examples
+
+  def load(counter):
+    return make_example(source.load(example_index(counter, n, seed)), counter)
+
+  counters = tf.data.Dataset.range(start_step * global_batch, 2**62).shard(process_count, process_index)
+  ds = counters.map(load, num_parallel_calls=AUTOTUNE)
+  if source.may_fail:
+    ds = ds.ignore_errors(log_warning=True)
+  return ds.batch(batch, drop_remainder=True)
+
+
 def train_dataset(source: sources.Source, spec: views.ViewSpec, global_batch: int, seed: int, start_step: int = 0,
                   process_index: int = 0, process_count: int = 1, keep_boxes: bool = False) -> tf.data.Dataset:
   """Batches of views: anchor [B, S, S, 3], positive [B, S, S, 3], small [B, N, s, s, 3] (when N > 0), label."""
-  batch = local_batch_size(global_batch, process_count)
-  n = source.num_examples
-  counters = tf.data.Dataset.range(start_step * global_batch, 2**62).shard(process_count, process_index)
 
-  def load_and_crop(counter):
-    example = source.load(example_index(counter, n, seed))
+  def crop(example, counter):
     crop_seed = tf.random.experimental.stateless_fold_in(tf.constant([seed, 1], tf.int64), counter)
     out = views.make_crops(example['image'], crop_seed, spec)
     if not keep_boxes:
@@ -70,11 +83,8 @@ def train_dataset(source: sources.Source, spec: views.ViewSpec, global_batch: in
     augment_seed = tf.random.experimental.stateless_fold_in(tf.constant([seed, 2], tf.int64), batch.pop('counter')[0])
     return views.augment_batch(batch, augment_seed, spec)
 
-  ds = counters.map(load_and_crop, num_parallel_calls=AUTOTUNE)
-  if source.may_fail:
-    ds = ds.ignore_errors(log_warning=True)  # Unreadable files are skipped (and logged), never fatal.
-  ds = ds.batch(batch, drop_remainder=True).map(augment, num_parallel_calls=AUTOTUNE)
-  return ds.prefetch(AUTOTUNE).with_options(_options())
+  ds = _counter_batches(source, global_batch, seed, start_step, process_index, process_count, crop)
+  return ds.map(augment, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE).with_options(_options())
 
 
 def classification_dataset(source: sources.Source, image_size: int, global_batch: int, seed: int, start_step: int = 0,
@@ -82,12 +92,8 @@ def classification_dataset(source: sources.Source, image_size: int, global_batch
   """Supervised training batches for linear classification: RandomResizedCrop (torchvision's defaults, scale
   [0.08, 1]) + horizontal flip, {'image' uint8 [B, S, S, 3], 'label'}; counter-based like train_dataset, so resuming
   at a step is exact."""
-  batch = local_batch_size(global_batch, process_count)
-  n = source.num_examples
-  counters = tf.data.Dataset.range(start_step * global_batch, 2**62).shard(process_count, process_index)
 
-  def load(counter):
-    example = source.load(example_index(counter, n, seed))
+  def crop_and_flip(example, counter):
     image = example['image']
     crop_seed = tf.random.experimental.stateless_fold_in(tf.constant([seed, 3], tf.int64), counter)
     box = crops.random_resized_crop_boxes(crop_seed, tf.shape(image)[0], tf.shape(image)[1], 1, (0.08, 1.0))[0]
@@ -95,10 +101,8 @@ def classification_dataset(source: sources.Source, image_size: int, global_batch
     flip = tf.random.stateless_uniform([], tf.random.experimental.stateless_fold_in(crop_seed, 1)) < 0.5
     return {'image': tf.cond(flip, lambda: image[:, ::-1], lambda: image), 'label': example['label']}
 
-  ds = counters.map(load, num_parallel_calls=AUTOTUNE)
-  if source.may_fail:
-    ds = ds.ignore_errors(log_warning=True)
-  return ds.batch(batch, drop_remainder=True).prefetch(AUTOTUNE).with_options(_options())
+  ds = _counter_batches(source, global_batch, seed, start_step, process_index, process_count, crop_and_flip)
+  return ds.prefetch(AUTOTUNE).with_options(_options())
 
 
 def resize_for_eval(image, size):

@@ -102,9 +102,7 @@ def load_run(workdir: str, step=None):
   except Exception as e:  # a foreign Orbax checkpoint: no config item
     raise NotARunError(f'{directory} step {step} has no jax_moco config: not a jax_moco checkpoint ({e})') from e
   config = ml_collections.ConfigDict(saved)
-  encoder = state_lib.create_encoder(config)
-  tx = state_lib.create_optimizer(config, total_steps=1, steps_per_epoch=1)  # the schedule does not shape the state
-  abstract = jax.eval_shape(lambda: state_lib.create_train_state(config, encoder, tx, jax.random.key(0)))
+  abstract = jax.eval_shape(lambda: state_lib.initial_state(config, seed=0))
   state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))['state']
   manager.close()
   return config, state, step

@@ -51,9 +51,7 @@ def _labelled(spec, data_dir, default_split):
 
 def _backbone(config, state, encoder, random_init):
   if random_init:
-    model = state_lib.create_encoder(config)
-    tx = state_lib.create_optimizer(config, total_steps=1, steps_per_epoch=1)
-    state = state_lib.create_train_state(config, model, tx, jax.random.key(config.seed))
+    state = state_lib.initial_state(config, config.seed)
   if encoder == 'online':
     return monitor.backbone_variables(state.params, state.batch_stats)
   return monitor.backbone_variables(state.ema_params, state.ema_batch_stats)
@@ -94,9 +92,9 @@ def evaluate(workdir, protocol, step=None, encoder='online', dataset=None, test_
               encoder=encoder, random_init=random_init, arch=config.model.arch, image_size=image_size,
               train_dataset=train_source.name, test_dataset=test_source.name)
   if protocol == 'linear':
-    result = linear_eval.linear_classification(mesh, backbone, variables, train_source, test_source, image_size,
-                                               os.path.join(cache_dir, 'linear'), batch_size, config.knn.batch_size,
-                                               epochs, lr, config.seed)
+    result = linear_eval.linear_classification(mesh, backbone, feature_fn, variables, train_source, test_source,
+                                               image_size, os.path.join(cache_dir, 'linear'), batch_size,
+                                               config.knn.batch_size, epochs, lr, config.seed)
     return _write(cache_dir, {**result, **meta, 'num_train': train_source.num_examples,
                               'num_test': result['num_val']})
 

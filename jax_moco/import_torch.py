@@ -54,9 +54,7 @@ def _queue(arrays, name, current, path):
 
 def state_from_torch(config, arrays, layout, path):
   """A fresh train state for `config` whose encoders (and, for MoCo checkpoints, queues) come from `arrays`."""
-  encoder = state_lib.create_encoder(config)
-  tx = state_lib.create_optimizer(config, total_steps=1, steps_per_epoch=1)
-  state = state_lib.create_train_state(config, encoder, tx, jax.random.key(config.seed))
+  state = state_lib.initial_state(config, config.seed)
   template = torch_layout.encoder_tree(state.params, state.batch_stats, with_head=layout == 'moco')
 
   def load(tree_arrays, what):

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from input_pipeline import pipeline
 from jax_moco import monitor
+from jax_moco import state as state_lib
 from jax_moco.step import AXIS
 from jax_moco.step import normalize
 
@@ -37,7 +38,7 @@ def learning_rate(lr, total_steps):
 
 
 def optimizer(lr, total_steps):
-  return optax.chain(optax.add_decayed_weights(WEIGHT_DECAY), optax.sgd(learning_rate(lr, total_steps), MOMENTUM))
+  return state_lib.sgd(learning_rate(lr, total_steps), MOMENTUM, WEIGHT_DECAY)
 
 
 def init_state(num_features, num_classes, tx, seed=0):
@@ -71,8 +72,8 @@ def top1(params, features, labels):
   return float(np.mean(np.argmax(logits, axis=1) == labels) * 100)
 
 
-def linear_classification(mesh, backbone, variables, train_source, val_source, image_size, directory, batch_size,
-                          eval_batch_size, epochs=EPOCHS, lr=LR, seed=0):
+def linear_classification(mesh, backbone, feature_fn, variables, train_source, val_source, image_size, directory,
+                          batch_size, eval_batch_size, epochs=EPOCHS, lr=LR, seed=0):
   """Trains (or resumes) the linear classifier in `directory`; returns top-1 (%) on `val_source` and the settings."""
   steps_per_epoch = max(train_source.num_examples // batch_size, 1)
   total_steps = epochs * steps_per_epoch
@@ -105,7 +106,7 @@ def linear_classification(mesh, backbone, variables, train_source, val_source, i
     manager.wait_until_finished()  # a save in flight completes even when training stops with an error
     manager.close()
   val_ds = pipeline.eval_dataset(val_source, image_size, eval_batch_size, jax.process_index(), jax.process_count())
-  features, labels = monitor.extract_features(monitor.make_feature_fn(mesh, backbone), variables, val_ds, mesh,
+  features, labels = monitor.extract_features(feature_fn, variables, val_ds, mesh,
                                               description=f'features of {val_source.name}')
   params = jax.device_get(state.params)
   return {'top1': top1(params, features, labels), 'epochs': epochs, 'lr': lr, 'batch_size': batch_size,

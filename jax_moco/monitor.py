@@ -36,7 +36,8 @@ def backbone_variables(params, batch_stats):
 def extract_features(feature_fn, variables, dataset, mesh, description=None):
   """(features [n, C], labels [n]) for every unmasked example of an eval dataset; a progress bar when described."""
   features, labels = [], []
-  total = int(dataset.cardinality()) if int(dataset.cardinality()) > 0 else None
+  cardinality = int(dataset.cardinality())
+  total = cardinality if cardinality > 0 else None
   for batch in tqdm(dataset.as_numpy_iterator(), total=total, desc=description, unit='batch', leave=False,
                     disable=description is None or jax.process_index() != 0):
     images = shard_batch(mesh, {'image': batch['image']})['image']

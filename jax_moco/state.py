@@ -45,11 +45,13 @@ def learning_rate_fn(config, total_steps, steps_per_epoch):
   return schedules.learning_rate(o.base_lr, config.batch_size, int(o.warmup_epochs * steps_per_epoch), total_steps)
 
 
+def sgd(learning_rate, momentum, weight_decay) -> optax.GradientTransformation:
+  """SGD with momentum and (PyTorch-style, coupled) weight decay on every parameter, as MoCo and its linear eval."""
+  return optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(learning_rate, momentum=momentum))
+
+
 def create_optimizer(config, total_steps, steps_per_epoch) -> optax.GradientTransformation:
-  """SGD with momentum and (PyTorch-style, coupled) weight decay on every parameter, as MoCo."""
-  lr = learning_rate_fn(config, total_steps, steps_per_epoch)
-  return optax.chain(optax.add_decayed_weights(config.optim.weight_decay),
-                     optax.sgd(lr, momentum=config.optim.momentum))
+  return sgd(learning_rate_fn(config, total_steps, steps_per_epoch), config.optim.momentum, config.optim.weight_decay)
 
 
 def nn_loss_enabled(config) -> bool:
@@ -71,3 +73,11 @@ def create_train_state(config, encoder, tx, key) -> TrainState:
       opt_state=tx.init(params),
       queue_h=queue_lib.init_queue(qh_key, config.moco.queue_size, config.model.projection_dim),
       queue_g=queue_g, queue_ptr=jnp.zeros((), jnp.int32), rng=jax.random.key_data(rng))
+
+
+def initial_state(config, seed) -> TrainState:
+  """The state a run starts from, outside training (import, random-init baseline, shapes for restoring): the
+  optimiser's schedule does not shape the state, so a one-step one is used."""
+  encoder = create_encoder(config)
+  return create_train_state(config, encoder, create_optimizer(config, total_steps=1, steps_per_epoch=1),
+                            jax.random.key(seed))
