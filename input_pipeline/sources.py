@@ -2,7 +2,9 @@
 `tfds:NAME[:SPLIT]` and `folder:PATH`.
 
 A source is random access: `load(index)` returns {'image': uint8 [H, W, 3], 'label': int32} for any index in
-[0, num_examples), so the pipeline can shuffle, shard and resume by index arithmetic alone.
+[0, num_examples), so the pipeline can shuffle, shard and resume by index arithmetic alone. Multi-label sources
+(TFDS datasets with a `labels` sequence, such as `voc/2007`) give `label` as int32 [num_classes]: 1 present,
+0 absent, -1 present only as objects marked difficult (ignored by the VOC07 protocol).
 """
 
 import dataclasses
@@ -26,11 +28,12 @@ class Source:
   name: str
   num_examples: int
   num_classes: Optional[int]
-  load: Callable[[tf.Tensor], dict]  # index -> {'image': uint8 [H, W, 3], 'label': int32}
+  load: Callable[[tf.Tensor], dict]  # index -> {'image': uint8 [H, W, 3], 'label': int32 or int32 [num_classes]}
   may_fail: bool = False  # True when decoding can fail (files): the pipeline then skips bad examples.
+  multi_label: bool = False  # label is a target vector over num_classes (see the module docstring)
 
 
-def _array_source(name, images, labels, num_classes):
+def _array_source(name, images, labels, num_classes, multi_label=False):
   """A source over in-memory uint8 arrays [N, H, W, 3] (or [N, H, W] grayscale) and int labels."""
   if images.ndim == 3:
     images = images[..., None]
@@ -42,7 +45,18 @@ def _array_source(name, images, labels, num_classes):
     return {'image': tf.image.grayscale_to_rgb(image) if image.shape[-1] == 1 else image,
             'label': tf.gather(labels, index)}
 
-  return Source(name, int(images.shape[0]), num_classes, load)
+  return Source(name, int(images.shape[0]), num_classes, load, multi_label=multi_label)
+
+
+def _encoded_source(name, encoded, labels, num_classes, multi_label):
+  """A source over in-memory encoded images (variable sizes), decoded when loaded."""
+  encoded = tf.constant(encoded)
+  labels = tf.constant(np.asarray(labels, np.int32))
+
+  def load(index):
+    return {'image': decode_image(tf.gather(encoded, index)), 'label': tf.gather(labels, index)}
+
+  return Source(name, int(encoded.shape[0]), num_classes, load, multi_label=multi_label)
 
 
 def _read_idx(path, offset):
@@ -77,18 +91,46 @@ def _tfds(name, split, data_dir):
         f'tfds:{name} is not prepared in {builder.data_dir!r}. Nothing is downloaded at run time: prepare it with '
         f'`tfds build {name}` (or set --config.data_dir to where it is).')
   info = builder.info
-  shape = info.features['image'].shape
-  size = info.splits[split].num_examples * int(np.prod([d or 256 for d in shape]))
-  if size > MAX_IN_MEMORY_BYTES:
-    raise ValueError(f'tfds:{name}:{split} is too large to hold in memory ({size / 2**30:.1f} GiB); '
-                     'use `folder:PATH` for image collections of this size.')
-  data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
-  labels = data.get('label', np.full(len(data['image']), -1))
-  num_classes = info.features['label'].num_classes if 'label' in info.features else None
-  images = data['image']
-  if images.shape[-1] == 1:
-    images = images[..., 0]
-  return _array_source(f'tfds:{name}:{split}', images, labels, num_classes)
+  if split not in info.splits:
+    raise ValueError(f'tfds:{name}: no split {split!r}; it has {", ".join(info.splits)}')
+  full_name = f'tfds:{name}:{split}'
+  features = info.features
+  multi_label = 'label' not in features and 'labels' in features
+  num_classes = (features['label'].num_classes if 'label' in features else
+                 features['labels'].feature.num_classes if multi_label else None)
+  shape = features['image'].shape
+  if None not in shape and not multi_label:  # fixed size, one label: decoded arrays, the fastest to crop from
+    size = info.splits[split].num_examples * int(np.prod(shape))
+    _check_fits_in_memory(full_name, size)
+    data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+    labels = data.get('label', np.full(len(data['image']), -1))
+    images = data['image']
+    return _array_source(full_name, images[..., 0] if images.shape[-1] == 1 else images, labels, num_classes)
+  _check_fits_in_memory(full_name, info.splits[split].num_bytes)  # variable sizes: kept encoded, decoded on load
+  encoded, labels = [], []
+  dataset = builder.as_dataset(split=split, decoders={'image': tfds.decode.SkipDecoding()})
+  for example in tfds.as_numpy(dataset):
+    encoded.append(example['image'])
+    labels.append(_multi_hot(example, num_classes) if multi_label else example.get('label', -1))
+  return _encoded_source(full_name, encoded, labels, num_classes, multi_label)
+
+
+def _check_fits_in_memory(name, num_bytes):
+  if num_bytes > MAX_IN_MEMORY_BYTES:
+    raise ValueError(f'{name} is too large to hold in memory ({num_bytes / 2**30:.1f} GiB); use `folder:PATH` for '
+                     'image collections of this size.')
+
+
+def _multi_hot(example, num_classes):
+  """VOC-style targets: 1 for a class with a non-difficult object, -1 for one with only difficult objects (when
+  the dataset marks them, as `labels_no_difficult` does), 0 otherwise."""
+  target = np.zeros(num_classes, np.int32)
+  if 'labels_no_difficult' in example:
+    target[example['labels']] = -1
+    target[example['labels_no_difficult']] = 1
+  else:
+    target[example['labels']] = 1
+  return target
 
 
 def list_image_files(root):

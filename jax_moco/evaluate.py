@@ -5,7 +5,9 @@
 
 - knn: weighted kNN on L2-normalised features (k = 200, T = 0.1 from the config; --knn_k / --knn_temperature),
   top-1 and top-5, the training-time monitor's classifier.
-- linear_probe: paper 001's appendix A.2 protocol (`jax_moco.linear_probe`).
+- linear_probe: paper 001's appendix A.2 protocol (`jax_moco.linear_probe`): top-1, or mAP for multi-label data
+  such as tfds:voc/2007 (one binary classifier per class); --validation_dataset selects the constant on a dataset's
+  own validation split instead of 20 % of train.
 - linear: paper 002's linear classification (`jax_moco.linear_eval`: SGD, lr 30, 100 epochs, RandomResizedCrop +
   flip, frozen BN), checkpointed and resumed under DIR/eval/<step>_<encoder>/linear/ (--epochs, --batch_size, --lr).
 
@@ -74,13 +76,18 @@ def cached_features(cache_dir, source, extract, image_size, max_examples):
 
 def evaluate(workdir, protocol, step=None, encoder='online', dataset=None, test_dataset=None, image_size=None,
              max_examples=None, knn_k=None, knn_temperature=None, random_init=False, n_jobs=-1,
-             epochs=linear_eval.EPOCHS, batch_size=linear_eval.BATCH_SIZE, lr=linear_eval.LR):
+             epochs=linear_eval.EPOCHS, batch_size=linear_eval.BATCH_SIZE, lr=linear_eval.LR,
+             validation_dataset=None):
   """Runs one protocol on a checkpoint; returns (and writes) its result dict."""
   if protocol not in PROTOCOLS:
     raise ValueError(f'protocol={protocol!r}: choose one of {", ".join(PROTOCOLS)}')
   config, state, step = checkpointing.load_run(workdir, step)
   train_source = _labelled(dataset or config.knn_bank_dataset or config.dataset, config.data_dir, 'train')
   test_source = _labelled(test_dataset or config.eval_dataset or 'embedded:test', config.data_dir, 'test')
+  val_source = validation_dataset and _labelled(validation_dataset, config.data_dir, 'validation')
+  if protocol != 'linear_probe' and (train_source.multi_label or test_source.multi_label):
+    raise ValueError(f'protocol={protocol} needs single-label data; {train_source.name} / {test_source.name} are '
+                     'multi-label: use --protocol=linear_probe (mAP)')
   image_size = image_size or config.crops.large_size
   mesh = step_lib.create_mesh()
   backbone = state_lib.create_encoder(config).backbone
@@ -111,7 +118,10 @@ def evaluate(workdir, protocol, step=None, encoder='online', dataset=None, test_
     result = knn.knn_classify(train_x, train_y, test_x, test_y, k, temperature, num_classes)
     result.update(k=k, temperature=temperature)
   else:
-    result = linear_probe.linear_probe(train_x, train_y, test_x, test_y, n_jobs=n_jobs)
+    validation = val_source and cached_features(cache_dir, val_source, extract, image_size, max_examples)
+    result = linear_probe.linear_probe(train_x, train_y, test_x, test_y, validation=validation, n_jobs=n_jobs)
+    if val_source:
+      meta['validation_dataset'] = val_source.name
   return _write(cache_dir, {**result, **meta, 'num_train': len(train_y), 'num_test': len(test_y)})
 
 
@@ -134,9 +144,12 @@ def format_table(result) -> str:
     method = f'linear classification ({result["epochs"]} epochs, lr {result["lr"]}, batch {result["batch_size"]})'
     scores = f'top-1 {result["top1"]:.2f} %'
   else:
-    method = 'linear probe (logistic regression, L-BFGS)'
-    scores = (f'top-1 {result["top1"]:.2f} % (L2 = {result["l2"]:.3g}, chosen on validation at '
-              f'{result["validation_top1"]:.2f} %)')
+    metric = result['metric']
+    method = 'linear probe (logistic regression, L-BFGS' + (', one binary classifier per class)' if metric == 'map'
+                                                             else ')')
+    name = 'mAP' if metric == 'map' else 'top-1'
+    scores = (f'{name} {result[metric]:.2f} % (L2 = {result["l2"]:.3g}, chosen on validation at '
+              f'{result["validation_" + metric]:.2f} %)')
   rows = [('protocol', method), ('encoder', f'{result["encoder"]} {result["arch"]}, {which}'),
           ('train', f'{result["train_dataset"]} ({result["num_train"]} images, {result["image_size"]} px)'),
           ('test', f'{result["test_dataset"]} ({result["num_test"]} images)'), ('result', scores)]
@@ -151,6 +164,7 @@ def define_flags():
   flags.DEFINE_enum('encoder', 'online', ('online', 'momentum'), 'Whose backbone: f (online, as the papers) or f\'.')
   flags.DEFINE_string('dataset', None, 'Labelled training set (default: the config\'s kNN bank / training set).')
   flags.DEFINE_string('test_dataset', None, 'Labelled test set (default: the config\'s eval_dataset).')
+  flags.DEFINE_string('validation_dataset', None, 'linear_probe: choose L2 on this set (default: 20 % of train).')
   flags.DEFINE_integer('image_size', None, 'Eval image size (default: the config\'s crops.large_size).')
   flags.DEFINE_integer('max_examples', None, 'Use at most this many examples of each set (a quick look).')
   flags.DEFINE_integer('knn_k', None, 'k of the kNN classifier (default: the config\'s, 200).')
@@ -172,7 +186,7 @@ def main(argv):
   try:
     result = evaluate(f.workdir, f.protocol, f.step, f.encoder, f.dataset, f.test_dataset, f.image_size,
                       f.max_examples, f.knn_k, f.knn_temperature, f.random_init, epochs=f.epochs,
-                      batch_size=f.batch_size, lr=f.lr)
+                      batch_size=f.batch_size, lr=f.lr, validation_dataset=f.validation_dataset)
   except (FileNotFoundError, ValueError) as e:
     raise app.UsageError(str(e)) from e
   print(format_table(result))

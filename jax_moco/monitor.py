@@ -54,8 +54,8 @@ class KnnMonitor:
     self.config, self.mesh = config, mesh
     self.bank = sources.get_source(config.knn_bank_dataset or config.dataset, config.data_dir)
     self.test = sources.get_source(config.eval_dataset, config.data_dir, default_split='test')
-    if self.bank.num_classes is None:
-      raise ValueError(f'knn monitor: the bank {self.bank.name} has no labels; set knn_bank_dataset or '
+    if self.bank.num_classes is None or self.bank.multi_label:
+      raise ValueError(f'knn monitor: the bank {self.bank.name} has no single labels; set knn_bank_dataset or '
                        'eval_dataset=""')
     self.feature_fn = make_feature_fn(mesh, backbone)
     logging.info('kNN monitor: bank %s (%d), queries %s (%d)', self.bank.name, self.bank.num_examples,

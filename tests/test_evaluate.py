@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 import pytest
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import average_precision_score
 from sklearn.neighbors import KNeighborsClassifier
 
 from input_pipeline import pipeline
@@ -82,6 +83,46 @@ def test_linear_probe_separable_is_perfect_shuffled_is_chance_and_split_is_strat
   train_idx, val_idx = linear_probe.split_train_validation(train_y)
   assert len(val_idx) == 80 and not set(train_idx) & set(val_idx)
   np.testing.assert_allclose(np.bincount(train_y[val_idx]) / 80, np.bincount(train_y) / 400, atol=0.02)
+
+
+def multi_label_targets(features, seed, difficult=0.05):
+  """Class c is present where feature c is high (a linear rule); a few entries are marked difficult (-1)."""
+  targets = (features[:, :4] > 0.3).astype(np.int32)
+  targets[np.random.default_rng(seed).random(targets.shape) < difficult] = -1
+  return targets
+
+
+def test_linear_probe_multi_label_is_per_class_binary_with_map():
+  rng = np.random.default_rng(0)
+  train_x, val_x, test_x = (rng.normal(size=(n, 8)).astype(np.float32) for n in (300, 100, 200))
+  noisy = lambda x, seed: x + np.random.default_rng(seed).normal(scale=0.7, size=x.shape)  # noqa: E731
+  train_y, val_y, test_y = (multi_label_targets(noisy(x, s), s) for s, x in enumerate((train_x, val_x, test_x)))
+  grid = linear_probe.L2_GRID[::11]
+  result = linear_probe.linear_probe(train_x, train_y, test_x, test_y, validation=(val_x, val_y), grid=grid, n_jobs=1)
+  assert result['metric'] == 'map' and len(result['ap_per_class']) == 4
+
+  def direct_map(fit_x, fit_y, l2, eval_x, eval_y):
+    """One scikit-learn binary classifier per class on its known examples; AP on the known test examples."""
+    aps = []
+    for c in range(fit_y.shape[1]):
+      fit_known, eval_known = fit_y[:, c] != -1, eval_y[:, c] != -1
+      model = LogisticRegression(C=1 / l2, max_iter=1000).fit(fit_x[fit_known], fit_y[fit_known, c])
+      aps.append(average_precision_score(eval_y[eval_known, c], model.decision_function(eval_x[eval_known])))
+    return np.mean(aps) * 100
+
+  val_maps = [direct_map(train_x, train_y, l2, val_x, val_y) for l2 in grid]
+  assert result['l2'] == pytest.approx(grid[int(np.argmax(val_maps))])
+  np.testing.assert_allclose([s for _, s in result['validation_curve']], val_maps)
+  expected = direct_map(np.concatenate([train_x, val_x]), np.concatenate([train_y, val_y]), result['l2'], test_x,
+                        test_y)
+  assert 60 < result['map'] < 100 and result['map'] == pytest.approx(expected)
+  # Separable targets give 100 %, shuffled ones about the classes' frequencies.
+  clean = linear_probe.linear_probe(train_x, multi_label_targets(train_x, 0, 0), test_x,
+                                    multi_label_targets(test_x, 1, 0), grid=grid, n_jobs=1)
+  assert clean['map'] > 99
+  shuffled = linear_probe.linear_probe(train_x, rng.permutation(train_y), test_x, test_y, grid=grid, n_jobs=1)
+  prevalence = np.mean([np.mean(test_y[test_y[:, c] != -1, c]) for c in range(4)]) * 100
+  assert abs(shuffled['map'] - prevalence) < 15
 
 
 def test_padded_extraction_equals_one_image_at_a_time(make_config):

@@ -36,3 +36,38 @@ def test_tfds_source_reads_a_prepared_dataset(tmp_path):
   spec = views.ViewSpec(large_size=16, small_size=8, num_small=1)
   batch = next(pipeline.train_dataset(source, spec, 4, seed=0).as_numpy_iterator())
   assert batch['anchor'].shape == (4, 16, 16, 3) and batch['small'].shape == (4, 1, 8, 8, 3)
+
+
+class JaxMocoTinyMultiLabel(tfds.core.GeneratorBasedBuilder):
+  """VOC-like: variable-size RGB images, a `labels` sequence and `labels_no_difficult` (4 classes)."""
+  VERSION = tfds.core.Version('1.0.0')
+
+  def _info(self):
+    classes = tfds.features.ClassLabel(num_classes=4)
+    return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
+        'image': tfds.features.Image(shape=(None, None, 3)), 'labels': tfds.features.Sequence(classes),
+        'labels_no_difficult': tfds.features.Sequence(classes)}))
+
+  def _split_generators(self, dl_manager):
+    return {'train': self._generate_examples()}
+
+  def _generate_examples(self):
+    for i in range(6):
+      image = np.full((10 + i, 30 - 2 * i, 3), 40 * i, np.uint8)
+      yield i, {'image': image, 'labels': [i % 4, (i + 1) % 4], 'labels_no_difficult': [i % 4]}
+
+
+def test_tfds_multi_label_source_with_variable_sizes(tmp_path):
+  JaxMocoTinyMultiLabel(data_dir=str(tmp_path)).download_and_prepare()
+  source = sources.get_source('tfds:jax_moco_tiny_multi_label', data_dir=str(tmp_path))
+  assert (source.num_examples, source.num_classes, source.multi_label) == (6, 4, True)
+  loaded = {int(source.load(i)['image'][0, 0, 0]): source.load(i) for i in range(6)}
+  for i in range(6):  # examples may come in any order: identify them by their pixel value
+    example = loaded[40 * i]
+    assert example['image'].shape == (10 + i, 30 - 2 * i, 3)
+    expected = np.zeros(4, np.int32)
+    expected[(i + 1) % 4], expected[i % 4] = -1, 1  # present only as difficult: -1 (ignored); present: 1
+    np.testing.assert_array_equal(example['label'], expected)
+  batches = list(pipeline.eval_dataset(source, 8, 4).as_numpy_iterator())
+  labels = np.concatenate([b['label'] for b in batches])[np.concatenate([b['mask'] for b in batches])]
+  assert labels.shape == (6, 4) and sorted(labels.sum(1).tolist()) == [0] * 6
