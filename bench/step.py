@@ -49,9 +49,9 @@ def define_flags():
 
 
 def bench_config(arch='resnet18', stem='cifar', batch=64, large=32, small=16, num_small=2, queue=4096,
-                 dtype='float32'):
+                 dtype='float32', width=1.0):
   c = knn.get_config()
-  c.model.arch, c.model.stem, c.model.width, c.model.dtype = arch, stem, 1.0, dtype
+  c.model.arch, c.model.stem, c.model.width, c.model.dtype = arch, stem, width, dtype
   c.batch_size, c.bn_groups, c.moco.queue_size = batch, 1, queue
   c.crops.large_size, c.crops.small_size, c.crops.num_small = large, small, num_small
   c.moco.nn_topk = min(c.moco.nn_topk, queue)
@@ -68,9 +68,9 @@ def synthetic_batch(config, seed=0):
   return batch
 
 
-def jax_step(config, seed=0):
-  """(train step on one device, initial state, constant learning rate) for `config`."""
-  mesh = step_lib.create_mesh(jax.devices()[:1])
+def jax_step(config, seed=0, num_devices=1):
+  """(train step on the first `num_devices` devices, initial state, constant learning rate) for `config`."""
+  mesh = step_lib.create_mesh(jax.devices()[:num_devices])
   encoder = state_lib.create_encoder(config)
   lr = config.optim.base_lr * config.batch_size / 256
   tx = state_lib.sgd(lr, config.optim.momentum, config.optim.weight_decay)
@@ -99,7 +99,7 @@ def torch_reference(config, state, lr, channels_last=False):
   return model, optimizer
 
 
-def _median_step_seconds(run_one, steps):
+def median_step_seconds(run_one, steps):
   times = []
   for _ in range(steps):
     start = time.perf_counter()
@@ -137,7 +137,7 @@ def run(config, steps=5, rounds=3, torch_compile=False, channels_last=True, log=
   results = {name: [] for name in runners}
   for r in range(rounds):
     for name, run_one in runners.items():
-      results[name].append(config.batch_size / _median_step_seconds(run_one, steps))
+      results[name].append(config.batch_size / median_step_seconds(run_one, steps))
     log(f'round {r + 1}: ' + ', '.join(f'{k} {v[-1]:.1f} img/s' for k, v in results.items()))
   medians = {k: statistics.median(v) for k, v in results.items()}
   ours_rate = medians['jax_moco (XLA)']

@@ -65,6 +65,7 @@ def get_config():
   c.knn.temperature = 0.1
   c.knn.batch_size = 500
   c.knn.max_bank_examples = 10000  # bounds the monitor's time on the full Debian set; 0 = the whole bank
+  c.knn.every_epochs = 0.0  # also evaluate during training every this many epochs; 0 = before and after only
 
   c.log_every_steps = 50
   c.checkpoint_every_steps = 200

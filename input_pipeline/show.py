@@ -12,10 +12,6 @@ from input_pipeline import pipeline
 from input_pipeline import sources
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Config file (as for training).', lock_config=True)
-flags.DEFINE_string('out', 'views.png', 'Output PNG.')
-flags.DEFINE_integer('num_images', 6, 'How many images (rows).')
-flags.mark_flags_as_required(['config'])
 
 BOX_COLOURS = ('red', 'lime') + ('deepskyblue',) * 64
 
@@ -56,10 +52,19 @@ def draw_views(config, out_path, num_images):
   return out_path
 
 
+def define_flags():
+  """Command-line flags, defined only when run as a program (so the module imports cleanly anywhere)."""
+  config_flags.DEFINE_config_file('config', None, 'Config file (as for training).', lock_config=True)
+  flags.DEFINE_string('out', 'views.png', 'Output PNG.')
+  flags.DEFINE_integer('num_images', 6, 'How many images (rows).')
+  flags.mark_flags_as_required(['config'])
+
+
 def main(argv):
   del argv
   print(draw_views(FLAGS.config, FLAGS.out, FLAGS.num_images))
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

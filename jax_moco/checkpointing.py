@@ -12,6 +12,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from jax_moco import state as state_lib
+from jax_moco import step as step_lib
 
 # Fields that fix the state's shapes or the data stream: resuming with other values would crash or silently change
 # the run, so a mismatch is refused with the fields named.
@@ -102,7 +103,10 @@ def load_run(workdir: str, step=None):
   except Exception as e:  # a foreign Orbax checkpoint: no config item
     raise NotARunError(f'{directory} step {step} has no jax_moco config: not a jax_moco checkpoint ({e})') from e
   config = ml_collections.ConfigDict(saved)
-  abstract = jax.eval_shape(lambda: state_lib.initial_state(config, seed=0))
+  # Replicated over this process's devices, whatever topology wrote it (e.g. several hosts).
+  replicated = jax.sharding.NamedSharding(step_lib.create_mesh(), jax.sharding.PartitionSpec())
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+                          jax.eval_shape(lambda: state_lib.initial_state(config, seed=0)))
   state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))['state']
   manager.close()
   return config, state, step

@@ -4,6 +4,7 @@ over the mesh, with masked padding so every example counts exactly once."""
 import logging
 
 import jax
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import numpy as np
@@ -33,18 +34,33 @@ def backbone_variables(params, batch_stats):
   return {'params': params['backbone'], 'batch_stats': batch_stats['backbone']}
 
 
-def extract_features(feature_fn, variables, dataset, mesh, description=None):
-  """(features [n, C], labels [n]) for every unmasked example of an eval dataset; a progress bar when described."""
+def all_processes(x):
+  """The global value on every process: a sharded array's every row, or host-local arrays of all processes
+  concatenated in process order (the order their rows take in a global batch)."""
+  if jax.process_count() == 1:
+    return np.asarray(jax.device_get(x))
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def _unmasked(batches, features_fn, description=None, total=None):
+  """(features, labels) of the unmasked examples of all processes' eval batches, features_fn(batch) giving each
+  batch's global features."""
   features, labels = [], []
-  cardinality = int(dataset.cardinality())
-  total = cardinality if cardinality > 0 else None
-  for batch in tqdm(dataset.as_numpy_iterator(), total=total, desc=description, unit='batch', leave=False,
+  for batch in tqdm(batches, total=total, desc=description, unit='batch', leave=False,
                     disable=description is None or jax.process_index() != 0):
-    images = shard_batch(mesh, {'image': batch['image']})['image']
-    out = np.asarray(jax.device_get(feature_fn(variables, images)))
-    features.append(out[batch['mask']])
-    labels.append(batch['label'][batch['mask']])
+    mask = all_processes(batch['mask'])
+    features.append(features_fn(batch)[mask])
+    labels.append(all_processes(batch['label'])[mask])
   return np.concatenate(features), np.concatenate(labels)
+
+
+def extract_features(feature_fn, variables, dataset, mesh, description=None):
+  """(features [n, C], labels [n]) for every unmasked example of an eval dataset (its shards on all processes),
+  on every process; a progress bar when described."""
+  cardinality = int(dataset.cardinality())
+  return _unmasked(dataset.as_numpy_iterator(),
+                   lambda b: all_processes(feature_fn(variables, shard_batch(mesh, {'image': b['image']})['image'])),
+                   description, cardinality if cardinality > 0 else None)
 
 
 class KnnMonitor:
@@ -78,7 +94,6 @@ class KnnMonitor:
   def run_raw_pixels(self):
     """The same classifier on raw (normalised) pixels: the floor a learned representation must beat."""
     def extract(ds):
-      batches = list(ds.as_numpy_iterator())
-      feats = [np.asarray(normalize(b['image'])).reshape(len(b['image']), -1)[b['mask']] for b in batches]
-      return np.concatenate(feats), np.concatenate([b['label'][b['mask']] for b in batches])
+      return _unmasked(ds.as_numpy_iterator(),
+                       lambda b: all_processes(np.asarray(normalize(b['image'])).reshape(len(b['image']), -1)))
     return self._classify(extract)

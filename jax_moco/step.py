@@ -12,6 +12,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
+import numpy as np
 import optax
 
 from jax_moco import losses
@@ -21,8 +22,9 @@ from jax_moco.models.encoder import l2_normalize
 from jax_moco.state import TrainState
 
 AXIS = 'data'
-IMAGENET_MEAN = jnp.array([0.485, 0.456, 0.406]) * 255.0
-IMAGENET_STD = jnp.array([0.229, 0.224, 0.225]) * 255.0
+# NumPy, not jnp: a module-level jnp array would start the XLA backend at import, before jax.distributed.initialize.
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255.0
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255.0
 ENQUEUE_ORDERS = ('loss_then_enqueue', 'enqueue_then_mine')
 
 

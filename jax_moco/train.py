@@ -57,7 +57,20 @@ def _write_json(path, payload, mode='w'):
     f.write(json.dumps(payload, sort_keys=True) + ('\n' if mode == 'a' else ''))
 
 
-def train_and_evaluate(config, workdir: str) -> state_lib.TrainState:
+def make_step(config, mesh, encoder, tx, total_steps, steps_per_epoch):
+  """The jitted train step of `config`, with its learning-rate and EMA-momentum schedules."""
+  return step_lib.make_train_step(
+      mesh, encoder, tx, step_lib.step_config(config, steps_per_epoch),
+      state_lib.learning_rate_fn(config, total_steps, steps_per_epoch),
+      schedules.ema_momentum(config.moco.momentum, total_steps, config.moco.momentum_schedule))
+
+
+def train_and_evaluate(config, workdir: str, on_metrics=None) -> state_lib.TrainState:
+  """Trains `config` in `workdir` (resuming from its newest checkpoint) and returns the final state.
+
+  `on_metrics(step, scalars)`, if given, receives every logged scalar dict on process 0 (training metrics every
+  `log_every_steps`, `knn/top1` and `knn/top5` at each kNN evaluation): live plots in a notebook, for example.
+  """
   validation.validate(config, jax.device_count(), jax.process_count())
   os.makedirs(workdir, exist_ok=True)
   is_chief = jax.process_index() == 0
@@ -82,25 +95,41 @@ def train_and_evaluate(config, workdir: str) -> state_lib.TrainState:
     if start_step == 0:
       parameter_overview.log_parameter_overview(state.params)
 
-  lr_fn = state_lib.learning_rate_fn(config, total_steps, steps_per_epoch)
-  momentum_fn = schedules.ema_momentum(config.moco.momentum, total_steps, config.moco.momentum_schedule)
-  train_step = step_lib.make_train_step(mesh, encoder, tx, step_lib.step_config(config, steps_per_epoch), lr_fn,
-                                        momentum_fn)
+  train_step = make_step(config, mesh, encoder, tx, total_steps, steps_per_epoch)
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
   monitor = KnnMonitor(config, mesh, encoder.backbone) if config.eval_dataset else None
+
+  def report(step, scalars, to_jsonl=False):
+    writer.write_scalars(step, scalars)
+    if is_chief and to_jsonl:
+      _write_json(os.path.join(workdir, 'metrics.jsonl'), {'step': step, **scalars}, 'a')
+    if is_chief and on_metrics:
+      on_metrics(step, scalars)
+
+  def evaluate_knn(step, state):
+    result = monitor.run(state.params, state.batch_stats)
+    report(step, {f'knn/{k}': v for k, v in result.items()})
+    return result
+
+  knn_every = max(round(config.knn.every_epochs * steps_per_epoch), 1) if monitor and config.knn.every_epochs else 0
   summary = {'method': config.method, 'dataset': source.name, 'workdir': os.path.abspath(workdir),
              'knn_k': config.knn.k, 'knn_temperature': config.knn.temperature}
   if monitor and start_step == 0:
     summary['knn_raw_pixels'] = monitor.run_raw_pixels()
-    summary['knn_before'] = monitor.run(state.params, state.batch_stats)
+    summary['knn_before'] = evaluate_knn(0, state)
     logging.info('kNN before training: %s (raw pixels: %s)', summary['knn_before'], summary['knn_raw_pixels'])
-    writer.write_scalars(0, {f'knn/{k}': v for k, v in summary['knn_before'].items()})
+
+  def after_step(step, state, metrics):
+    if metrics is not None:
+      report(step, metrics, to_jsonl=True)
+    if knn_every and step % knn_every == 0 and step < total_steps:
+      evaluate_knn(step, state)
 
   data = pipeline.train_dataset(source, pipeline.view_spec(config.crops), config.batch_size, config.seed,
                                 start_step, jax.process_index(), jax.process_count()).as_numpy_iterator()
   started = time.time()
   try:
-    state = _train_loop(config, state, train_step, data, mesh, checkpointer, writer, total_steps, workdir, is_chief)
+    state = _train_loop(config, state, train_step, data, mesh, checkpointer, total_steps, is_chief, after_step)
     if checkpointer.latest_step() != int(state.step):
       checkpointer.save(int(state.step), state, force=True)
   finally:
@@ -108,8 +137,7 @@ def train_and_evaluate(config, workdir: str) -> state_lib.TrainState:
   summary.update(steps=int(state.step), total_steps=total_steps, train_seconds=round(time.time() - started, 1),
                  checkpoint_dir=checkpointer.directory)
   if monitor and int(state.step) == total_steps:
-    summary['knn_after'] = monitor.run(state.params, state.batch_stats)
-    writer.write_scalars(int(state.step), {f'knn/{k}': v for k, v in summary['knn_after'].items()})
+    summary['knn_after'] = evaluate_knn(int(state.step), state)
   writer.flush()
   if is_chief:
     _write_json(os.path.join(workdir, 'summary.json'), summary)
@@ -117,8 +145,9 @@ def train_and_evaluate(config, workdir: str) -> state_lib.TrainState:
   return state
 
 
-def _train_loop(config, state, train_step, data, mesh, checkpointer, writer, total_steps, workdir, is_chief):
-  """Runs steps until total_steps or a stop request; logs, checks finiteness and checkpoints on the way."""
+def _train_loop(config, state, train_step, data, mesh, checkpointer, total_steps, is_chief, after_step):
+  """Runs steps until total_steps or a stop request; checks finiteness and checkpoints on the way, and calls
+  after_step(step, state, metrics) after every step (metrics: a dict at log steps, else None)."""
   start_step = int(state.step)
   with stop_requests() as stop, tqdm(total=total_steps, initial=start_step, disable=not is_chief, unit='step',
                                      dynamic_ncols=True, mininterval=2.0) as progress:
@@ -132,10 +161,8 @@ def _train_loop(config, state, train_step, data, mesh, checkpointer, writer, tot
         _check_finite(metrics, step, checkpointer.directory)  # before saving: a bad state is never written
         checkpointer.save(step, state, force=bool(stop))
       if log_now:
-        writer.write_scalars(step, metrics)
         progress.set_postfix(loss=f'{metrics["loss"]:.3f}', acc=f'{metrics["acc_inst"]:.2f}')
-        if is_chief:
-          _write_json(os.path.join(workdir, 'metrics.jsonl'), {'step': step, **metrics}, 'a')
+      after_step(step, state, metrics if log_now else None)
       if stop:
         logging.warning('%s received at step %d: checkpoint saved, stopping; run the same command to resume.',
                         stop[0], step)

@@ -44,3 +44,4 @@ def validate(config, num_devices: int = 1, process_count: int = 1):
   _require(cr.overlap_tries >= 1, 'crops.overlap_tries', 'must be >= 1')
   _require(config.num_train_steps > 0 or config.num_epochs > 0, 'num_epochs', 'set num_epochs or num_train_steps')
   _require(config.knn.k > 0 and config.knn.temperature > 0, 'knn.k', 'k and temperature must be positive')
+  _require(config.knn.every_epochs >= 0, 'knn.every_epochs', f'must be >= 0, got {config.knn.every_epochs}')

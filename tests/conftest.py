@@ -9,6 +9,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pytest  # noqa: E402
 
+# torchvision before TensorFlow: with torchvision 0.29.1 (CUDA build) and TensorFlow 2.21, importing torchvision
+# after TensorFlow segfaults while loading triton, so the test order must not decide which comes first.
+import torchvision  # noqa: E402, F401
+
 
 @pytest.fixture(scope='session')
 def china():

@@ -7,9 +7,9 @@ from jax.sharding import PartitionSpec as P
 from configs import knn
 from input_pipeline import pipeline
 from input_pipeline import sources
-from jax_moco import schedules
 from jax_moco import state as state_lib
 from jax_moco import step as step_lib
+from jax_moco import train
 
 
 def tiny_config(**overrides):
@@ -37,11 +37,7 @@ def build(config, devices=None, steps_per_epoch=100, total_steps=100):
   tx = state_lib.create_optimizer(config, total_steps, steps_per_epoch)
   state = state_lib.create_train_state(config, encoder, tx, jax.random.key(0))
   state = jax.device_put(state, NamedSharding(mesh, P()))
-  fn = step_lib.make_train_step(
-      mesh, encoder, tx, step_lib.step_config(config, steps_per_epoch),
-      state_lib.learning_rate_fn(config, total_steps, steps_per_epoch),
-      schedules.ema_momentum(config.moco.momentum, total_steps, config.moco.momentum_schedule))
-  return mesh, state, fn
+  return mesh, state, train.make_step(config, mesh, encoder, tx, total_steps, steps_per_epoch)
 
 
 def real_batches(config, n):

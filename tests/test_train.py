@@ -37,12 +37,16 @@ def interrupt_after(monkeypatch, batches):
 
 
 def test_end_to_end_with_knn_summary(make_config, tmp_path, capsys):
-  config = make_config(num_train_steps=4)
-  state = train.train_and_evaluate(config, str(tmp_path))
+  config = make_config(num_train_steps=4, **{'knn.every_epochs': 2 / (10000 // 32)})  # kNN every 2 steps
+  reported = []
+  state = train.train_and_evaluate(config, str(tmp_path), on_metrics=lambda step, s: reported.append((step, s)))
   assert int(state.step) == 4
+  assert [(step, sorted(s)[0]) for step, s in reported] == [(0, 'knn/top1'), (2, 'acc_inst'), (2, 'knn/top1'),
+                                                            (4, 'acc_inst'), (4, 'knn/top1')]
   summary = json.load(open(tmp_path / 'summary.json'))
   for key in ('knn_raw_pixels', 'knn_before', 'knn_after'):
     assert 10.0 <= summary[key]['top1'] <= 100.0  # ten balanced classes: chance is 10 %
+  assert summary['knn_after']['top1'] == reported[-1][1]['knn/top1']
   assert 'kNN top-1' in capsys.readouterr().out
   assert os.path.isdir(tmp_path / 'checkpoints' / '4')
   assert json.load(open(tmp_path / 'config.json'))['moco']['queue_size'] == 256

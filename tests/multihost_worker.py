@@ -1,0 +1,35 @@
+"""One process of tests/test_multihost.py: `python tests/multihost_worker.py ADDRESS NUM_PROCESSES PROCESS_ID WORKDIR`.
+
+Joins JAX's distributed runtime (4 emulated CPU devices per process), trains the tiny test config with the kNN
+monitor on, and saves its own copy of the final parameters, queues and BN statistics to WORKDIR/process_I.npz.
+"""
+
+import os
+import sys
+
+os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from tests.helpers import tiny_config  # noqa: E402
+
+
+def flat_state(state):
+  """Every leaf of a (replicated) train state as host arrays keyed by its path."""
+  leaves = jax.tree_util.tree_leaves_with_path(state)
+  return {jax.tree_util.keystr(path): np.asarray(jax.device_get(leaf)) for path, leaf in leaves}
+
+
+def main(address, num_processes, process_id, workdir):
+  import tensorflow as tf
+  tf.config.set_visible_devices([], 'GPU')
+  jax.distributed.initialize(address, int(num_processes), int(process_id))
+  from jax_moco import train
+  state = train.train_and_evaluate(tiny_config(num_train_steps=4), workdir)
+  np.savez(os.path.join(workdir, f'process_{jax.process_index()}.npz'), **flat_state(state))
+
+
+if __name__ == '__main__':
+  main(*sys.argv[1:])

@@ -1,0 +1,57 @@
+"""The benchmark tools run at a tiny size (so they cannot rot): bench/scaling.py (every sweep point timed, table and
+plot), bench/conv_ops.py (XLA and PyTorch compute the same convolution and gradients) and bench/input_wait.py."""
+
+import importlib.util
+import os
+import sys
+
+import numpy as np
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'bench')
+sys.path.insert(0, BENCH)
+
+
+def load(name):
+  spec = importlib.util.spec_from_file_location(f'bench_{name}', os.path.join(BENCH, f'{name}.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+scaling, conv_ops, input_wait = load('scaling'), load('conv_ops'), load('input_wait')
+
+
+def test_scaling_sweeps_run_at_a_tiny_size(tmp_path):
+  base = dict(arch='resnet18', width=0.125, stem='cifar', batch=16, large=32, small=16, dtype='float32')
+  sweeps = {'queue': [256], 'num_small': [0], 'topk': [0], 'devices': [1, 2]}
+  rows = scaling.run(base, sweeps, steps=1, log=lambda line: None)
+  assert [(r['sweep'], r['value']) for r in rows] == [(k, v) for k, values in sweeps.items() for v in values]
+  base_rows = [r for r in rows if r['is_base']]  # devices=1 is the base point (K 4096, 2 small crops, top-20)
+  assert len(base_rows) == 1 and base_rows[0]['relative'] == 1.0 and all(r['step_s'] > 0 for r in rows)
+  text = scaling.table(rows, base)
+  assert text.count('\n| ') == len(rows) + 2 and '| devices | 2 |' in text  # + header and separator
+  scaling.plot(rows, str(tmp_path / 'scaling.png'))
+  assert (tmp_path / 'scaling.png').stat().st_size > 1000
+
+
+def test_conv_ops_compares_the_same_forward_and_gradients():
+  import torch
+  rng = np.random.default_rng(0)
+  x, w = rng.normal(size=(2, 8, 8, 4)).astype(np.float32), rng.normal(size=(3, 3, 4, 6)).astype(np.float32)
+  g = rng.normal(size=(2, 4, 4, 6)).astype(np.float32)
+  nchw = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)  # noqa: E731
+  wt = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous()
+  ours = [np.asarray(f(x, w, g)) for f in conv_ops.xla_ops(x, w, 2)]
+  fwd, dx, dw = conv_ops.torch_ops(nchw(x), wt, nchw(g), 2)
+  np.testing.assert_allclose(ours[0], fwd().permute(0, 2, 3, 1).numpy(), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(ours[1], dx()[0].permute(0, 2, 3, 1).numpy(), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(ours[2], dw()[1].permute(2, 3, 1, 0).numpy(), rtol=1e-4, atol=1e-4)
+  rows = conv_ops.run(shapes=((2, 8, 4, 6, 1),), repeats=1, log=lambda line: None)
+  assert [r['op'] for r in rows] == ['fwd', 'dx', 'dw'] and all(r['xla_ms'] > 0 < r['torch_ms'] for r in rows)
+
+
+def test_input_wait_compares_real_and_synthetic_input(make_config):
+  lines = []
+  result = input_wait.run(make_config(), steps=2, rounds=1, log=lines.append)
+  assert result['real_s'] > 0 and result['synthetic_s'] > 0 and 0 <= result['wait_fraction'] < 1
+  assert any('waiting for input' in line for line in lines)
