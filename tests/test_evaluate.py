@@ -3,7 +3,6 @@ fits, features with masked padding against one-image-at-a-time, and the CLI path
 
 import json
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
@@ -128,7 +127,7 @@ def test_linear_probe_multi_label_is_per_class_binary_with_map():
 def test_padded_extraction_equals_one_image_at_a_time(make_config):
   config = make_config()
   encoder = state_lib.create_encoder(config)
-  state = state_lib.create_train_state(config, encoder, state_lib.create_optimizer(config, 1, 1), jax.random.key(0))
+  state = state_lib.initial_state(config, 0)
   variables = monitor.backbone_variables(state.params, state.batch_stats)
   mesh = step_lib.create_mesh()
   source = sources.get_source('embedded_subset:test')
@@ -144,8 +143,7 @@ def test_padded_extraction_equals_one_image_at_a_time(make_config):
 
 def test_evaluate_a_saved_run_writes_results_and_reuses_features(make_config, tmp_path, monkeypatch):
   config = make_config()
-  encoder = state_lib.create_encoder(config)
-  state = state_lib.create_train_state(config, encoder, state_lib.create_optimizer(config, 1, 1), jax.random.key(1))
+  state = state_lib.initial_state(config, 1)
   checkpointer = checkpointing.Checkpointer(str(tmp_path / 'checkpoints'), config.to_dict(), 100, 3)
   checkpointer.save(3, state.replace(step=jnp.asarray(3, jnp.int32)), force=True)
   checkpointer.close()
@@ -168,8 +166,7 @@ def test_evaluate_a_saved_run_writes_results_and_reuses_features(make_config, tm
 
 def test_linear_classification_learns_and_resumes_exactly(make_config, tmp_path, monkeypatch):
   config = make_config()
-  encoder = state_lib.create_encoder(config)
-  state = state_lib.create_train_state(config, encoder, state_lib.create_optimizer(config, 1, 1), jax.random.key(1))
+  state = state_lib.initial_state(config, 1)
   for run in ('straight', 'resumed'):
     checkpointer = checkpointing.Checkpointer(str(tmp_path / run / 'checkpoints'), config.to_dict(), 100, 3)
     checkpointer.save(0, state, force=True)

@@ -28,7 +28,7 @@ def run_config(arch, stem='imagenet', nn_weight=0.4):
 def perturbed_state(config, seed=0):
   """A train state whose every parameter, BN statistic and queue differs from its initialisation."""
   encoder = state_lib.create_encoder(config)
-  state = state_lib.create_train_state(config, encoder, state_lib.create_optimizer(config, 1, 1), jax.random.key(seed))
+  state = state_lib.initial_state(config, seed)
   rng = np.random.default_rng(seed)
 
   def noisy(tree, kind):
