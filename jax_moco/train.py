@@ -134,8 +134,8 @@ def train_and_evaluate(config, workdir: str, on_metrics=None) -> state_lib.Train
       checkpointer.save(int(state.step), state, force=True)
   finally:
     checkpointer.close()  # commits pending asynchronous saves, also when training stops with an error
-  summary.update(steps=int(state.step), total_steps=total_steps, train_seconds=round(time.time() - started, 1),
-                 checkpoint_dir=checkpointer.directory)
+  summary.update(steps=int(state.step), total_steps=total_steps, epochs=round(int(state.step) / steps_per_epoch, 2),
+                 train_seconds=round(time.time() - started, 1), checkpoint_dir=checkpointer.directory)
   if monitor and int(state.step) == total_steps:
     summary['knn_after'] = evaluate_knn(int(state.step), state)
   writer.flush()

@@ -47,6 +47,7 @@ def test_end_to_end_with_knn_summary(make_config, tmp_path, capsys):
   for key in ('knn_raw_pixels', 'knn_before', 'knn_after'):
     assert 10.0 <= summary[key]['top1'] <= 100.0  # ten balanced classes: chance is 10 %
   assert summary['knn_after']['top1'] == reported[-1][1]['knn/top1']
+  assert summary['epochs'] == round(4 / (10000 // 32), 2)
   assert 'kNN top-1' in capsys.readouterr().out
   assert os.path.isdir(tmp_path / 'checkpoints' / '4')
   assert json.load(open(tmp_path / 'config.json'))['moco']['queue_size'] == 256
