@@ -65,10 +65,11 @@ class KnnMoco(torch.nn.Module):
 
   @torch.no_grad()
   def _enqueue(self, keys, features):
-    ptr, batch = int(self.queue_ptr), keys.shape[0]
-    self.queue[ptr:ptr + batch] = keys
-    self.queue_backbone[ptr:ptr + batch] = F.normalize(features, dim=1)
-    self.queue_ptr[0] = (ptr + batch) % self.queue.shape[0]
+    # Tensor row indices, not a Python int pointer: no graph break (and no stale saved queue) under torch.compile.
+    rows = (self.queue_ptr + torch.arange(keys.shape[0])) % self.queue.shape[0]
+    self.queue.index_copy_(0, rows, keys)
+    self.queue_backbone.index_copy_(0, rows, F.normalize(features, dim=1))
+    self.queue_ptr.copy_((self.queue_ptr + keys.shape[0]) % self.queue.shape[0])
 
   def forward(self, batch):
     """Losses of one step (B images, N small crops), and the enqueue; returns a dict of scalar tensors."""
