@@ -5,14 +5,18 @@ the same run, on the ResNet-18 CIFAR-stem shapes of the CPU benchmarks; medians 
   python bench/conv_ops.py            # needs torch (requirements-test.txt)
 """
 
-import statistics
-import time
+import os
+import sys
 
 from absl import app
 from absl import flags
 import jax
 from jax import lax
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import step as bench_step  # noqa: E402
 
 FLAGS = flags.FLAGS
 # (batch, height = width, in channels, out channels, stride): stages 1-3 of ResNet-18 at 32 px, width 1 and 0.25.
@@ -26,12 +30,7 @@ def define_flags():
 
 def median_ms(fn, repeats):
   fn()  # warm-up (and XLA's compilation)
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times) * 1e3
+  return bench_step.median_step_seconds(fn, repeats) * 1e3
 
 
 def xla_ops(x, w, stride):

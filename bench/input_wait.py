@@ -64,7 +64,7 @@ def run(config, steps=50, rounds=3, log=print):
   train_step = train.make_step(config, mesh, encoder, tx, total, steps_per_epoch)
   real = pipeline.train_dataset(source, pipeline.view_spec(config.crops), config.batch_size, config.seed, 0,
                                 jax.process_index(), jax.process_count()).as_numpy_iterator()
-  first = {k: v for k, v in next(real).items() if k in train.STEP_INPUTS}
+  first = train.step_inputs(next(real))
   fake = synthetic_like(first)
   holder = {'state': train_step(state, shard_batch(mesh, first))[0]}  # compiles
 
@@ -77,7 +77,7 @@ def run(config, steps=50, rounds=3, log=print):
 
   results = {'real': [], 'synthetic': []}
   for r in range(rounds):
-    results['real'].append(timed_steps(lambda: {k: v for k, v in next(real).items() if k in train.STEP_INPUTS}))
+    results['real'].append(timed_steps(lambda: train.step_inputs(next(real))))
     results['synthetic'].append(timed_steps(lambda: fake))
     log(f'round {r + 1}: real input {results["real"][-1] * 1e3:.0f} ms/step, synthetic '
         f'{results["synthetic"][-1] * 1e3:.0f} ms/step')

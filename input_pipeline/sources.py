@@ -33,7 +33,7 @@ class Source:
   multi_label: bool = False  # label is a target vector over num_classes (see the module docstring)
 
 
-def _array_source(name, images, labels, num_classes, multi_label=False):
+def _array_source(name, images, labels, num_classes):
   """A source over in-memory uint8 arrays [N, H, W, 3] (or [N, H, W] grayscale) and int labels."""
   if images.ndim == 3:
     images = images[..., None]
@@ -45,7 +45,7 @@ def _array_source(name, images, labels, num_classes, multi_label=False):
     return {'image': tf.image.grayscale_to_rgb(image) if image.shape[-1] == 1 else image,
             'label': tf.gather(labels, index)}
 
-  return Source(name, int(images.shape[0]), num_classes, load, multi_label=multi_label)
+  return Source(name, int(images.shape[0]), num_classes, load)
 
 
 def _encoded_source(name, encoded, labels, num_classes, multi_label):

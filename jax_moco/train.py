@@ -29,6 +29,11 @@ from jax_moco.monitor import shard_batch
 STEP_INPUTS = ('anchor', 'positive', 'small')
 
 
+def step_inputs(batch):
+  """The views of a pipeline batch that the train step takes (labels and the rest stay on the host)."""
+  return {k: batch[k] for k in STEP_INPUTS if k in batch}
+
+
 class NonFiniteLossError(FloatingPointError):
   pass
 
@@ -153,7 +158,7 @@ def _train_loop(config, state, train_step, data, mesh, checkpointer, total_steps
                                      dynamic_ncols=True, mininterval=2.0) as progress:
     for step in range(start_step + 1, total_steps + 1):
       batch = next(data)
-      state, metrics = train_step(state, shard_batch(mesh, {k: batch[k] for k in STEP_INPUTS if k in batch}))
+      state, metrics = train_step(state, shard_batch(mesh, step_inputs(batch)))
       progress.update(1)
       log_now = step % config.log_every_steps == 0 or step == total_steps
       if log_now or stop or checkpointer.manager.should_save(step):

@@ -3,6 +3,7 @@
 import jax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+import numpy as np
 
 from configs import knn
 from input_pipeline import pipeline
@@ -29,6 +30,12 @@ def tiny_config(**overrides):
       target = target[p]
     target[leaf] = value
   return c
+
+
+def flat_state(state):
+  """Every leaf of a (replicated) train state as a host array keyed by its path."""
+  return {jax.tree_util.keystr(path): np.asarray(jax.device_get(leaf))
+          for path, leaf in jax.tree_util.tree_leaves_with_path(state)}
 
 
 def build(config, devices=None, steps_per_epoch=100, total_steps=100):

@@ -13,13 +13,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from tests.helpers import flat_state  # noqa: E402
 from tests.helpers import tiny_config  # noqa: E402
-
-
-def flat_state(state):
-  """Every leaf of a (replicated) train state as host arrays keyed by its path."""
-  leaves = jax.tree_util.tree_leaves_with_path(state)
-  return {jax.tree_util.keystr(path): np.asarray(jax.device_get(leaf)) for path, leaf in leaves}
 
 
 def main(address, num_processes, process_id, workdir):

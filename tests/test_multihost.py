@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from jax_moco import checkpointing
 from jax_moco import train
+from tests.helpers import flat_state
 from tests.helpers import tiny_config
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'multihost_worker.py')
@@ -66,7 +67,7 @@ def test_two_processes_match_one_process_with_eight_devices(tmp_path, monkeypatc
 
   feed_both_processes_batches(monkeypatch)
   single = train.train_and_evaluate(tiny_config(num_train_steps=4), str(tmp_path / 'single'))
-  leaves = {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(single)}
+  leaves = flat_state(single)
   assert leaves.keys() == first.keys()
   for name in first:
     # The same global batches and the same per-device programs; only the cross-process reductions (gloo) add in
@@ -84,5 +85,7 @@ def test_two_processes_match_one_process_with_eight_devices(tmp_path, monkeypatc
 
   _, restored, step = checkpointing.load_run(str(tmp_path / 'pair'))  # the pair's checkpoint, in one process
   assert step == 4
-  for path, leaf in jax.tree_util.tree_leaves_with_path(restored):
-    np.testing.assert_array_equal(np.asarray(leaf), first[jax.tree_util.keystr(path)])
+  restored = flat_state(restored)
+  assert restored.keys() == first.keys()
+  for name in first:
+    np.testing.assert_array_equal(restored[name], first[name], err_msg=name)
