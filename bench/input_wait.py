@@ -4,7 +4,8 @@ rounds; wait = 1 - (synthetic time / real time), target < 5 %.
 
   python bench/input_wait.py --config=configs/knn.py                 # the demo: embedded data, 32 px
   python bench/input_wait.py --config=configs/knn.py:imagenet --jpegs=512 --config.batch_size=256
-      # kNN-MoCo views of 500 px JPEGs (generated in a temporary folder), for the GPU machine
+      # kNN-MoCo views of 500 px JPEGs (generated in a temporary folder), for the GPU machine;
+      # add --config.crops.augment_on_device=True to leave the pixel work to the accelerator
 
 `--jpegs=N` writes N photo JPEGs of 500 x 375 px (bench/make_jpegs.py) and trains on them; `--config.dataset=...`
 takes any source.
@@ -47,8 +48,10 @@ def define_flags():
 
 
 def synthetic_like(batch, seed=0):
+  """Random views of the batch's shapes; augmentation records (crops.augment_on_device) are kept as drawn, so the
+  step does the same pixel work on either input."""
   rng = np.random.default_rng(seed)
-  return {k: rng.integers(0, 256, v.shape, np.uint8) for k, v in batch.items()}
+  return {k: v if k == 'augment' else rng.integers(0, 256, v.shape, np.uint8) for k, v in batch.items()}
 
 
 def run(config, steps=50, rounds=3, log=print):

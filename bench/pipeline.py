@@ -1,5 +1,7 @@
 """Images/s of the kNN-MoCo input pipeline (2 x 160 + 6 x 96 px views from 500 px JPEGs, constrained crops, A+),
 ours (tf.data) next to a torchvision + DataLoader reference with the same views, on the same cores, in one run.
+A third row times ours with `augment_on_device`: tf.data decodes, crops and draws every random choice and leaves the
+pixel work to the accelerator (bench/device_augment.py times that side).
 
   python bench/pipeline.py --cores=2 --reference_python=/path/to/venv-with-torchvision/bin/python
 
@@ -28,14 +30,15 @@ flags.DEFINE_string('images', '', 'Folder of JPEGs; default: 256 generated 500 p
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def ours(images, batches, cores):
+def ours(images, batches, cores, augment_on_device=False):
   """Runs in a child process limited to `cores` cores; returns images/s."""
   code = f'''
 import json, time, sys
 sys.path.insert(0, {ROOT!r})
 import tensorflow as tf
 from input_pipeline import pipeline, sources, views
-spec = views.ViewSpec(large_size=160, small_size=96, num_small=6, min_overlap=0.2, aplus=True, blur_reference_size=0)
+spec = views.ViewSpec(large_size=160, small_size=96, num_small=6, min_overlap=0.2, aplus=True, blur_reference_size=0,
+                      augment_on_device={augment_on_device})
 ds = pipeline.train_dataset(sources.get_source('folder:{images}'), spec, 64, seed=0)
 options = tf.data.Options()
 options.threading.private_threadpool_size = {cores}
@@ -67,9 +70,10 @@ def main(argv):
     sys.path.insert(0, os.path.join(ROOT, 'bench'))
     from make_jpegs import make_jpegs
     images = make_jpegs(tempfile.mkdtemp(prefix='jpegs-'))
-  results = {'ours (tf.data)': [], 'torchvision DataLoader': []}
+  results = {'ours (tf.data)': [], 'torchvision DataLoader': [], 'ours, pixels on device': []}
   for r in range(FLAGS.rounds):
     results['ours (tf.data)'].append(ours(images, FLAGS.batches, FLAGS.cores))
+    results['ours, pixels on device'].append(ours(images, FLAGS.batches, FLAGS.cores, augment_on_device=True))
     if FLAGS.reference_python:
       results['torchvision DataLoader'].append(reference(FLAGS.reference_python, images, FLAGS.batches, FLAGS.cores))
     print(f'round {r + 1}: ' + ', '.join(f'{k} {v[-1]:.1f} img/s' for k, v in results.items() if v), flush=True)
@@ -78,8 +82,9 @@ def main(argv):
   medians = {k: statistics.median(v) for k, v in results.items() if v}
   for name, value in medians.items():
     print(f'  {name:24s} {value:8.1f} images/s  ({value / FLAGS.cores:.1f} per core)')
-  if len(medians) == 2:
-    print(f'  ratio ours / reference: {medians["ours (tf.data)"] / medians["torchvision DataLoader"]:.2f}x')
+  if 'torchvision DataLoader' in medians:
+    for name in ('ours (tf.data)', 'ours, pixels on device'):
+      print(f'  ratio {name} / reference: {medians[name] / medians["torchvision DataLoader"]:.2f}x')
 
 
 if __name__ == '__main__':

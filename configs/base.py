@@ -53,6 +53,9 @@ def get_config():
   c.crops.overlap_tries = 10
   c.crops.aplus = False  # A+ (AutoAugment branch) for positives
   c.crops.blur_reference_size = 224  # blur sigma [0.1, 2] px is for 224 px views; scaled to the view size
+  # Pixel work of the augmentations (colour, grayscale, blur, AutoAugment) in the train step on the accelerator;
+  # tf.data still decodes, crops and draws every random choice, so the views are the same either way.
+  c.crops.augment_on_device = False
 
   c.optim = ml_collections.ConfigDict()
   c.optim.base_lr = 0.06  # at batch 256, scaled linearly; the paper presets use 0.3

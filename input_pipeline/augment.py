@@ -1,8 +1,18 @@
-"""The MoCo-v2 "aug+" chain and the A+ alternative of paper 001 (Sec. 4.2), on batches of uint8 views.
+"""The MoCo-v2 "aug+" chain and the A+ alternative of paper 001 (Sec. 4.2), split into two halves:
 
-Each image of a batch gets its own random decisions and parameters, drawn with stateless RNG from one seed per
-batch (the pipeline derives it from the batch's first example counter), so a given seed gives the same views
-whatever tf.data's parallelism, and resuming at a step reproduces its batches.
+- `draw_moco_v2` / `draw_aplus` make every random choice for a batch of views and return them as a *parameter
+  record*: a dict of small per-view tensors (`PARAM_KEYS`) that says exactly what happens to each view;
+- `apply` applies a record to uint8 views [B, H, W, 3] with TF ops (in tf.data). `jax_moco.augment.apply` applies the
+  same record with JAX ops on the accelerator, inside the train step, so the views are the same whichever side runs
+  the pixel work (tests/test_device_augment.py).
+
+Order of application: flip, the two AutoAugment slots, the four colour-jitter positions, grayscale, blur. torchvision's
+MoCo-v2 chain flips last; the colour ops and the (symmetric) blur commute with a flip, so flipping first gives the
+same views and lets one order serve both branches of A+ (whose flip comes before AutoAugment).
+
+Each view gets its own decisions, drawn with stateless RNG from one seed per batch (the pipeline derives it from the
+batch's first example counter), so a given seed gives the same views whatever tf.data's parallelism, and resuming at
+a step reproduces its batches.
 """
 
 import tensorflow as tf
@@ -14,70 +24,63 @@ from input_pipeline import ops
 JITTER_STRENGTH = (0.4, 0.4, 0.4, 0.1)
 P_JITTER, P_GRAYSCALE, P_BLUR, P_FLIP, P_AUTOAUGMENT = 0.8, 0.2, 0.5, 0.5, 0.5
 BLUR_SIGMA = (0.1, 2.0)  # in pixels of a 224 px view; views.py scales it to the view size
+NO_OP = autoaugment.NO_OP
+JITTER_OPS = (ops.adjust_brightness, ops.adjust_contrast, ops.adjust_saturation, ops.adjust_hue)
+
+# The parameter record of a batch of V views:
+#   flip [V] bool; autoaugment_op [V, 2] int32 (policy op index or NO_OP) with autoaugment_arg [V, 2] float32;
+#   jitter_op [V, 4] int32: the JITTER_OPS index applied at each of the four positions (NO_OP: none), with
+#   jitter_factor [V, 4] float32 (brightness, contrast, saturation factors and the hue shift, by op index);
+#   grayscale [V] bool; blur_sigma [V] float32 (0: no blur).
+PARAM_KEYS = ('flip', 'autoaugment_op', 'autoaugment_arg', 'jitter_op', 'jitter_factor', 'grayscale', 'blur_sigma')
 
 
 def _split(seed, n):
   return tf.random.experimental.stateless_split(seed, n)
 
 
-def _batch_size(images):
-  return tf.shape(images)[:1]
-
-
-def color_jitter(images, seed, applied, strength=JITTER_STRENGTH):
-  """torchvision's ColorJitter on the images where `applied`: four factors in a fresh random order per image."""
-  b, c, s, h = strength
-  seeds = _split(seed, 5)
-  shape = _batch_size(images)
-  factors = [tf.random.stateless_uniform(shape, seeds[0], 1 - b, 1 + b),
-             tf.random.stateless_uniform(shape, seeds[1], 1 - c, 1 + c),
-             tf.random.stateless_uniform(shape, seeds[2], 1 - s, 1 + s),
-             tf.random.stateless_uniform(shape, seeds[3], -h, h)]
-  adjust = [ops.adjust_brightness, ops.adjust_contrast, ops.adjust_saturation, ops.adjust_hue]
-  order = tf.argsort(tf.random.stateless_uniform(tf.concat([shape, [4]], 0), seeds[4]), axis=1)
-  for position in range(4):
-    op = tf.where(applied, order[:, position], -1)
-    # Each image's factor for whichever op it applies at this position.
-    factor = tf.gather(tf.stack(factors, axis=1), tf.maximum(op, 0), batch_dims=1)
-    images = ops.apply_switch(op, adjust, images, factor)
-  return images
-
-
-def moco_v2_decisions(seed, batch_size, blur_sigma=BLUR_SIGMA):
-  """Which of jitter, grayscale, blur and flip apply to each image ([B, 4], MoCo-v2's probabilities) and the blur
-  sigmas [B]."""
-  seeds = _split(seed, 2)
+def draw_moco_v2(seed, batch_size, blur_sigma=BLUR_SIGMA):
+  """MoCo-v2's aug+ for batch_size views: jitter (factors in a fresh random order per view, as torchvision's
+  ColorJitter) p = 0.8, grayscale p = 0.2, blur p = 0.5 with sigma uniform in blur_sigma, flip p = 0.5."""
+  seeds = _split(seed, 4)
   applied = tf.random.stateless_uniform([batch_size, 4], seeds[0]) < tf.constant([P_JITTER, P_GRAYSCALE, P_BLUR,
                                                                                    P_FLIP])
   sigma = tf.random.stateless_uniform([batch_size], seeds[1], *blur_sigma)
-  return applied, sigma
+  b, c, s, h = JITTER_STRENGTH
+  low, high = tf.constant([1 - b, 1 - c, 1 - s, -h]), tf.constant([1 + b, 1 + c, 1 + s, h])
+  factor = low + (high - low) * tf.random.stateless_uniform([batch_size, 4], seeds[2])
+  order = tf.argsort(tf.random.stateless_uniform([batch_size, 4], seeds[3]), axis=1, stable=True)
+  return {'flip': applied[:, 3],
+          'autoaugment_op': tf.fill([batch_size, 2], NO_OP), 'autoaugment_arg': tf.zeros([batch_size, 2]),
+          'jitter_op': tf.where(applied[:, :1], order, NO_OP), 'jitter_factor': factor,
+          'grayscale': applied[:, 1], 'blur_sigma': tf.where(applied[:, 2], sigma, 0.0)}
 
 
-def moco_v2_chain(images, seed, blur_sigma=BLUR_SIGMA):
-  """Colour jitter, grayscale, blur and flip, in torchvision's order."""
-  seeds = _split(seed, 2)
-  applied, sigma = moco_v2_decisions(seeds[0], tf.shape(images)[0], blur_sigma)
-  images = color_jitter(images, seeds[1], applied[:, 0])
-  images = ops.apply_where(applied[:, 1], ops.grayscale, images)
-  images = ops.apply_where(applied[:, 2], ops.gaussian_blur, images, sigma)
-  return ops.apply_where(applied[:, 3], ops.flip_left_right, images)
-
-
-def aplus_uses_autoaugment(seed, batch_size):
-  return tf.random.stateless_uniform([batch_size], seed) < P_AUTOAUGMENT
-
-
-def aplus_chain(images, seed, blur_sigma=BLUR_SIGMA):
-  """A+ for positives: each image with p = 0.5 gets flip + AutoAugment(ImageNet) instead of the MoCo-v2 chain."""
+def draw_aplus(seed, batch_size, image_size, blur_sigma=BLUR_SIGMA):
+  """A+ for positives: each view with p = 0.5 gets flip (p = 0.5) + AutoAugment(ImageNet) instead of aug+."""
   seeds = _split(seed, 4)
-  use_autoaugment = aplus_uses_autoaugment(seeds[0], tf.shape(images)[0])
-  flip = tf.random.stateless_uniform(_batch_size(images), seeds[1]) < P_FLIP
+  params = draw_moco_v2(seeds[0], batch_size, blur_sigma)
+  use_autoaugment = tf.random.stateless_uniform([batch_size], seeds[1]) < P_AUTOAUGMENT
+  flip = tf.random.stateless_uniform([batch_size], seeds[2]) < P_FLIP
+  op, argument = autoaugment.draw(seeds[3], batch_size, image_size)
+  column = use_autoaugment[:, None]
+  return {'flip': tf.where(use_autoaugment, flip, params['flip']),
+          'autoaugment_op': tf.where(column, op, NO_OP), 'autoaugment_arg': tf.where(column, argument, 0.0),
+          'jitter_op': tf.where(column, NO_OP, params['jitter_op']), 'jitter_factor': params['jitter_factor'],
+          'grayscale': params['grayscale'] & ~use_autoaugment,
+          'blur_sigma': tf.where(use_autoaugment, 0.0, params['blur_sigma'])}
 
-  def mocov2(selected, unused_flip):
-    return moco_v2_chain(selected, seeds[3], blur_sigma)
 
-  def flip_autoaugment(selected, selected_flip):
-    return autoaugment.autoaugment(ops.apply_where(selected_flip, ops.flip_left_right, selected), seeds[2])
-
-  # One partition of the batch into its two branches.
-  return ops.apply_switch(tf.cast(use_autoaugment, tf.int32), [mocov2, flip_autoaugment], images, flip)
+def apply(images, params):
+  """Applies a parameter record to uint8 views [V, H, W, 3]; each op runs only on the views it changes."""
+  images = ops.apply_where(params['flip'], ops.flip_left_right, images)
+  for slot in range(2):
+    images = ops.apply_switch(params['autoaugment_op'][:, slot], autoaugment.APPLY, images,
+                              params['autoaugment_arg'][:, slot])
+  for position in range(4):
+    op = params['jitter_op'][:, position]
+    factor = tf.gather(params['jitter_factor'], tf.maximum(op, 0), batch_dims=1)
+    images = ops.apply_switch(op, JITTER_OPS, images, factor)
+  images = ops.apply_where(params['grayscale'], ops.grayscale, images)
+  blur = params['blur_sigma'] > 0
+  return ops.apply_where(blur, ops.gaussian_blur, images, params['blur_sigma'])

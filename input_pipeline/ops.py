@@ -40,10 +40,16 @@ def grayscale(images):
   return tf.tile(grayscale_luma(images), [1, 1, 1, 3])
 
 
+# Blend factors are rounded to multiples of 1 / 4096: with integer-valued images every product and sum of a blend is
+# then exact in float32, so fused multiply-adds (XLA) or separate ones (TF) give the same pixels on both sides.
+BLEND_FACTOR_STEPS = 4096.0
+
+
 def blend(degenerate, images, factor):
   """PIL's Image.blend(degenerate, image, factor), the basis of ImageEnhance; factor [B]."""
   degenerate = tf.cast(degenerate, tf.float32)
   images = tf.cast(images, tf.float32)
+  factor = tf.round(tf.cast(factor, tf.float32) * BLEND_FACTOR_STEPS) / BLEND_FACTOR_STEPS
   return _to_uint8(degenerate + _per_image(factor) * (images - degenerate))
 
 
@@ -52,9 +58,13 @@ def adjust_brightness(images, factor):
 
 
 def adjust_contrast(images, factor):
-  """Blend with the mean of each image's luma, rounded as PIL's ImageEnhance.Contrast does."""
-  mean = tf.floor(tf.reduce_mean(tf.cast(grayscale_luma(images), tf.float32), axis=[1, 2, 3], keepdims=True) + 0.5)
-  return blend(mean, images, factor)
+  """Blend with the mean of each image's luma, rounded to an integer as PIL's ImageEnhance.Contrast does (here in
+  exact integer arithmetic, which the JAX version repeats bit for bit)."""
+  luma = tf.cast(grayscale_luma(images), tf.int64)
+  total = tf.reduce_sum(luma, axis=[1, 2, 3], keepdims=True)
+  count = tf.cast(tf.reduce_prod(tf.shape(luma)[1:]), tf.int64)
+  mean = (2 * total + count) // (2 * count)  # floor(total / count + 0.5)
+  return blend(tf.cast(mean, tf.float32), images, factor)
 
 
 def adjust_saturation(images, factor):
@@ -113,13 +123,17 @@ def solarize(images, threshold):
 
 
 def autocontrast(images):
-  """ImageOps.autocontrast(cutoff=0): per-channel linear stretch of [min, max] to [0, 255], truncating."""
-  x = tf.cast(images, tf.float64)  # float64 as PIL's lookup table, so truncation lands on the same integers
+  """ImageOps.autocontrast(cutoff=0): per-channel linear stretch of [min, max] to [0, 255], truncating.
+
+  Exact integer arithmetic, floor((x - lo) * 255 / (hi - lo)); PIL evaluates the same line in float64 and lands one
+  level lower on some exact integers (x * scale + offset = k - 1e-14), which we do not copy: an integer formula is
+  what both the TF and the JAX sides compute identically.
+  """
+  x = tf.cast(images, tf.int32)
   lo = tf.reduce_min(x, axis=[1, 2], keepdims=True)
   hi = tf.reduce_max(x, axis=[1, 2], keepdims=True)
-  scale = tf.where(hi > lo, 255.0 / tf.maximum(hi - lo, 1.0), 1.0)
-  offset = tf.where(hi > lo, -lo * scale, 0.0)
-  return tf.cast(tf.clip_by_value(tf.floor(x * scale + offset), 0.0, 255.0), tf.uint8)
+  stretched = (x - lo) * 255 // tf.maximum(hi - lo, 1)
+  return tf.cast(tf.where(hi > lo, stretched, x), tf.uint8)
 
 
 def equalize(images):

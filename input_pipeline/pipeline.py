@@ -24,7 +24,7 @@ def view_spec(crops_config) -> views.ViewSpec:
       large_size=crops_config.large_size, small_size=crops_config.small_size, num_small=crops_config.num_small,
       large_scale=tuple(crops_config.large_scale), small_scale=tuple(crops_config.small_scale),
       min_overlap=crops_config.min_overlap, overlap_tries=crops_config.overlap_tries, aplus=crops_config.aplus,
-      blur_reference_size=crops_config.blur_reference_size)
+      blur_reference_size=crops_config.blur_reference_size, augment_on_device=crops_config.augment_on_device)
 
 
 def local_batch_size(global_batch: int, process_count: int) -> int:

@@ -4,6 +4,8 @@ One row per image: the original with the crop boxes drawn on it (anchor red, pos
 then the anchor, the positive and the small crops as the model receives them (uint8, before normalisation).
 """
 
+import dataclasses
+
 from absl import app
 from absl import flags
 from ml_collections import config_flags
@@ -23,7 +25,9 @@ def draw_views(config, out_path, num_images):
   import matplotlib.pyplot as plt
 
   source = sources.get_source(config.dataset, config.data_dir)
-  ds = pipeline.train_dataset(source, pipeline.view_spec(config.crops), num_images, config.seed, keep_boxes=True)
+  # Augmented here whatever crops.augment_on_device says: the same views the step would make.
+  spec = dataclasses.replace(pipeline.view_spec(config.crops), augment_on_device=False)
+  ds = pipeline.train_dataset(source, spec, num_images, config.seed, keep_boxes=True)
   batch = next(ds.as_numpy_iterator())
   # The original images, in the order the pipeline drew them (same counters, no augmentation).
   originals = [source.load(pipeline.example_index(c, source.num_examples, config.seed))['image'].numpy()

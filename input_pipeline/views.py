@@ -1,6 +1,7 @@
 """Views: anchor and positive (RandomResizedCrop) plus N small crops, optionally constrained to overlap the anchor
 (paper 001, Sec. 4.1). Each image is decoded once and cropped many times (`make_crops`, per image); the crops are
-then augmented a batch at a time (`augment_batch`), where vectorised ops cost a fraction of per-view ones."""
+then augmented a batch at a time (`augment_batch`), where vectorised ops cost a fraction of per-view ones, or, with
+`augment_on_device`, leave with their augmentation parameters for the train step to apply on the accelerator."""
 
 import dataclasses
 
@@ -24,6 +25,8 @@ class ViewSpec:
   # The blur sigma range is MoCo-v2's [0.1, 2.0] px at 224 px; scaling it with the view size keeps the same
   # relative blur on small images (a 2 px blur wipes out a 32 px image). Set blur_reference_size=0 for fixed px.
   blur_reference_size: int = 224
+  # Draw every random choice here but leave the pixel work (colour, blur, AutoAugment) to the train step.
+  augment_on_device: bool = False
 
   def blur_sigma(self, size):
     scale = size / self.blur_reference_size if self.blur_reference_size else 1.0
@@ -53,16 +56,33 @@ def make_crops(image, seed, spec: ViewSpec):
 
 
 def augment_batch(batch, seed, spec: ViewSpec):
-  """Augments a batch of crops in place: MoCo-v2 aug+ for anchors; the positive chain (A+ or aug+) for positives
-  and small crops, which are augmented as one stack of B * N views."""
+  """Augments a batch of crops: MoCo-v2 aug+ for anchors; the positive chain (A+ or aug+) for positives and small
+  crops, which are augmented as one stack of B * N views.
+
+  With spec.augment_on_device the views stay as cropped and batch['augment'] holds their parameter records
+  ({'anchor', 'positive', 'small'}, each view's parameters on the leading axes of its images) for
+  `jax_moco.augment.apply_to_batch`.
+  """
   seeds = tf.random.experimental.stateless_split(seed, 3)
-  positive_chain = augment.aplus_chain if spec.aplus else augment.moco_v2_chain
-  large_blur, small_blur = spec.blur_sigma(spec.large_size), spec.blur_sigma(spec.small_size)
   batch = dict(batch)
-  batch['anchor'] = augment.moco_v2_chain(batch['anchor'], seeds[0], large_blur)
-  batch['positive'] = positive_chain(batch['positive'], seeds[1], large_blur)
-  if spec.num_small:
-    small = batch['small']
-    flat = tf.reshape(small, tf.concat([[-1], tf.shape(small)[2:]], 0))
-    batch['small'] = tf.reshape(positive_chain(flat, seeds[2], small_blur), tf.shape(small))
+  params = {}
+  for index, key in enumerate(('anchor', 'positive', 'small')):
+    if key not in batch:
+      continue
+    view_seed = seeds[index]
+    images = batch[key]
+    views_first = tf.shape(images)[:-3]  # [B] or [B, N]
+    flat = tf.reshape(images, tf.concat([[-1], tf.shape(images)[-3:]], 0))
+    size = spec.small_size if key == 'small' else spec.large_size
+    count = tf.shape(flat)[0]
+    if key == 'anchor' or not spec.aplus:
+      record = augment.draw_moco_v2(view_seed, count, spec.blur_sigma(size))
+    else:
+      record = augment.draw_aplus(view_seed, count, size, spec.blur_sigma(size))
+    if spec.augment_on_device:
+      params[key] = {k: tf.reshape(v, tf.concat([views_first, tf.shape(v)[1:]], 0)) for k, v in record.items()}
+    else:
+      batch[key] = tf.reshape(augment.apply(flat, record), tf.shape(images))
+  if spec.augment_on_device:
+    batch['augment'] = params
   return batch

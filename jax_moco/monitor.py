@@ -18,9 +18,9 @@ from jax_moco.step import normalize
 
 
 def shard_batch(mesh, batch):
-  """Host-local NumPy arrays -> global arrays sharded over 'data' on the leading axis."""
+  """Host-local NumPy arrays (a nested dict) -> global arrays sharded over 'data' on the leading axis."""
   sharding = NamedSharding(mesh, P(AXIS))
-  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+  return jax.tree.map(lambda v: jax.make_array_from_process_local_data(sharding, v), batch)
 
 
 def make_feature_fn(mesh, backbone):

@@ -15,6 +15,7 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 import optax
 
+from jax_moco import augment
 from jax_moco import losses
 from jax_moco import queue as queue_lib
 from jax_moco import shuffle
@@ -80,6 +81,7 @@ def _recent_fraction(indices, start, batch, size):
 
 def train_step(state: TrainState, batch, *, encoder, tx, cfg: StepConfig, lr_fn: Callable, momentum_fn: Callable):
   """Per-device step: state replicated, batch the local shard. Returns (state, metrics), both replicated."""
+  batch = augment.apply_to_batch(batch)  # views tf.data left to the accelerator (config.crops.augment_on_device)
   device = jax.lax.axis_index(AXIS)
   local = batch['anchor'].shape[0]
   global_batch = local * jax.lax.psum(1, AXIS)

@@ -26,11 +26,12 @@ from jax_moco import validation
 from jax_moco.monitor import KnnMonitor
 from jax_moco.monitor import shard_batch
 
-STEP_INPUTS = ('anchor', 'positive', 'small')
+STEP_INPUTS = ('anchor', 'positive', 'small', 'augment')
 
 
 def step_inputs(batch):
-  """The views of a pipeline batch that the train step takes (labels and the rest stay on the host)."""
+  """The views (and their augmentation parameters, when the step applies them) of a pipeline batch that the train
+  step takes; labels and the rest stay on the host."""
   return {k: batch[k] for k in STEP_INPUTS if k in batch}
 
 

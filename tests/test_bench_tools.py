@@ -1,5 +1,6 @@
 """The benchmark tools run at a tiny size (so they cannot rot): bench/scaling.py (every sweep point timed, table and
-plot), bench/conv_ops.py (XLA and PyTorch compute the same convolution and gradients) and bench/input_wait.py."""
+plot), bench/conv_ops.py (XLA and PyTorch compute the same convolution and gradients), bench/input_wait.py and
+bench/device_augment.py."""
 
 import importlib.util
 import os
@@ -19,6 +20,7 @@ def load(name):
 
 
 scaling, conv_ops, input_wait = load('scaling'), load('conv_ops'), load('input_wait')
+device_augment = load('device_augment')
 
 
 def test_scaling_sweeps_run_at_a_tiny_size(tmp_path):
@@ -52,6 +54,15 @@ def test_conv_ops_compares_the_same_forward_and_gradients():
 
 def test_input_wait_compares_real_and_synthetic_input(make_config):
   lines = []
-  result = input_wait.run(make_config(), steps=2, rounds=1, log=lines.append)
+  config = make_config()
+  config.crops.augment_on_device = True  # the synthetic batches keep the records, the step augments both
+  result = input_wait.run(config, steps=2, rounds=1, log=lines.append)
   assert result['real_s'] > 0 and result['synthetic_s'] > 0 and 0 <= result['wait_fraction'] < 1
   assert any('waiting for input' in line for line in lines)
+
+
+def test_device_augment_times_both_sides():
+  config = device_augment.step_bench.bench_config(arch='resnet_tiny', batch=8, width=0.125, num_small=1, queue=64)
+  medians = device_augment.run(config, steps=1, rounds=1, log=lambda line: None)
+  assert set(medians) == {'step', 'step_augmenting', 'device_augment', 'host_augment'}
+  assert all(v > 0 for v in medians.values())

@@ -1,9 +1,10 @@
 """Each image op against PIL (what torchvision applies to PIL images), on real pixels, eagerly and in tf.data.
 
-Tolerances: exact for integer ops (posterize, solarize, invert, grayscale, autocontrast, equalize); one grey level
-for ImageEnhance blends (PIL computes the blend in fixed point, we in float32 and round); hue two levels on average
-(PIL quantises H, S and V to 8 bits before the shift, we rotate hue in float); geometric ops match pixel for pixel
-except where a sample point sits within float error of a pixel boundary (<= 1 % of pixels).
+Tolerances: exact for integer ops (posterize, solarize, invert, grayscale, equalize); one grey level for autocontrast
+(PIL's float64 line lands one level low on some exact integers, we compute the exact floor) and for ImageEnhance
+blends (PIL computes the blend in fixed point, we in float32 with the factor on a 1/4096 grid); hue two levels on
+average (PIL quantises H, S and V to 8 bits before the shift, we rotate hue in float); geometric ops match pixel for
+pixel except where a sample point sits within float error of a pixel boundary (<= 1 % of pixels).
 """
 
 import numpy as np
@@ -16,6 +17,7 @@ import tensorflow as tf
 
 from input_pipeline import augment
 from input_pipeline import autoaugment
+from input_pipeline import autoaugment_policy as policy
 from input_pipeline import ops
 
 
@@ -33,7 +35,7 @@ def pil_hue(image, delta):
   return np.asarray(Image.merge('HSV', (Image.fromarray(shifted.astype(np.uint8), 'L'), s, v)).convert('RGB'))
 
 
-SHEAR = autoaugment.OPS['ShearX'][0][5]
+SHEAR = policy.MAGNITUDES['ShearX'][0][5]
 
 CASES = [  # name, ours, PIL reference, max abs diff, max mean abs diff, max fraction of differing pixels
     ('grayscale', ops.grayscale, lambda im: im.convert('L').convert('RGB'), 0, 0, 0),
@@ -47,7 +49,9 @@ CASES = [  # name, ours, PIL reference, max abs diff, max mean abs diff, max fra
     ('invert', ops.invert, ImageOps.invert, 0, 0, 0),
     ('posterize', lambda x: ops.posterize(x, 5), lambda im: ImageOps.posterize(im, 5), 0, 0, 0),
     ('solarize', lambda x: ops.solarize(x, 141.7), lambda im: ImageOps.solarize(im, 141.7), 0, 0, 0),
-    ('autocontrast', ops.autocontrast, ImageOps.autocontrast, 0, 0, 0),
+    ('autocontrast', ops.autocontrast, ImageOps.autocontrast, 0, 0, 0),  # full range: the identity
+    ('autocontrast_narrow_range', lambda x: ops.autocontrast(x // 4 + 30),
+     lambda im: ImageOps.autocontrast(Image.fromarray(np.asarray(im) // 4 + 30)), 1, 0.06, 0.16),
     ('equalize', ops.equalize, ImageOps.equalize, 0, 0, 0),
     # Shear by the policy's magnitude (bin 5 of 0..0.3); a round value such as 0.2 puts whole rows on exact
     # ties between two pixels, where float32 (TF) and float64 (PIL) may pick different neighbours.
@@ -121,30 +125,49 @@ def test_apply_where_changes_only_the_selected_images(china):
 
 
 def test_all_autoaugment_ops_are_covered():
-  assert set(autoaugment.OP_NAMES) == {'ShearX', 'ShearY', 'TranslateX', 'TranslateY', 'Rotate', 'Brightness',
-                                       'Color', 'Contrast', 'Sharpness', 'Posterize', 'Solarize', 'AutoContrast',
-                                       'Equalize', 'Invert'}
-  assert len(autoaugment.IMAGENET_POLICY) == 25
+  assert set(policy.OP_NAMES) == {'ShearX', 'ShearY', 'TranslateX', 'TranslateY', 'Rotate', 'Brightness',
+                                  'Color', 'Contrast', 'Sharpness', 'Posterize', 'Solarize', 'AutoContrast',
+                                  'Equalize', 'Invert'}
+  assert len(autoaugment.APPLY) == len(policy.OP_NAMES)
+  assert len(policy.IMAGENET_POLICY) == 25
   # torchvision's magnitude bins.
-  assert autoaugment.OPS['Posterize'][0] == [8, 8, 7, 7, 6, 6, 5, 5, 4, 4]
-  np.testing.assert_allclose(autoaugment.OPS['Solarize'][0][5], 255 * 4 / 9)
-  np.testing.assert_allclose(autoaugment.OPS['Rotate'][0][9], 30.0)
+  assert policy.MAGNITUDES['Posterize'][0] == [8, 8, 7, 7, 6, 6, 5, 5, 4, 4]
+  np.testing.assert_allclose(policy.MAGNITUDES['Solarize'][0][5], 255 * 4 / 9)
+  np.testing.assert_allclose(policy.MAGNITUDES['Rotate'][0][9], 30.0)
+  # Op arguments: pixels of a 96 px view for translations, 1 +- magnitude for enhance ops.
+  np.testing.assert_allclose(policy.op_argument('TranslateX', -150 / 331, 96), -96 * 150 / 331)
+  np.testing.assert_allclose(policy.op_argument('Color', -0.5, 96), 0.5)
+
+
+def _apply_in_tf_data(batch, draw, seeds=3):
+  """A drawn record applied inside a tf.data map for each of `seeds` seeds; the outputs as NumPy."""
+  def augmented(i):
+    return augment.apply(batch, draw(tf.stack([i, tf.constant(7, tf.int64)]), batch.shape[0]))
+  return list(tf.data.Dataset.range(seeds).map(augmented).as_numpy_iterator())
 
 
 def test_autoaugment_runs_in_tf_data_and_is_deterministic(china):
   batch = tf.constant(np.stack([china[:96, :96]] * 16))
-  ds = tf.data.Dataset.range(3).map(lambda i: autoaugment.autoaugment(batch, tf.stack([i, tf.constant(7, tf.int64)])))
-  first, second = list(ds.as_numpy_iterator()), list(ds.as_numpy_iterator())
+
+  def autoaugment_only(seed, n):
+    record = augment.draw_moco_v2(seed, n)
+    record = {k: tf.zeros_like(v) for k, v in record.items()}  # nothing but AutoAugment
+    record['jitter_op'] = tf.fill([n, 4], augment.NO_OP)
+    record['autoaugment_op'], record['autoaugment_arg'] = autoaugment.draw(seed, n, 96)
+    return record
+
+  first, second = _apply_in_tf_data(batch, autoaugment_only), _apply_in_tf_data(batch, autoaugment_only)
   assert all(np.array_equal(a, b) for a, b in zip(first, second))
   changed = [not np.array_equal(view, china[:96, :96]) for out in first for view in out]
   assert sum(changed) >= 24  # most sub-policies change the image
   assert len({out.tobytes() for out in first[0]}) >= 8  # each image of a batch draws its own sub-policy
 
 
-@pytest.mark.parametrize('image_fn', [augment.moco_v2_chain, augment.aplus_chain])
-def test_chains_keep_shape_and_dtype_and_vary_per_image(china, image_fn):
+@pytest.mark.parametrize('draw', [augment.draw_moco_v2, lambda seed, n: augment.draw_aplus(seed, n, 96)],
+                         ids=['moco_v2', 'aplus'])
+def test_chains_keep_shape_and_dtype_and_vary_per_image(china, draw):
   batch = tf.constant(np.stack([china[:96, :96]] * 8))
-  out = image_fn(batch, tf.constant([1, 2], tf.int64)).numpy()
+  out = _apply_in_tf_data(batch, draw, seeds=1)[0]
   assert out.shape == batch.shape and out.dtype == np.uint8
   assert len({view.tobytes() for view in out}) >= 6
 
@@ -157,12 +180,19 @@ def _binomial_ok(successes, n, p):
 def test_application_probabilities():
   n = 4000
   seed = tf.constant([3, 4], tf.int64)
-  applied, sigmas = augment.moco_v2_decisions(seed, n)
-  for column, p in enumerate((augment.P_JITTER, augment.P_GRAYSCALE, augment.P_BLUR, augment.P_FLIP)):
-    assert _binomial_ok(applied[:, column].numpy().sum(), n, p), (column, applied[:, column].numpy().mean())
-  assert sigmas.numpy().min() >= 0.1 and sigmas.numpy().max() <= 2.0
-  aa = augment.aplus_uses_autoaugment(seed, n).numpy()
-  assert _binomial_ok(aa.sum(), n, augment.P_AUTOAUGMENT)
-  # The decisions of different images are independent: jitter and grayscale co-occur at the product rate.
-  both = (applied[:, 0] & applied[:, 1]).numpy().sum()
-  assert _binomial_ok(both, n, augment.P_JITTER * augment.P_GRAYSCALE)
+  record = {k: v.numpy() for k, v in augment.draw_moco_v2(seed, n).items()}
+  jitter, gray, blur = record['jitter_op'][:, 0] >= 0, record['grayscale'], record['blur_sigma'] > 0
+  for name, applied, p in (('jitter', jitter, augment.P_JITTER), ('grayscale', gray, augment.P_GRAYSCALE),
+                           ('blur', blur, augment.P_BLUR), ('flip', record['flip'], augment.P_FLIP)):
+    assert _binomial_ok(applied.sum(), n, p), (name, applied.mean())
+  sigmas = record['blur_sigma'][blur]
+  assert sigmas.min() >= 0.1 and sigmas.max() <= 2.0
+  # The decisions of different ops are independent: jitter and grayscale co-occur at the product rate.
+  assert _binomial_ok((jitter & gray).sum(), n, augment.P_JITTER * augment.P_GRAYSCALE)
+  # A+: half the views take the aug+ chain (so 0.5 x 0.8 are jittered), the other half AutoAugment, whose
+  # sub-policies apply at least one op with torchvision's probabilities.
+  aplus = {k: v.numpy() for k, v in augment.draw_aplus(seed, n, 32).items()}
+  assert _binomial_ok((aplus['jitter_op'][:, 0] >= 0).sum(), n, (1 - augment.P_AUTOAUGMENT) * augment.P_JITTER)
+  p_any_op = np.mean([1 - (1 - a[1]) * (1 - b[1]) for a, b in policy.IMAGENET_POLICY])
+  assert _binomial_ok((aplus['autoaugment_op'] >= 0).any(axis=1).sum(), n, augment.P_AUTOAUGMENT * p_any_op)
+  assert _binomial_ok(aplus['flip'].sum(), n, augment.P_FLIP)

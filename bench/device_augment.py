@@ -1,0 +1,101 @@
+"""What moving the augmentations' pixel work onto the accelerator costs there and saves on the host
+(`crops.augment_on_device`), in one run on the same device:
+
+  - the train step fed augmented views against the same step fed crops + parameter records (it then augments them
+    itself): the augmentation's share of the step;
+  - the augmentation alone, jitted on the device (`jax_moco.augment.apply_to_batch`), against the same records applied
+    by the TF ops that tf.data runs (`input_pipeline.augment.apply`, in a tf.function on the host's cores).
+
+  python bench/device_augment.py                 # CPU demo scale: ResNet-18, CIFAR stem, 32 px + 2 x 16 px, A+
+  python bench/device_augment.py --arch=resnet50 --stem=imagenet --large=160 --small=96 --num_small=4 --batch=256 \\
+      --queue=65536 --dtype=bfloat16             # the GPU setting of bench/step.py
+
+Records are drawn by the pipeline's own code from random crops (A+ on positives and small crops, aug+ on anchors).
+"""
+
+import dataclasses
+import os
+import statistics
+import sys
+
+from absl import app
+from absl import flags
+import jax
+import tensorflow as tf
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import step as step_bench  # noqa: E402
+
+from input_pipeline import pipeline  # noqa: E402
+from input_pipeline import views  # noqa: E402
+from jax_moco import augment  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+
+def records_for(config, seed=0):
+  """(crops, the same crops augmented by the TF ops, their records) for a synthetic batch of `config`."""
+  crops = step_bench.synthetic_batch(config, seed)
+  spec = pipeline.view_spec(config.crops)
+  on_device = dataclasses.replace(spec, augment_on_device=True)
+  with_records = views.augment_batch(crops, tf.constant([seed, 9], tf.int64), on_device)
+  return crops, jax.tree.map(lambda t: t.numpy(), with_records['augment'])
+
+
+def run(config, steps=5, rounds=3, log=print):
+  """Returns median seconds {'step', 'step_augmenting', 'device_augment', 'host_augment'} and prints a summary."""
+  crops, records = records_for(config)
+  spec = pipeline.view_spec(config.crops)
+  host_apply = tf.function(lambda batch, seed: views.augment_batch(batch, seed, spec))
+  seed = tf.constant([0, 9], tf.int64)
+  augmented = {k: v.numpy() for k, v in host_apply(crops, seed).items()}
+  fn, state, _ = step_bench.jax_step(config)
+  device = jax.devices()[0]
+  plain = jax.device_put(augmented, device)
+  with_records = jax.device_put({**crops, 'augment': records}, device)
+  device_apply = jax.jit(augment.apply_to_batch)
+  holder = {'state': state}
+
+  def step_on(batch):
+    def run_one():
+      holder['state'], metrics = fn(holder['state'], batch)
+      jax.block_until_ready(metrics['loss'])
+    return run_one
+
+  runners = {'step': step_on(plain), 'step_augmenting': step_on(with_records),
+             'device_augment': lambda: jax.block_until_ready(device_apply(with_records)),
+             'host_augment': lambda: host_apply(crops, seed)}
+  for run_one in runners.values():
+    run_one()  # compiles / traces
+  results = {name: [] for name in runners}
+  for r in range(rounds):
+    for name, run_one in runners.items():
+      results[name].append(step_bench.median_step_seconds(run_one, steps))
+    log(f'round {r + 1}: ' + ', '.join(f'{k} {v[-1] * 1e3:.1f} ms' for k, v in results.items()))
+  medians = {k: statistics.median(v) for k, v in results.items()}
+  views_per_batch = config.batch_size * (2 + config.crops.num_small)
+  share = 1.0 - medians['step'] / medians['step_augmenting']
+  log(f'\n{config.model.arch}, batch {config.batch_size}, {config.crops.large_size} px + {config.crops.num_small} x '
+      f'{config.crops.small_size} px ({views_per_batch} views), A+ = {config.crops.aplus}, {config.model.dtype}, '
+      f'{device.platform}, median of {rounds} rounds:')
+  log(f'  train step, views augmented by tf.data   {medians["step"] * 1e3:9.1f} ms')
+  log(f'  train step augmenting its views itself   {medians["step_augmenting"] * 1e3:9.1f} ms  '
+      f'(augmentation {share * 100:.1f} % of the step)')
+  for name, label in (('device_augment', f'augmentation alone, XLA on {device.platform}'),
+                      ('host_augment', 'augmentation alone, TF ops on the host')):
+    log(f'  {label:40s} {medians[name] * 1e3:9.1f} ms  ({config.batch_size / medians[name]:.0f} images/s)')
+  return medians
+
+
+def main(argv):
+  del argv
+  config = step_bench.bench_config(FLAGS.arch, FLAGS.stem, FLAGS.batch, FLAGS.large, FLAGS.small, FLAGS.num_small,
+                                   FLAGS.queue, FLAGS.dtype)
+  run(config, FLAGS.steps, FLAGS.rounds)
+
+
+if __name__ == '__main__':
+  step_bench.define_flags()
+  app.run(main)
