@@ -7,6 +7,7 @@ does the work. Per-view choices become selections: every op is computed for ever
 op's result, elementwise passes that XLA fuses, far cheaper on an accelerator than the host's per-view pixel work.
 """
 
+import jax
 import jax.numpy as jnp
 
 from input_pipeline import autoaugment_policy as policy  # plain Python tables; no TensorFlow
@@ -48,20 +49,28 @@ def _autoaugment_slot(images, op, argument):
   return image_ops.affine_pil(out, coefficients)
 
 
+def _jitter_position(images, op, factors):
+  """One of the four colour-jitter positions: each view applies the op it drew for it (NO_OP: none)."""
+  out = images
+  for index, adjust in enumerate(JITTER_OPS):
+    out = _where(op == index, adjust(images, factors[:, index]), out)
+  return out
+
+
 def apply(images, params, autoaugment=True):
   """Applies a parameter record (input_pipeline.augment.PARAM_KEYS, leading axis V) to uint8 views [V, H, W, 3].
 
-  autoaugment=False leaves out the AutoAugment slots (for records that have none, e.g. anchors', which saves
-  their compilation and compute)."""
+  The AutoAugment slots and the jitter positions run as scans: each stage reads its input many times, and XLA
+  fusing a chain of such stages recomputes every earlier one inside every later one (25x slower on CPU); a scan's
+  carry is materialised between iterations, and the program is compiled once per stage kind.
+  autoaugment=False leaves out the AutoAugment slots (for records that have none, e.g. anchors').
+  """
   images = _where(params['flip'], image_ops.flip_left_right(images), images)
-  for slot in range(2 if autoaugment else 0):
-    images = _autoaugment_slot(images, params['autoaugment_op'][:, slot], params['autoaugment_arg'][:, slot])
-  for position in range(4):
-    op = params['jitter_op'][:, position]
-    out = images
-    for index, adjust in enumerate(JITTER_OPS):
-      out = _where(op == index, adjust(images, params['jitter_factor'][:, index]), out)
-    images = out
+  if autoaugment:
+    slots = (params['autoaugment_op'].T, params['autoaugment_arg'].T)
+    images, _ = jax.lax.scan(lambda x, slot: (_autoaugment_slot(x, *slot), None), images, slots)
+  factors = params['jitter_factor']
+  images, _ = jax.lax.scan(lambda x, op: (_jitter_position(x, op, factors), None), images, params['jitter_op'].T)
   images = _where(params['grayscale'], image_ops.grayscale(images), images)
   sigma = params['blur_sigma']
   blurred = image_ops.gaussian_blur(images, jnp.where(sigma > 0, sigma, 1.0))
