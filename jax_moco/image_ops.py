@@ -84,13 +84,15 @@ def adjust_sharpness(images, factor):
   """ImageEnhance.Sharpness: blend with PIL's SMOOTH filter (1 1 1 / 1 5 1 / 1 1 1, / 13), border pixels kept."""
   x = images.astype(jnp.float32)
   height, width = x.shape[1:3]
+  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
   smooth = 0.0
   for dy in range(3):
     for dx in range(3):
       weight = jnp.float32(5.0 if dy == dx == 1 else 1.0) / jnp.float32(13.0)
-      smooth = smooth + weight * x[:, dy:dy + height - 2, dx:dx + width - 2]
-  degenerate = x.at[:, 1:-1, 1:-1].set(jnp.round(smooth))
-  return blend(degenerate, images, factor)
+      smooth = smooth + weight * padded[:, dy:dy + height, dx:dx + width]
+  rows, cols = jnp.arange(height)[:, None], jnp.arange(width)[None, :]
+  interior = ((rows > 0) & (rows < height - 1) & (cols > 0) & (cols < width - 1))[None, :, :, None]
+  return blend(jnp.where(interior, jnp.round(smooth), x), images, factor)
 
 
 def invert(images):
