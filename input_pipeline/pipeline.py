@@ -2,9 +2,9 @@
 
 Training: a global example counter c = 0, 1, 2, ... is the only state. Example c is image
 index_shuffle(c mod N, seed=(seed, c div N)) of the source (a fresh permutation per epoch, i.e. shuffle before
-repeat) and is cropped with an RNG seeded by (seed, c); each batch is augmented with an RNG seeded by (seed, its first
-counter). Each process takes every process_count-th counter, so
-resuming at step s is starting the counter at s * global_batch: exact and free.
+repeat); its crops and its augmentation parameters are drawn with RNGs seeded by (seed, c), so an example's views
+depend on nothing else (not the batch, the batch size or the process count). Each process takes every
+process_count-th counter, so resuming at step s is starting the counter at s * global_batch: exact and free.
 """
 
 import math
@@ -66,25 +66,24 @@ def _counter_batches(source: sources.Source, global_batch: int, seed: int, start
 
 def train_dataset(source: sources.Source, spec: views.ViewSpec, global_batch: int, seed: int, start_step: int = 0,
                   process_index: int = 0, process_count: int = 1, keep_boxes: bool = False) -> tf.data.Dataset:
-  """Batches of views: anchor [B, S, S, 3], positive [B, S, S, 3], small [B, N, s, s, 3] (when N > 0), label."""
+  """Batches of views: anchor [B, S, S, 3], positive [B, S, S, 3], small [B, N, s, s, 3] (when N > 0), label; with
+  spec.augment_on_device the views as cropped and their parameter records under 'augment' (views.draw_augmentation).
+  """
 
   def crop(example, counter):
     crop_seed = tf.random.experimental.stateless_fold_in(tf.constant([seed, 1], tf.int64), counter)
+    augment_seed = tf.random.experimental.stateless_fold_in(tf.constant([seed, 2], tf.int64), counter)
     out = views.make_crops(example['image'], crop_seed, spec)
     if not keep_boxes:
       out.pop('boxes')
+    out['augment'] = views.draw_augmentation(augment_seed, spec)
     out['label'] = example['label']
-    out['counter'] = counter
     return out
 
-  def augment(batch):
-    # One seed per batch, from its first example counter: batches are the same whatever the parallelism.
-    batch = dict(batch)
-    augment_seed = tf.random.experimental.stateless_fold_in(tf.constant([seed, 2], tf.int64), batch.pop('counter')[0])
-    return views.augment_batch(batch, augment_seed, spec)
-
   ds = _counter_batches(source, global_batch, seed, start_step, process_index, process_count, crop)
-  return ds.map(augment, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE).with_options(_options())
+  if not spec.augment_on_device:
+    ds = ds.map(views.augment_batch, num_parallel_calls=AUTOTUNE)
+  return ds.prefetch(AUTOTUNE).with_options(_options())
 
 
 def classification_dataset(source: sources.Source, image_size: int, global_batch: int, seed: int, start_step: int = 0,

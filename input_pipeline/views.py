@@ -1,7 +1,8 @@
 """Views: anchor and positive (RandomResizedCrop) plus N small crops, optionally constrained to overlap the anchor
 (paper 001, Sec. 4.1). Each image is decoded once and cropped many times (`make_crops`, per image); the crops are
-then augmented a batch at a time (`augment_batch`), where vectorised ops cost a fraction of per-view ones, or, with
-`augment_on_device`, leave with their augmentation parameters for the train step to apply on the accelerator."""
+given their augmentation parameters (`draw_augmentation`, per example), then augmented a batch at a time
+(`augment_batch`), where vectorised ops cost a fraction of per-view ones, or, with `augment_on_device`, leave with
+the parameters for the train step to apply on the accelerator."""
 
 import dataclasses
 
@@ -55,34 +56,36 @@ def make_crops(image, seed, spec: ViewSpec):
   return out
 
 
-def augment_batch(batch, seed, spec: ViewSpec):
-  """Augments a batch of crops: MoCo-v2 aug+ for anchors; the positive chain (A+ or aug+) for positives and small
-  crops, which are augmented as one stack of B * N views.
+def draw_augmentation(seed, spec: ViewSpec):
+  """Every random choice of one example's augmentations, as parameter records (input_pipeline.augment): 'anchor'
+  (aug+) and 'positive' (A+ or aug+) for one view each, 'small' (as the positive) for N views, keyed like the views.
 
-  With spec.augment_on_device the views stay as cropped and batch['augment'] holds their parameter records
-  ({'anchor', 'positive', 'small'}, each view's parameters on the leading axes of its images) for
-  `jax_moco.augment.apply_to_batch`.
+  Drawn per example from the example's own seed, so its views depend only on (seed, its counter): not on the batch
+  it lands in, the batch size or the number of processes.
   """
   seeds = tf.random.experimental.stateless_split(seed, 3)
-  batch = dict(batch)
-  params = {}
-  for index, key in enumerate(('anchor', 'positive', 'small')):
-    if key not in batch:
+  records = {}
+  for index, (key, count, size) in enumerate((('anchor', 1, spec.large_size), ('positive', 1, spec.large_size),
+                                              ('small', spec.num_small, spec.small_size))):
+    if not count:
       continue
-    view_seed = seeds[index]
-    images = batch[key]
-    views_first = tf.shape(images)[:-3]  # [B] or [B, N]
-    flat = tf.reshape(images, tf.concat([[-1], tf.shape(images)[-3:]], 0))
-    size = spec.small_size if key == 'small' else spec.large_size
-    count = tf.shape(flat)[0]
     if key == 'anchor' or not spec.aplus:
-      record = augment.draw_moco_v2(view_seed, count, spec.blur_sigma(size))
+      record = augment.draw_moco_v2(seeds[index], count, spec.blur_sigma(size))
     else:
-      record = augment.draw_aplus(view_seed, count, size, spec.blur_sigma(size))
-    if spec.augment_on_device:
-      params[key] = {k: tf.reshape(v, tf.concat([views_first, tf.shape(v)[1:]], 0)) for k, v in record.items()}
-    else:
-      batch[key] = tf.reshape(augment.apply(flat, record), tf.shape(images))
-  if spec.augment_on_device:
-    batch['augment'] = params
+      record = augment.draw_aplus(seeds[index], count, size, spec.blur_sigma(size))
+    records[key] = record if key == 'small' else {k: v[0] for k, v in record.items()}
+  return records
+
+
+def augment_batch(batch):
+  """Applies a batch's records (batch['augment'], from draw_augmentation) to its views and drops them, on the host;
+  positives and small crops go through their chain as one stack of B (* N) views. (With spec.augment_on_device the
+  pipeline skips this and `jax_moco.augment.apply_to_batch` does the same in the train step.)"""
+  batch = dict(batch)
+  for key, record in batch.pop('augment').items():
+    images = batch[key]
+    leading = len(images.shape) - 3  # [B] or [B, N]
+    flat = tf.reshape(images, tf.concat([[-1], tf.shape(images)[-3:]], 0))
+    flat_record = {k: tf.reshape(v, [-1] + v.shape[leading:].as_list()) for k, v in record.items()}
+    batch[key] = tf.reshape(augment.apply(flat, flat_record), tf.shape(images))
   return batch

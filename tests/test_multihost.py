@@ -46,8 +46,9 @@ def run_pair(workdir, timeout=600):
 def feed_both_processes_batches(monkeypatch):
   """Makes a single process train on the global batches of the pair: process 0's then process 1's local batch.
 
-  (Each process augments its own local batch with its own batch seed, so the views depend on the process count;
-  the crops, the examples and everything after the pipeline do not.)"""
+  (Every example's views depend only on the seed and its counter, so the pair and a single process see the same
+  views; but a global batch of the pair holds process 0's counters 0, 2, 4, ... then process 1's 1, 3, 5, ..., another
+  arrangement over the devices and BN groups than a single process's 0, 1, 2, ...)"""
   one_process = train.pipeline.train_dataset
 
   def global_batches(source, spec, global_batch, seed, start_step=0, process_index=0, process_count=1):

@@ -164,3 +164,14 @@ def test_bad_dataset_strings_name_the_culprit(tmp_path):
     sources.get_source(f'folder:{tmp_path}')
   with pytest.raises(FileNotFoundError, match='not prepared'):
     sources.get_source('tfds:cifar10', data_dir=str(tmp_path))
+
+
+def test_views_depend_on_the_example_only_not_the_batch_or_process_count():
+  """Crops and augmentation parameters are drawn per example from (seed, counter): process 0 of 2 (counters 0, 2,
+  4, ...) gets exactly the views a single process makes for those counters, whatever the batch size."""
+  source = sources.get_source('embedded_subset')
+  single = next(pipeline.train_dataset(source, SPEC, 8, seed=3).as_numpy_iterator())
+  first_of_two = next(pipeline.train_dataset(source, SPEC, 8, seed=3, process_index=0,
+                                             process_count=2).as_numpy_iterator())
+  for key in ('anchor', 'positive', 'small', 'label'):
+    np.testing.assert_array_equal(first_of_two[key], single[key][0::2], err_msg=key)
