@@ -40,7 +40,8 @@ def records_for(config, seed=0):
   spec = pipeline.view_spec(config.crops)
   draws = tf.data.Dataset.range(config.batch_size).map(lambda i: views.draw_augmentation(
       tf.random.experimental.stateless_fold_in(tf.constant([seed, 2], tf.int64), i), spec))
-  return crops, next(draws.batch(config.batch_size).as_numpy_iterator())
+  uniforms = next(iter(draws.batch(config.batch_size)))
+  return crops, jax.tree.map(lambda t: t.numpy(), views.augmentation_records(uniforms, spec))
 
 
 def run(config, steps=5, rounds=3, log=print):

@@ -1,7 +1,8 @@
 """The MoCo-v2 "aug+" chain and the A+ alternative of paper 001 (Sec. 4.2), split into two halves:
 
-- `draw_moco_v2` / `draw_aplus` make every random choice for a batch of views and return them as a *parameter
-  record*: a dict of small per-view tensors (`PARAM_KEYS`) that says exactly what happens to each view;
+- `moco_v2_record` / `aplus_record` turn a batch of views' uniforms (`draw_uniforms`) into every random choice,
+  returned as a *parameter record*: a dict of small per-view tensors (`PARAM_KEYS`) that says exactly what happens
+  to each view;
 - `apply` applies a record to uint8 views [B, H, W, 3] with TF ops (in tf.data). `jax_moco.augment.apply` applies the
   same record with JAX ops on the accelerator, inside the train step, so the views are the same whichever side runs
   the pixel work (tests/test_device_augment.py).
@@ -10,9 +11,9 @@ Order of application: flip, the two AutoAugment slots, the four colour-jitter po
 MoCo-v2 chain flips last; the colour ops and the (symmetric) blur commute with a flip, so flipping first gives the
 same views and lets one order serve both branches of A+ (whose flip comes before AutoAugment).
 
-Each view gets its own decisions, drawn with stateless RNG from one seed per batch (the pipeline derives it from the
-batch's first example counter), so a given seed gives the same views whatever tf.data's parallelism, and resuming at
-a step reproduces its batches.
+Each view gets its own decisions, from uniforms the pipeline draws with stateless RNG seeded by its example's counter,
+so a given seed gives the same views whatever tf.data's parallelism, batch size or process count, and resuming at a
+step reproduces its batches.
 """
 
 import tensorflow as tf
@@ -35,34 +36,40 @@ JITTER_OPS = (ops.adjust_brightness, ops.adjust_contrast, ops.adjust_saturation,
 PARAM_KEYS = ('flip', 'autoaugment_op', 'autoaugment_arg', 'jitter_op', 'jitter_factor', 'grayscale', 'blur_sigma')
 
 
-def _split(seed, n):
-  return tf.random.experimental.stateless_split(seed, n)
+# Every random choice of a view is a function of UNIFORMS_PER_VIEW uniforms in [0, 1): the pipeline draws them per
+# example (one small op) and turns a whole batch of them into records at once (vectorised).
+UNIFORMS_PER_VIEW = 20
 
 
-def draw_moco_v2(seed, batch_size, blur_sigma=BLUR_SIGMA):
-  """MoCo-v2's aug+ for batch_size views: jitter (factors in a fresh random order per view, as torchvision's
-  ColorJitter) p = 0.8, grayscale p = 0.2, blur p = 0.5 with sigma uniform in blur_sigma, flip p = 0.5."""
-  seeds = _split(seed, 4)
-  applied = tf.random.stateless_uniform([batch_size, 4], seeds[0]) < tf.constant([P_JITTER, P_GRAYSCALE, P_BLUR,
-                                                                                   P_FLIP])
-  sigma = tf.random.stateless_uniform([batch_size], seeds[1], *blur_sigma)
+def draw_uniforms(seed, count):
+  """[count, UNIFORMS_PER_VIEW] uniforms for `count` views."""
+  return tf.random.stateless_uniform([count, UNIFORMS_PER_VIEW], seed)
+
+
+def moco_v2_record(uniforms, blur_sigma=BLUR_SIGMA):
+  """MoCo-v2's aug+ for views [V] from their uniforms [V, UNIFORMS_PER_VIEW] (columns 0-12): jitter (factors in a
+  fresh random order per view, as torchvision's ColorJitter) p = 0.8, grayscale p = 0.2, blur p = 0.5 with sigma
+  uniform in blur_sigma, flip p = 0.5."""
+  count = tf.shape(uniforms)[0]
+  applied = uniforms[:, 0:4] < tf.constant([P_JITTER, P_GRAYSCALE, P_BLUR, P_FLIP])
+  sigma = blur_sigma[0] + (blur_sigma[1] - blur_sigma[0]) * uniforms[:, 4]
   b, c, s, h = JITTER_STRENGTH
   low, high = tf.constant([1 - b, 1 - c, 1 - s, -h]), tf.constant([1 + b, 1 + c, 1 + s, h])
-  factor = low + (high - low) * tf.random.stateless_uniform([batch_size, 4], seeds[2])
-  order = tf.argsort(tf.random.stateless_uniform([batch_size, 4], seeds[3]), axis=1, stable=True)
+  factor = low + (high - low) * uniforms[:, 5:9]
+  order = tf.argsort(uniforms[:, 9:13], axis=1, stable=True)
   return {'flip': applied[:, 3],
-          'autoaugment_op': tf.fill([batch_size, 2], NO_OP), 'autoaugment_arg': tf.zeros([batch_size, 2]),
+          'autoaugment_op': tf.fill([count, 2], NO_OP), 'autoaugment_arg': tf.zeros([count, 2]),
           'jitter_op': tf.where(applied[:, :1], order, NO_OP), 'jitter_factor': factor,
           'grayscale': applied[:, 1], 'blur_sigma': tf.where(applied[:, 2], sigma, 0.0)}
 
 
-def draw_aplus(seed, batch_size, image_size, blur_sigma=BLUR_SIGMA):
-  """A+ for positives: each view with p = 0.5 gets flip (p = 0.5) + AutoAugment(ImageNet) instead of aug+."""
-  seeds = _split(seed, 4)
-  params = draw_moco_v2(seeds[0], batch_size, blur_sigma)
-  use_autoaugment = tf.random.stateless_uniform([batch_size], seeds[1]) < P_AUTOAUGMENT
-  flip = tf.random.stateless_uniform([batch_size], seeds[2]) < P_FLIP
-  op, argument = autoaugment.draw(seeds[3], batch_size, image_size)
+def aplus_record(uniforms, image_size, blur_sigma=BLUR_SIGMA):
+  """A+ for positives: each view with p = 0.5 gets flip (p = 0.5) + AutoAugment(ImageNet) instead of aug+
+  (columns 13-19 of the uniforms decide)."""
+  params = moco_v2_record(uniforms, blur_sigma)
+  use_autoaugment = uniforms[:, 13] < P_AUTOAUGMENT
+  flip = uniforms[:, 14] < P_FLIP
+  op, argument = autoaugment.choose(uniforms[:, 15:20], image_size)
   column = use_autoaugment[:, None]
   return {'flip': tf.where(use_autoaugment, flip, params['flip']),
           'autoaugment_op': tf.where(column, op, NO_OP), 'autoaugment_arg': tf.where(column, argument, 0.0),

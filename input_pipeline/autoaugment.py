@@ -1,4 +1,4 @@
-"""AutoAugment (torchvision's ImageNet policy, `autoaugment_policy`) in TF: `draw` makes every random choice for a
+"""AutoAugment (torchvision's ImageNet policy, `autoaugment_policy`) in TF: `choose` makes every random choice for a
 batch of views, `APPLY` holds the TF op of each policy op (in `OP_NAMES` order) for `augment.apply`."""
 
 import tensorflow as tf
@@ -20,16 +20,15 @@ _BY_NAME = {
 APPLY = tuple(_BY_NAME[name] for name in policy.OP_NAMES)
 
 
-def draw(seed, batch_size, image_size):
-  """torchvision's AutoAugment(IMAGENET) choices for each of batch_size square views: one random sub-policy per
-  view; each of its two ops applied with its probability (rand <= p, as torchvision) with a random sign for signed
-  ops. Returns op indices [B, 2] (NO_OP where an op is not applied) and op arguments [B, 2]."""
+def choose(uniforms, image_size):
+  """torchvision's AutoAugment(IMAGENET) choices for square views of image_size from uniforms [B, 5]: one random
+  sub-policy per view; each of its two ops applied with its probability (rand <= p, as torchvision) with a random
+  sign for signed ops. Returns op indices [B, 2] (NO_OP where an op is not applied) and op arguments [B, 2]."""
   op_ids, probs, positive, negative = (tf.constant(t) for t in policy.argument_tables(image_size))
-  seeds = tf.random.experimental.stateless_split(seed, 3)
-  index = tf.random.stateless_uniform([batch_size], seeds[0], 0, len(policy.IMAGENET_POLICY), dtype=tf.int32)
-  draws = tf.random.stateless_uniform([batch_size, 2], seeds[1])
-  is_negative = tf.random.stateless_uniform([batch_size, 2], seeds[2], 0, 2, dtype=tf.int32) == 0
-  applied = draws <= tf.gather(probs, index)
+  count = len(policy.IMAGENET_POLICY)
+  index = tf.minimum(tf.cast(uniforms[:, 0] * count, tf.int32), count - 1)
+  applied = uniforms[:, 1:3] <= tf.gather(probs, index)
+  is_negative = uniforms[:, 3:5] < 0.5
   op = tf.where(applied, tf.gather(op_ids, index), NO_OP)
   argument = tf.where(is_negative, tf.gather(negative, index), tf.gather(positive, index))
   return op, tf.cast(argument, tf.float32)

@@ -67,7 +67,7 @@ def _counter_batches(source: sources.Source, global_batch: int, seed: int, start
 def train_dataset(source: sources.Source, spec: views.ViewSpec, global_batch: int, seed: int, start_step: int = 0,
                   process_index: int = 0, process_count: int = 1, keep_boxes: bool = False) -> tf.data.Dataset:
   """Batches of views: anchor [B, S, S, 3], positive [B, S, S, 3], small [B, N, s, s, 3] (when N > 0), label; with
-  spec.augment_on_device the views as cropped and their parameter records under 'augment' (views.draw_augmentation).
+  spec.augment_on_device the views as cropped and their parameter records under 'augment'.
   """
 
   def crop(example, counter):
@@ -80,10 +80,12 @@ def train_dataset(source: sources.Source, spec: views.ViewSpec, global_batch: in
     out['label'] = example['label']
     return out
 
+  def augment(batch):
+    batch = {**batch, 'augment': views.augmentation_records(batch['augment'], spec)}
+    return batch if spec.augment_on_device else views.augment_batch(batch)
+
   ds = _counter_batches(source, global_batch, seed, start_step, process_index, process_count, crop)
-  if not spec.augment_on_device:
-    ds = ds.map(views.augment_batch, num_parallel_calls=AUTOTUNE)
-  return ds.prefetch(AUTOTUNE).with_options(_options())
+  return ds.map(augment, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE).with_options(_options())
 
 
 def classification_dataset(source: sources.Source, image_size: int, global_batch: int, seed: int, start_step: int = 0,

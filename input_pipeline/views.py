@@ -57,23 +57,32 @@ def make_crops(image, seed, spec: ViewSpec):
 
 
 def draw_augmentation(seed, spec: ViewSpec):
-  """Every random choice of one example's augmentations, as parameter records (input_pipeline.augment): 'anchor'
-  (aug+) and 'positive' (A+ or aug+) for one view each, 'small' (as the positive) for N views, keyed like the views.
+  """One example's augmentation uniforms (augment.UNIFORMS_PER_VIEW per view), keyed like its views: 'anchor' and
+  'positive' [U], 'small' [N, U]; `augmentation_records` turns a batch of them into parameter records.
 
   Drawn per example from the example's own seed, so its views depend only on (seed, its counter): not on the batch
-  it lands in, the batch size or the number of processes.
+  it lands in, the batch size or the number of processes. One op per example; the rest is vectorised per batch.
   """
-  seeds = tf.random.experimental.stateless_split(seed, 3)
+  uniforms = augment.draw_uniforms(seed, 2 + spec.num_small)
+  drawn = {'anchor': uniforms[0], 'positive': uniforms[1]}
+  if spec.num_small:
+    drawn['small'] = uniforms[2:]
+  return drawn
+
+
+def augmentation_records(uniforms, spec: ViewSpec):
+  """A batch's uniforms (from draw_augmentation, leading axes [B] or [B, N]) -> parameter records of the same
+  leading axes: aug+ for anchors; the positive chain (A+ or aug+) for positives and small crops."""
   records = {}
-  for index, (key, count, size) in enumerate((('anchor', 1, spec.large_size), ('positive', 1, spec.large_size),
-                                              ('small', spec.num_small, spec.small_size))):
-    if not count:
-      continue
+  for key, batch_uniforms in uniforms.items():
+    size = spec.small_size if key == 'small' else spec.large_size
+    flat = tf.reshape(batch_uniforms, [-1, augment.UNIFORMS_PER_VIEW])
     if key == 'anchor' or not spec.aplus:
-      record = augment.draw_moco_v2(seeds[index], count, spec.blur_sigma(size))
+      record = augment.moco_v2_record(flat, spec.blur_sigma(size))
     else:
-      record = augment.draw_aplus(seeds[index], count, size, spec.blur_sigma(size))
-    records[key] = record if key == 'small' else {k: v[0] for k, v in record.items()}
+      record = augment.aplus_record(flat, size, spec.blur_sigma(size))
+    leading = tf.shape(batch_uniforms)[:-1]
+    records[key] = {k: tf.reshape(v, tf.concat([leading, tf.shape(v)[1:]], 0)) for k, v in record.items()}
   return records
 
 

@@ -86,8 +86,8 @@ def test_each_jax_op_computes_the_tf_op(photo_crops, name, tf_op, jax_op, params
 def _records(kind, seed, count, size):
   seed = tf.constant([seed, 11], tf.int64)
   if kind == 'aplus':
-    return tf_augment.draw_aplus(seed, count, size, (0.1, 2.0))
-  return tf_augment.draw_moco_v2(seed, count, (0.1, 2.0))
+    return tf_augment.aplus_record(tf_augment.draw_uniforms(seed, count), size, (0.1, 2.0))
+  return tf_augment.moco_v2_record(tf_augment.draw_uniforms(seed, count), (0.1, 2.0))
 
 
 @pytest.mark.parametrize('kind', ['moco_v2', 'aplus'])

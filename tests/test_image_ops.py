@@ -150,10 +150,11 @@ def test_autoaugment_runs_in_tf_data_and_is_deterministic(china):
   batch = tf.constant(np.stack([china[:96, :96]] * 16))
 
   def autoaugment_only(seed, n):
-    record = augment.draw_moco_v2(seed, n)
+    uniforms = augment.draw_uniforms(seed, n)
+    record = augment.moco_v2_record(uniforms)
     record = {k: tf.zeros_like(v) for k, v in record.items()}  # nothing but AutoAugment
     record['jitter_op'] = tf.fill([n, 4], augment.NO_OP)
-    record['autoaugment_op'], record['autoaugment_arg'] = autoaugment.draw(seed, n, 96)
+    record['autoaugment_op'], record['autoaugment_arg'] = autoaugment.choose(uniforms[:, 15:], 96)
     return record
 
   first, second = _apply_in_tf_data(batch, autoaugment_only), _apply_in_tf_data(batch, autoaugment_only)
@@ -163,7 +164,8 @@ def test_autoaugment_runs_in_tf_data_and_is_deterministic(china):
   assert len({out.tobytes() for out in first[0]}) >= 8  # each image of a batch draws its own sub-policy
 
 
-@pytest.mark.parametrize('draw', [augment.draw_moco_v2, lambda seed, n: augment.draw_aplus(seed, n, 96)],
+@pytest.mark.parametrize('draw', [lambda seed, n: augment.moco_v2_record(augment.draw_uniforms(seed, n)),
+                                  lambda seed, n: augment.aplus_record(augment.draw_uniforms(seed, n), 96)],
                          ids=['moco_v2', 'aplus'])
 def test_chains_keep_shape_and_dtype_and_vary_per_image(china, draw):
   batch = tf.constant(np.stack([china[:96, :96]] * 8))
@@ -180,7 +182,7 @@ def _binomial_ok(successes, n, p):
 def test_application_probabilities():
   n = 4000
   seed = tf.constant([3, 4], tf.int64)
-  record = {k: v.numpy() for k, v in augment.draw_moco_v2(seed, n).items()}
+  record = {k: v.numpy() for k, v in augment.moco_v2_record(augment.draw_uniforms(seed, n)).items()}
   jitter, gray, blur = record['jitter_op'][:, 0] >= 0, record['grayscale'], record['blur_sigma'] > 0
   for name, applied, p in (('jitter', jitter, augment.P_JITTER), ('grayscale', gray, augment.P_GRAYSCALE),
                            ('blur', blur, augment.P_BLUR), ('flip', record['flip'], augment.P_FLIP)):
@@ -191,7 +193,7 @@ def test_application_probabilities():
   assert _binomial_ok((jitter & gray).sum(), n, augment.P_JITTER * augment.P_GRAYSCALE)
   # A+: half the views take the aug+ chain (so 0.5 x 0.8 are jittered), the other half AutoAugment, whose
   # sub-policies apply at least one op with torchvision's probabilities.
-  aplus = {k: v.numpy() for k, v in augment.draw_aplus(seed, n, 32).items()}
+  aplus = {k: v.numpy() for k, v in augment.aplus_record(augment.draw_uniforms(seed, n), 32).items()}
   assert _binomial_ok((aplus['jitter_op'][:, 0] >= 0).sum(), n, (1 - augment.P_AUTOAUGMENT) * augment.P_JITTER)
   p_any_op = np.mean([1 - (1 - a[1]) * (1 - b[1]) for a, b in policy.IMAGENET_POLICY])
   assert _binomial_ok((aplus['autoaugment_op'] >= 0).any(axis=1).sum(), n, augment.P_AUTOAUGMENT * p_any_op)
