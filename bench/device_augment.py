@@ -20,6 +20,7 @@ import sys
 from absl import app
 from absl import flags
 import jax
+import jax.numpy as jnp
 import tensorflow as tf
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -45,7 +46,8 @@ def records_for(config, seed=0):
 
 
 def run(config, steps=5, rounds=3, log=print):
-  """Returns median seconds {'step', 'step_augmenting', 'device_augment', 'host_augment'} and prints a summary."""
+  """Returns median seconds {'step', 'step_augmenting', 'device_augment', 'host_augment'} and the first step's loss
+  from the same state under both inputs ('first_losses': like for like, they must agree), and prints a summary."""
   crops, records = records_for(config)
   host_apply = tf.function(views.augment_batch)
   augmented = {k: v.numpy() for k, v in host_apply({**crops, 'augment': records}).items()}
@@ -54,6 +56,8 @@ def run(config, steps=5, rounds=3, log=print):
   plain = jax.device_put(augmented, device)
   with_records = jax.device_put({**crops, 'augment': records}, device)
   device_apply = jax.jit(augment.apply_to_batch)
+  # One step from the same state on each input (also compiling both): the two ways must train the same.
+  first_losses = [float(fn(jax.tree.map(jnp.copy, state), batch)[1]['loss']) for batch in (plain, with_records)]
   holder = {'state': state}
 
   def step_on(batch):
@@ -65,8 +69,7 @@ def run(config, steps=5, rounds=3, log=print):
   runners = {'step': step_on(plain), 'step_augmenting': step_on(with_records),
              'device_augment': lambda: jax.block_until_ready(device_apply(with_records)),
              'host_augment': lambda: host_apply({**crops, 'augment': records})}
-  for run_one in runners.values():
-    run_one()  # compiles / traces
+  runners['device_augment']()  # compiles
   results = {name: [] for name in runners}
   for r in range(rounds):
     for name, run_one in runners.items():
@@ -78,13 +81,15 @@ def run(config, steps=5, rounds=3, log=print):
   log(f'\n{config.model.arch}, batch {config.batch_size}, {config.crops.large_size} px + {config.crops.num_small} x '
       f'{config.crops.small_size} px ({views_per_batch} views), A+ = {config.crops.aplus}, {config.model.dtype}, '
       f'{device.platform}, median of {rounds} rounds:')
+  log(f'  first-step loss from the same state: {first_losses[0]:.6f} (views from tf.data), {first_losses[1]:.6f} '
+      f'(step augmenting them)')
   log(f'  train step, views augmented by tf.data   {medians["step"] * 1e3:9.1f} ms')
   log(f'  train step augmenting its views itself   {medians["step_augmenting"] * 1e3:9.1f} ms  '
       f'(augmentation {share * 100:.1f} % of the step)')
   for name, label in (('device_augment', f'augmentation alone, XLA on {device.platform}'),
                       ('host_augment', 'augmentation alone, TF ops on the host')):
     log(f'  {label:40s} {medians[name] * 1e3:9.1f} ms  ({config.batch_size / medians[name]:.0f} images/s)')
-  return medians
+  return {**medians, 'first_losses': first_losses}
 
 
 def main(argv):

@@ -1,5 +1,6 @@
 """Augmentation on the accelerator (`crops.augment_on_device`): the JAX ops and chain against the TF ones, on real
-pixels, from the same parameter records; the pipeline's two modes give the same views; the step applies them.
+pixels, from the same parameter records; the pipeline's two modes give the same views. (That the train step trains
+the same on either input: tests/test_bench_tools.py, through bench/device_augment.py.)
 
 Tolerance: every op is bit-exact between TF and XLA except hue and blur, where XLA's fused float arithmetic (and
 the blur's summation order, a TF convolution against a sum of shifted slices) rounds a few values the other way:
@@ -23,8 +24,6 @@ from input_pipeline import sources
 from input_pipeline import views
 from jax_moco import augment
 from jax_moco import image_ops
-from jax_moco.monitor import shard_batch
-from tests.helpers import build
 from tests.helpers import tiny_config
 
 
@@ -146,29 +145,6 @@ def test_pipeline_modes_give_the_same_views(colour_folder):
       assert device[key].shape == host[key].shape
       _assert_close(device[key], host[key], max_fraction=1e-3)
       assert not np.array_equal(raw[key], host[key])  # the device batch really arrived un-augmented
-
-
-def test_step_applies_the_augmentation(make_config):
-  """One train step fed the pipeline's host-augmented batch and one fed the same crops with their records end in
-  the same state (8 emulated devices, A+ and small crops on)."""
-  config = make_config()
-  source = sources.get_source(config.dataset)
-  batches = {}
-  for on_device in (False, True):
-    config.crops.augment_on_device = on_device
-    ds = pipeline.train_dataset(source, pipeline.view_spec(config.crops), config.batch_size, config.seed)
-    batches[on_device] = next(ds.as_numpy_iterator())
-  mesh, initial, step = build(config)
-  results = {}
-  for on_device, batch in batches.items():
-    state = jax.tree.map(jnp.copy, initial)  # the step donates its input state
-    inputs = {k: v for k, v in batch.items() if k in ('anchor', 'positive', 'small', 'augment')}
-    state, metrics = step(state, shard_batch(mesh, inputs))
-    results[on_device] = (jax.device_get(metrics), jax.device_get(state.params))
-  (host_metrics, host_params), (device_metrics, device_params) = results[False], results[True]
-  for name in host_metrics:
-    np.testing.assert_allclose(device_metrics[name], host_metrics[name], rtol=1e-5, err_msg=name)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), device_params, host_params)
 
 
 def test_default_config_keeps_augmentation_on_the_host():
