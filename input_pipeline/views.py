@@ -87,7 +87,7 @@ def augmentation_records(uniforms, spec: ViewSpec):
 
 
 def augment_batch(batch):
-  """Applies a batch's records (batch['augment'], from draw_augmentation) to its views and drops them, on the host;
+  """Applies a batch's records (batch['augment'], from augmentation_records) to its views and drops them, on the host;
   positives and small crops go through their chain as one stack of B (* N) views. (With spec.augment_on_device the
   pipeline skips this and `jax_moco.augment.apply_to_batch` does the same in the train step.)"""
   batch = dict(batch)
