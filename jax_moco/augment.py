@@ -13,7 +13,6 @@ import jax.numpy as jnp
 from input_pipeline import autoaugment_policy as policy  # plain Python tables; no TensorFlow
 from jax_moco import image_ops
 
-NO_OP = -1
 JITTER_OPS = (image_ops.adjust_brightness, image_ops.adjust_contrast, image_ops.adjust_saturation,
               image_ops.adjust_hue)
 _PIXEL_OPS = {
@@ -36,7 +35,7 @@ def _where(selected, new, old):
 
 
 def _autoaugment_slot(images, op, argument):
-  """One AutoAugment op per view (NO_OP: none): the pixel ops by selection, the five geometric ops as one affine
+  """One AutoAugment op per view (-1: none): the pixel ops by selection, the five geometric ops as one affine
   resampling with each view's coefficients (the identity, exact, for the views without one)."""
   out = images
   coefficients = image_ops.identity_coefficients(images.shape, argument)
@@ -50,7 +49,7 @@ def _autoaugment_slot(images, op, argument):
 
 
 def _jitter_position(images, op, factors):
-  """One of the four colour-jitter positions: each view applies the op it drew for it (NO_OP: none)."""
+  """One of the four colour-jitter positions: each view applies the op it drew for it (-1: none)."""
   out = images
   for index, adjust in enumerate(JITTER_OPS):
     out = _where(op == index, adjust(images, factors[:, index]), out)
