@@ -20,8 +20,14 @@ import step as bench_step  # noqa: E402
 
 FLAGS = flags.FLAGS
 # (batch, height = width, in channels, out channels, stride): stages 1-3 of ResNet-18 at 32 px, width 1 and 0.25.
-SHAPES = ((64, 32, 64, 64, 1), (64, 16, 128, 128, 1), (64, 8, 256, 256, 1), (64, 32, 64, 128, 2),
-          (128, 32, 16, 16, 1), (128, 16, 32, 32, 1))
+SHAPES = (
+  (64, 32, 64, 64, 1),
+  (64, 16, 128, 128, 1),
+  (64, 8, 256, 256, 1),
+  (64, 32, 64, 128, 2),
+  (128, 32, 16, 16, 1),
+  (128, 16, 32, 32, 1),
+)
 
 
 def define_flags():
@@ -35,8 +41,13 @@ def median_ms(fn, repeats):
 
 def xla_ops(x, w, stride):
   """Forward, dx and dw of one conv (padding 1) as three jitted functions of (x, w, g)."""
-  conv = lambda x, w: lax.conv_general_dilated(x, w, (stride, stride), ((1, 1), (1, 1)),  # noqa: E731
-                                               dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  conv = lambda x, w: lax.conv_general_dilated(
+    x,
+    w,
+    (stride, stride),
+    ((1, 1), (1, 1)),  # noqa: E731
+    dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+  )
   fwd = jax.jit(lambda x, w, g: conv(x, w))
   dx = jax.jit(lambda x, w, g: jax.vjp(lambda x: conv(x, w), x)[1](g)[0])
   dw = jax.jit(lambda x, w, g: jax.vjp(lambda w: conv(x, w), w)[1](g)[0])
@@ -45,6 +56,7 @@ def xla_ops(x, w, stride):
 
 def torch_ops(x, w, g, stride):
   import torch
+
   conv_args = ([stride, stride], [1, 1], [1, 1], False, [0, 0], 1)
   fwd = lambda: torch.nn.functional.conv2d(x, w, stride=stride, padding=1)  # noqa: E731
   dx = lambda: torch.ops.aten.convolution_backward(g, x, w, None, *conv_args, [True, False, False])  # noqa: E731
@@ -55,6 +67,7 @@ def torch_ops(x, w, g, stride):
 def run(shapes=SHAPES, repeats=7, log=print):
   """Returns rows {shape, op, xla_ms, torch_ms} and prints a table."""
   import torch
+
   rows = []
   for batch, size, cin, cout, stride in shapes:
     rng = np.random.default_rng(0)
@@ -69,11 +82,19 @@ def run(shapes=SHAPES, repeats=7, log=print):
     with torch.no_grad():
       for op, ours, theirs in zip(('fwd', 'dx', 'dw'), xla_ops(xj, wj, stride), torch_ops(xt, wt, gt, stride)):
         xla_ms = median_ms(lambda: jax.block_until_ready(ours(xj, wj, gj)), repeats)  # noqa: B023
-        rows.append(dict(shape=f'{batch}x{size}x{size}x{cin}->{cout} s{stride}', op=op, xla_ms=xla_ms,
-                         torch_ms=median_ms(theirs, repeats)))
-  log(f'3x3 convolutions, float32, {jax.devices()[0].platform}, torch threads {torch.get_num_threads()}, '
-      f'median of {repeats}:\n\n| shape (NHWC -> C_out, stride) | op | XLA ms | PyTorch ms | XLA / PyTorch speed |\n'
-      '| --- | --- | --- | --- | --- |')
+        rows.append(
+          dict(
+            shape=f'{batch}x{size}x{size}x{cin}->{cout} s{stride}',
+            op=op,
+            xla_ms=xla_ms,
+            torch_ms=median_ms(theirs, repeats),
+          )
+        )
+  log(
+    f'3x3 convolutions, float32, {jax.devices()[0].platform}, torch threads {torch.get_num_threads()}, '
+    f'median of {repeats}:\n\n| shape (NHWC -> C_out, stride) | op | XLA ms | PyTorch ms | XLA / PyTorch speed |\n'
+    '| --- | --- | --- | --- | --- |'
+  )
   for r in rows:
     log(f'| {r["shape"]} | {r["op"]} | {r["xla_ms"]:.1f} | {r["torch_ms"]:.1f} | {r["torch_ms"] / r["xla_ms"]:.2f}x |')
   return rows

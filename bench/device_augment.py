@@ -39,8 +39,11 @@ def records_for(config, seed=0):
   """(synthetic crops of `config`, their records drawn per example as the pipeline draws them)."""
   crops = step_bench.synthetic_batch(config, seed)
   spec = pipeline.view_spec(config.crops)
-  draws = tf.data.Dataset.range(config.batch_size).map(lambda i: views.draw_augmentation(
-      tf.random.experimental.stateless_fold_in(tf.constant([seed, 2], tf.int64), i), spec))
+  draws = tf.data.Dataset.range(config.batch_size).map(
+    lambda i: views.draw_augmentation(
+      tf.random.experimental.stateless_fold_in(tf.constant([seed, 2], tf.int64), i), spec
+    )
+  )
   uniforms = next(iter(draws.batch(config.batch_size)))
   return crops, jax.tree.map(lambda t: t.numpy(), views.augmentation_records(uniforms, spec))
 
@@ -64,11 +67,15 @@ def run(config, steps=5, rounds=3, log=print):
     def run_one():
       holder['state'], metrics = fn(holder['state'], batch)
       jax.block_until_ready(metrics['loss'])
+
     return run_one
 
-  runners = {'step': step_on(plain), 'step_augmenting': step_on(with_records),
-             'device_augment': lambda: jax.block_until_ready(device_apply(with_records)),
-             'host_augment': lambda: host_apply({**crops, 'augment': records})}
+  runners = {
+    'step': step_on(plain),
+    'step_augmenting': step_on(with_records),
+    'device_augment': lambda: jax.block_until_ready(device_apply(with_records)),
+    'host_augment': lambda: host_apply({**crops, 'augment': records}),
+  }
   runners['device_augment']()  # compiles
   results = {name: [] for name in runners}
   for r in range(rounds):
@@ -78,24 +85,33 @@ def run(config, steps=5, rounds=3, log=print):
   medians = {k: statistics.median(v) for k, v in results.items()}
   views_per_batch = config.batch_size * (2 + config.crops.num_small)
   share = 1.0 - medians['step'] / medians['step_augmenting']
-  log(f'\n{config.model.arch}, batch {config.batch_size}, {config.crops.large_size} px + {config.crops.num_small} x '
-      f'{config.crops.small_size} px ({views_per_batch} views), A+ = {config.crops.aplus}, {config.model.dtype}, '
-      f'{device.platform}, median of {rounds} rounds:')
-  log(f'  first-step loss from the same state: {first_losses[0]:.6f} (views from tf.data), {first_losses[1]:.6f} '
-      f'(step augmenting them)')
+  log(
+    f'\n{config.model.arch}, batch {config.batch_size}, {config.crops.large_size} px + {config.crops.num_small} x '
+    f'{config.crops.small_size} px ({views_per_batch} views), A+ = {config.crops.aplus}, {config.model.dtype}, '
+    f'{device.platform}, median of {rounds} rounds:'
+  )
+  log(
+    f'  first-step loss from the same state: {first_losses[0]:.6f} (views from tf.data), {first_losses[1]:.6f} '
+    f'(step augmenting them)'
+  )
   log(f'  train step, views augmented by tf.data   {medians["step"] * 1e3:9.1f} ms')
-  log(f'  train step augmenting its views itself   {medians["step_augmenting"] * 1e3:9.1f} ms  '
-      f'(augmentation {share * 100:.1f} % of the step)')
-  for name, label in (('device_augment', f'augmentation alone, XLA on {device.platform}'),
-                      ('host_augment', 'augmentation alone, TF ops on the host')):
+  log(
+    f'  train step augmenting its views itself   {medians["step_augmenting"] * 1e3:9.1f} ms  '
+    f'(augmentation {share * 100:.1f} % of the step)'
+  )
+  for name, label in (
+    ('device_augment', f'augmentation alone, XLA on {device.platform}'),
+    ('host_augment', 'augmentation alone, TF ops on the host'),
+  ):
     log(f'  {label:40s} {medians[name] * 1e3:9.1f} ms  ({config.batch_size / medians[name]:.0f} images/s)')
   return {**medians, 'first_losses': first_losses}
 
 
 def main(argv):
   del argv
-  config = step_bench.bench_config(FLAGS.arch, FLAGS.stem, FLAGS.batch, FLAGS.large, FLAGS.small, FLAGS.num_small,
-                                   FLAGS.queue, FLAGS.dtype)
+  config = step_bench.bench_config(
+    FLAGS.arch, FLAGS.stem, FLAGS.batch, FLAGS.large, FLAGS.small, FLAGS.num_small, FLAGS.queue, FLAGS.dtype
+  )
   run(config, FLAGS.steps, FLAGS.rounds)
 
 

@@ -44,7 +44,7 @@ def define_flags():
   config_flags.DEFINE_config_file('config', None, 'Training config (any method and preset).', lock_config=True)
   flags.DEFINE_integer('steps', 50, 'Steps timed per round (keep it well above the few batches tf.data prefetches).')
   flags.DEFINE_integer('rounds', 3, 'Alternating rounds of real and synthetic input.')
-  flags.DEFINE_integer('jpegs', 0, 'Generate this many 500 px JPEGs and train on them (0: the config\'s dataset).')
+  flags.DEFINE_integer('jpegs', 0, "Generate this many 500 px JPEGs and train on them (0: the config's dataset).")
 
 
 def synthetic_like(batch, seed=0):
@@ -62,11 +62,19 @@ def run(config, steps=50, rounds=3, log=print):
   total = (steps + 1) * rounds + 1
   encoder = state_lib.create_encoder(config)
   tx = state_lib.create_optimizer(config, total, steps_per_epoch)
-  state = jax.device_put(state_lib.create_train_state(config, encoder, tx, jax.random.key(config.seed)),
-                         NamedSharding(mesh, P()))
+  state = jax.device_put(
+    state_lib.create_train_state(config, encoder, tx, jax.random.key(config.seed)), NamedSharding(mesh, P())
+  )
   train_step = train.make_step(config, mesh, encoder, tx, total, steps_per_epoch)
-  real = pipeline.train_dataset(source, pipeline.view_spec(config.crops), config.batch_size, config.seed, 0,
-                                jax.process_index(), jax.process_count()).as_numpy_iterator()
+  real = pipeline.train_dataset(
+    source,
+    pipeline.view_spec(config.crops),
+    config.batch_size,
+    config.seed,
+    0,
+    jax.process_index(),
+    jax.process_count(),
+  ).as_numpy_iterator()
   first = train.step_inputs(next(real))
   fake = synthetic_like(first)
   holder = {'state': train_step(state, shard_batch(mesh, first))[0]}  # compiles
@@ -82,16 +90,20 @@ def run(config, steps=50, rounds=3, log=print):
   for r in range(rounds):
     results['real'].append(timed_steps(lambda: train.step_inputs(next(real))))
     results['synthetic'].append(timed_steps(lambda: fake))
-    log(f'round {r + 1}: real input {results["real"][-1] * 1e3:.0f} ms/step, synthetic '
-        f'{results["synthetic"][-1] * 1e3:.0f} ms/step')
+    log(
+      f'round {r + 1}: real input {results["real"][-1] * 1e3:.0f} ms/step, synthetic '
+      f'{results["synthetic"][-1] * 1e3:.0f} ms/step'
+    )
   real_s, synthetic_s = statistics.median(results['real']), statistics.median(results['synthetic'])
   wait = max(0.0, 1.0 - synthetic_s / real_s)
-  log(f'\n{config.method} on {source.name}: {config.model.arch}, batch {config.batch_size}, {config.crops.large_size} '
-      f'px + {config.crops.num_small} x {config.crops.small_size} px, {jax.device_count()} x '
-      f'{jax.devices()[0].platform}, median of {rounds} rounds of {steps} steps:\n'
-      f'  real input      {real_s * 1e3:8.1f} ms/step ({config.batch_size / real_s:.1f} images/s)\n'
-      f'  synthetic input {synthetic_s * 1e3:8.1f} ms/step ({config.batch_size / synthetic_s:.1f} images/s)\n'
-      f'  waiting for input: {wait * 100:.1f} % of the step (target < 5 %)')
+  log(
+    f'\n{config.method} on {source.name}: {config.model.arch}, batch {config.batch_size}, {config.crops.large_size} '
+    f'px + {config.crops.num_small} x {config.crops.small_size} px, {jax.device_count()} x '
+    f'{jax.devices()[0].platform}, median of {rounds} rounds of {steps} steps:\n'
+    f'  real input      {real_s * 1e3:8.1f} ms/step ({config.batch_size / real_s:.1f} images/s)\n'
+    f'  synthetic input {synthetic_s * 1e3:8.1f} ms/step ({config.batch_size / synthetic_s:.1f} images/s)\n'
+    f'  waiting for input: {wait * 100:.1f} % of the step (target < 5 %)'
+  )
   return {'real_s': real_s, 'synthetic_s': synthetic_s, 'wait_fraction': wait}
 
 

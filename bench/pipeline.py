@@ -32,7 +32,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def ours(images, batches, cores, augment_on_device=False):
   """Runs in a child process limited to `cores` cores; returns images/s."""
-  code = f'''
+  code = f"""
 import json, time, sys
 sys.path.insert(0, {ROOT!r})
 import tensorflow as tf
@@ -47,7 +47,7 @@ for _ in range(3): next(it)
 start = time.perf_counter()
 for _ in range({batches}): next(it)
 print(json.dumps({{"images_per_s": 64 * {batches} / (time.perf_counter() - start)}}))
-'''
+"""
   return _run([sys.executable, '-c', code], cores)
 
 
@@ -69,6 +69,7 @@ def main(argv):
   if not images:
     sys.path.insert(0, os.path.join(ROOT, 'bench'))
     from make_jpegs import make_jpegs
+
     images = make_jpegs(tempfile.mkdtemp(prefix='jpegs-'))
   results = {'ours (tf.data)': [], 'torchvision DataLoader': [], 'ours, pixels on device': []}
   for r in range(FLAGS.rounds):
@@ -77,8 +78,10 @@ def main(argv):
     if FLAGS.reference_python:
       results['torchvision DataLoader'].append(reference(FLAGS.reference_python, images, FLAGS.batches, FLAGS.cores))
     print(f'round {r + 1}: ' + ', '.join(f'{k} {v[-1]:.1f} img/s' for k, v in results.items() if v), flush=True)
-  print(f'\n{time.strftime("%Y-%m-%d")}, {FLAGS.cores} cores, kNN-MoCo views (2 x 160 + 6 x 96, A+, constrained), '
-        f'batch 64, median of {FLAGS.rounds}:')
+  print(
+    f'\n{time.strftime("%Y-%m-%d")}, {FLAGS.cores} cores, kNN-MoCo views (2 x 160 + 6 x 96, A+, constrained), '
+    f'batch 64, median of {FLAGS.rounds}:'
+  )
   medians = {k: statistics.median(v) for k, v in results.items() if v}
   for name, value in medians.items():
     print(f'  {name:24s} {value:8.1f} images/s  ({value / FLAGS.cores:.1f} per core)')

@@ -37,7 +37,7 @@ SWEEPS = ('queue', 'num_small', 'topk', 'devices')
 
 def define_flags():
   flags.DEFINE_string('arch', 'resnet18', 'torchvision architecture.')
-  flags.DEFINE_float('width', 0.25, 'Channel width multiplier (1.0 = torchvision\'s).')
+  flags.DEFINE_float('width', 0.25, "Channel width multiplier (1.0 = torchvision's).")
   flags.DEFINE_enum('stem', 'cifar', ('cifar', 'imagenet'), 'Stem.')
   flags.DEFINE_integer('batch', 64, 'Global images per step.')
   flags.DEFINE_integer('large', 32, 'Anchor / positive size.')
@@ -91,8 +91,16 @@ def run(base_kwargs, sweeps, steps=5, log=print):
         continue
       config = point_config(base_kwargs, point['queue'], point['num_small'], point['topk'])
       step_s, compile_s = time_point(config, point['devices'], steps)
-      rows.append(dict(sweep=sweep, value=value, is_base=point == BASE, step_s=step_s,
-                       images_per_s=config.batch_size / step_s, compile_s=compile_s))
+      rows.append(
+        dict(
+          sweep=sweep,
+          value=value,
+          is_base=point == BASE,
+          step_s=step_s,
+          images_per_s=config.batch_size / step_s,
+          compile_s=compile_s,
+        )
+      )
       log(f'{sweep}={value}: {step_s * 1e3:.0f} ms/step')
   base_times = [r['step_s'] for r in rows if r['is_base']]  # the base point recurs in every sweep
   base_time = statistics.median(base_times) if base_times else float('nan')
@@ -102,27 +110,40 @@ def run(base_kwargs, sweeps, steps=5, log=print):
 
 
 def table(rows, base_kwargs) -> str:
-  lines = [f'{base_kwargs["arch"]} (width {base_kwargs["width"]}, {base_kwargs["stem"]} stem), global batch '
-           f'{base_kwargs["batch"]}, {base_kwargs["large"]} px + small crops of {base_kwargs["small"]} px, '
-           f'{base_kwargs["dtype"]}, {jax.devices()[0].platform}; base point {BASE}; one parameter varied at a time',
-           '', '| varied | value | ms / step | images / s | vs base | compile s |',
-           '| --- | --- | --- | --- | --- | --- |']
+  lines = [
+    f'{base_kwargs["arch"]} (width {base_kwargs["width"]}, {base_kwargs["stem"]} stem), global batch '
+    f'{base_kwargs["batch"]}, {base_kwargs["large"]} px + small crops of {base_kwargs["small"]} px, '
+    f'{base_kwargs["dtype"]}, {jax.devices()[0].platform}; base point {BASE}; one parameter varied at a time',
+    '',
+    '| varied | value | ms / step | images / s | vs base | compile s |',
+    '| --- | --- | --- | --- | --- | --- |',
+  ]
   for r in rows:
-    lines.append(f'| {r["sweep"]} | {r["value"]} | {r["step_s"] * 1e3:.0f} | {r["images_per_s"]:.1f} | '
-                 f'{r["relative"]:.2f}x | {r["compile_s"]:.1f} |')
+    lines.append(
+      f'| {r["sweep"]} | {r["value"]} | {r["step_s"] * 1e3:.0f} | {r["images_per_s"]:.1f} | '
+      f'{r["relative"]:.2f}x | {r["compile_s"]:.1f} |'
+    )
   return '\n'.join(lines)
 
 
 def plot(rows, path):
   import matplotlib
+
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
+
   fig, axes = plt.subplots(1, len(SWEEPS), figsize=(4 * len(SWEEPS), 3.2))
   for ax, sweep in zip(axes, SWEEPS):
     points = [r for r in rows if r['sweep'] == sweep]
     ax.plot([r['value'] for r in points], [r['step_s'] * 1e3 for r in points], 'o-')
-    ax.set_xlabel({'queue': 'queue size K', 'num_small': 'small crops', 'topk': 'NN top-k (0 = off)',
-                   'devices': 'devices (same global batch)'}[sweep])
+    ax.set_xlabel(
+      {
+        'queue': 'queue size K',
+        'num_small': 'small crops',
+        'topk': 'NN top-k (0 = off)',
+        'devices': 'devices (same global batch)',
+      }[sweep]
+    )
     if sweep in ('queue', 'devices'):
       ax.set_xscale('log', base=2)
     ax.set_ylim(0, 1.1 * max([r['step_s'] * 1e3 for r in points], default=1))
@@ -135,15 +156,23 @@ def plot(rows, path):
 
 def main(argv):
   del argv
-  base_kwargs = dict(arch=FLAGS.arch, width=FLAGS.width, stem=FLAGS.stem, batch=FLAGS.batch, large=FLAGS.large,
-                     small=FLAGS.small, dtype=FLAGS.dtype)
+  base_kwargs = dict(
+    arch=FLAGS.arch,
+    width=FLAGS.width,
+    stem=FLAGS.stem,
+    batch=FLAGS.batch,
+    large=FLAGS.large,
+    small=FLAGS.small,
+    dtype=FLAGS.dtype,
+  )
   sweeps = {'queue': FLAGS.queues, 'num_small': FLAGS.num_smalls, 'topk': FLAGS.topks, 'devices': FLAGS.devices}
   rows = run(base_kwargs, {k: [int(v) for v in values] for k, values in sweeps.items()}, FLAGS.steps)
   print(table(rows, base_kwargs))
   if FLAGS.out:
     with open(FLAGS.out + '.json', 'w') as f:
-      json.dump({'base': BASE, 'setting': base_kwargs, 'platform': jax.devices()[0].platform, 'rows': rows}, f,
-                indent=2)
+      json.dump(
+        {'base': BASE, 'setting': base_kwargs, 'platform': jax.devices()[0].platform, 'rows': rows}, f, indent=2
+      )
     plot(rows, FLAGS.out + '.png')
     print(f'wrote {FLAGS.out}.json and {FLAGS.out}.png')
 

@@ -48,8 +48,9 @@ def define_flags():
   flags.DEFINE_bool('channels_last', True, 'Channels-last memory format for the reference.')
 
 
-def bench_config(arch='resnet18', stem='cifar', batch=64, large=32, small=16, num_small=2, queue=4096,
-                 dtype='float32', width=1.0):
+def bench_config(
+  arch='resnet18', stem='cifar', batch=64, large=32, small=16, num_small=2, queue=4096, dtype='float32', width=1.0
+):
   c = knn.get_config()
   c.model.arch, c.model.stem, c.model.width, c.model.dtype = arch, stem, width, dtype
   c.batch_size, c.bn_groups, c.moco.queue_size = batch, 1, queue
@@ -61,8 +62,10 @@ def bench_config(arch='resnet18', stem='cifar', batch=64, large=32, small=16, nu
 def synthetic_batch(config, seed=0):
   rng = np.random.default_rng(seed)
   s, t, n, b = config.crops.large_size, config.crops.small_size, config.crops.num_small, config.batch_size
-  batch = {'anchor': rng.integers(0, 256, (b, s, s, 3), np.uint8), 'positive': rng.integers(0, 256, (b, s, s, 3),
-                                                                                              np.uint8)}
+  batch = {
+    'anchor': rng.integers(0, 256, (b, s, s, 3), np.uint8),
+    'positive': rng.integers(0, 256, (b, s, s, 3), np.uint8),
+  }
   if n:
     batch['small'] = rng.integers(0, 256, (b, n, t, t, 3), np.uint8)
   return batch
@@ -75,8 +78,14 @@ def jax_step(config, seed=0, num_devices=1):
   lr = config.optim.base_lr * config.batch_size / 256
   tx = state_lib.sgd(lr, config.optim.momentum, config.optim.weight_decay)
   state = state_lib.create_train_state(config, encoder, tx, jax.random.key(seed))
-  fn = step_lib.make_train_step(mesh, encoder, tx, step_lib.step_config(config, 1000), lambda step: lr,
-                                schedules.ema_momentum(config.moco.momentum, 1, 'constant'))
+  fn = step_lib.make_train_step(
+    mesh,
+    encoder,
+    tx,
+    step_lib.step_config(config, 1000),
+    lambda step: lr,
+    schedules.ema_momentum(config.moco.momentum, 1, 'constant'),
+  )
   return fn, state, lr
 
 
@@ -84,11 +93,24 @@ def torch_reference(config, state, lr, channels_last=False):
   """The PyTorch reference holding exactly `state`'s encoders and queues."""
   import torch
   import torch_reference_step as ref
+
   m = config.moco
-  model = ref.KnnMoco(config.model.arch, config.model.stem, config.model.projection_dim, m.queue_size,
-                      m.temperature, m.momentum, m.nn_topk, m.nn_weight, m.nn_order, channels_last)
-  for name, params, stats in (('encoder_q', state.params, state.batch_stats),
-                              ('encoder_k', state.ema_params, state.ema_batch_stats)):
+  model = ref.KnnMoco(
+    config.model.arch,
+    config.model.stem,
+    config.model.projection_dim,
+    m.queue_size,
+    m.temperature,
+    m.momentum,
+    m.nn_topk,
+    m.nn_weight,
+    m.nn_order,
+    channels_last,
+  )
+  for name, params, stats in (
+    ('encoder_q', state.params, state.batch_stats),
+    ('encoder_k', state.ema_params, state.ema_batch_stats),
+  ):
     arrays = torch_layout.to_state_dict(torch_layout.encoder_tree(jax.device_get(params), jax.device_get(stats)))
     getattr(model, name).load_state_dict({k: torch.from_numpy(v) for k, v in arrays.items()})
   model.to(memory_format=model.memory_format)
@@ -112,6 +134,7 @@ def run(config, steps=5, rounds=3, torch_compile=False, channels_last=True, log=
   """Alternating rounds of ours and the reference(s); returns {name: median images/s} and prints a summary."""
   import torch
   import torch_reference_step as ref
+
   fn, state, lr = jax_step(config)
   model, optimizer = torch_reference(config, state, lr, channels_last)
   batch = synthetic_batch(config)
@@ -127,8 +150,7 @@ def run(config, steps=5, rounds=3, torch_compile=False, channels_last=True, log=
     holder['state'], metrics = compiled(holder['state'], device_batch)
     jax.block_until_ready(metrics['loss'])
 
-  runners = {'jax_moco (XLA)': ours,
-             'PyTorch reference (eager)': lambda: ref.train_step(model, optimizer, torch_batch)}
+  runners = {'jax_moco (XLA)': ours, 'PyTorch reference (eager)': lambda: ref.train_step(model, optimizer, torch_batch)}
   if torch_compile:
     compiled_model = torch.compile(model)
     runners['PyTorch reference (torch.compile)'] = lambda: ref.train_step(compiled_model, optimizer, torch_batch)
@@ -141,21 +163,26 @@ def run(config, steps=5, rounds=3, torch_compile=False, channels_last=True, log=
     log(f'round {r + 1}: ' + ', '.join(f'{k} {v[-1]:.1f} img/s' for k, v in results.items()))
   medians = {k: statistics.median(v) for k, v in results.items()}
   ours_rate = medians['jax_moco (XLA)']
-  log(f'\n{config.model.arch} ({config.model.stem} stem), batch {config.batch_size}, {config.crops.large_size} px + '
-      f'{config.crops.num_small} x {config.crops.small_size} px, K = {config.moco.queue_size}, {config.model.dtype}, '
-      f'{jax.devices()[0].platform}, torch threads {torch.get_num_threads()}, median of {rounds} rounds:')
+  log(
+    f'\n{config.model.arch} ({config.model.stem} stem), batch {config.batch_size}, {config.crops.large_size} px + '
+    f'{config.crops.num_small} x {config.crops.small_size} px, K = {config.moco.queue_size}, {config.model.dtype}, '
+    f'{jax.devices()[0].platform}, torch threads {torch.get_num_threads()}, median of {rounds} rounds:'
+  )
   for name, value in medians.items():
     log(f'  {name:36s} {value:8.1f} images/s   ours / this: {ours_rate / value:.2f}x')
-  log(f'  XLA compile {compile_s:.1f} s; model FLOPs per step {flops / 1e9:.1f} G '
-      f'({flops * ours_rate / config.batch_size / 1e9:.1f} GFLOP/s achieved); '
-      f'peak host RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB')
+  log(
+    f'  XLA compile {compile_s:.1f} s; model FLOPs per step {flops / 1e9:.1f} G '
+    f'({flops * ours_rate / config.batch_size / 1e9:.1f} GFLOP/s achieved); '
+    f'peak host RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB'
+  )
   return medians
 
 
 def main(argv):
   del argv
-  config = bench_config(FLAGS.arch, FLAGS.stem, FLAGS.batch, FLAGS.large, FLAGS.small, FLAGS.num_small, FLAGS.queue,
-                        FLAGS.dtype)
+  config = bench_config(
+    FLAGS.arch, FLAGS.stem, FLAGS.batch, FLAGS.large, FLAGS.small, FLAGS.num_small, FLAGS.queue, FLAGS.dtype
+  )
   run(config, FLAGS.steps, FLAGS.rounds, FLAGS.torch_compile, FLAGS.channels_last)
 
 

@@ -30,16 +30,20 @@ class GaussianBlur:
 
 
 def moco_v2_chain():
-  return transforms.Compose([
+  return transforms.Compose(
+    [
       transforms.RandomApply([transforms.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
       transforms.RandomGrayscale(p=0.2),
       transforms.RandomApply([GaussianBlur()], p=0.5),
-      transforms.RandomHorizontalFlip()])
+      transforms.RandomHorizontalFlip(),
+    ]
+  )
 
 
 def aplus_chain():
-  autoaugment = transforms.Compose([transforms.RandomHorizontalFlip(),
-                                    transforms.AutoAugment(transforms.AutoAugmentPolicy.IMAGENET)])
+  autoaugment = transforms.Compose(
+    [transforms.RandomHorizontalFlip(), transforms.AutoAugment(transforms.AutoAugmentPolicy.IMAGENET)]
+  )
   return transforms.RandomChoice([moco_v2_chain(), autoaugment])
 
 
@@ -84,16 +88,29 @@ def main():
   args = parser.parse_args()
   torch.set_num_threads(1)
   paths = sorted(glob.glob(f'{args.images}/*.jpg'))
-  loader = torch.utils.data.DataLoader(Views(paths), batch_size=args.batch, num_workers=args.workers,
-                                       persistent_workers=args.workers > 0, prefetch_factor=4 if args.workers else None)
+  loader = torch.utils.data.DataLoader(
+    Views(paths),
+    batch_size=args.batch,
+    num_workers=args.workers,
+    persistent_workers=args.workers > 0,
+    prefetch_factor=4 if args.workers else None,
+  )
   it = iter(loader)
   next(it)  # warm up the workers
   start = time.perf_counter()
   for _ in range(args.batches):
     next(it)
   seconds = time.perf_counter() - start
-  print(json.dumps({'pipeline': 'torchvision+DataLoader', 'images_per_s': args.batch * args.batches / seconds,
-                    'workers': args.workers, 'torch': torch.__version__}))
+  print(
+    json.dumps(
+      {
+        'pipeline': 'torchvision+DataLoader',
+        'images_per_s': args.batch * args.batches / seconds,
+        'workers': args.workers,
+        'torch': torch.__version__,
+      }
+    )
+  )
 
 
 if __name__ == '__main__':

@@ -33,8 +33,9 @@ def encode(model, images):
 
 
 class KnnMoco(torch.nn.Module):
-  def __init__(self, arch, stem, dim, queue_size, temperature, momentum, nn_topk, nn_weight, nn_order,
-               channels_last=False):
+  def __init__(
+    self, arch, stem, dim, queue_size, temperature, momentum, nn_topk, nn_weight, nn_order, channels_last=False
+  ):
     super().__init__()
     self.encoder_q = make_encoder(arch, stem, dim)
     self.encoder_k = make_encoder(arch, stem, dim)

@@ -57,10 +57,15 @@ def moco_v2_record(uniforms, blur_sigma=BLUR_SIGMA):
   low, high = tf.constant([1 - b, 1 - c, 1 - s, -h]), tf.constant([1 + b, 1 + c, 1 + s, h])
   factor = low + (high - low) * uniforms[:, 5:9]
   order = tf.argsort(uniforms[:, 9:13], axis=1, stable=True)
-  return {'flip': applied[:, 3],
-          'autoaugment_op': tf.fill([count, 2], NO_OP), 'autoaugment_arg': tf.zeros([count, 2]),
-          'jitter_op': tf.where(applied[:, :1], order, NO_OP), 'jitter_factor': factor,
-          'grayscale': applied[:, 1], 'blur_sigma': tf.where(applied[:, 2], sigma, 0.0)}
+  return {
+    'flip': applied[:, 3],
+    'autoaugment_op': tf.fill([count, 2], NO_OP),
+    'autoaugment_arg': tf.zeros([count, 2]),
+    'jitter_op': tf.where(applied[:, :1], order, NO_OP),
+    'jitter_factor': factor,
+    'grayscale': applied[:, 1],
+    'blur_sigma': tf.where(applied[:, 2], sigma, 0.0),
+  }
 
 
 def aplus_record(uniforms, image_size, blur_sigma=BLUR_SIGMA):
@@ -71,19 +76,24 @@ def aplus_record(uniforms, image_size, blur_sigma=BLUR_SIGMA):
   flip = uniforms[:, 14] < P_FLIP
   op, argument = autoaugment.choose(uniforms[:, 15:20], image_size)
   column = use_autoaugment[:, None]
-  return {'flip': tf.where(use_autoaugment, flip, params['flip']),
-          'autoaugment_op': tf.where(column, op, NO_OP), 'autoaugment_arg': tf.where(column, argument, 0.0),
-          'jitter_op': tf.where(column, NO_OP, params['jitter_op']), 'jitter_factor': params['jitter_factor'],
-          'grayscale': params['grayscale'] & ~use_autoaugment,
-          'blur_sigma': tf.where(use_autoaugment, 0.0, params['blur_sigma'])}
+  return {
+    'flip': tf.where(use_autoaugment, flip, params['flip']),
+    'autoaugment_op': tf.where(column, op, NO_OP),
+    'autoaugment_arg': tf.where(column, argument, 0.0),
+    'jitter_op': tf.where(column, NO_OP, params['jitter_op']),
+    'jitter_factor': params['jitter_factor'],
+    'grayscale': params['grayscale'] & ~use_autoaugment,
+    'blur_sigma': tf.where(use_autoaugment, 0.0, params['blur_sigma']),
+  }
 
 
 def apply(images, params):
   """Applies a parameter record to uint8 views [V, H, W, 3]; each op runs only on the views it changes."""
   images = ops.apply_where(params['flip'], ops.flip_left_right, images)
   for slot in range(2):
-    images = ops.apply_switch(params['autoaugment_op'][:, slot], autoaugment.APPLY, images,
-                              params['autoaugment_arg'][:, slot])
+    images = ops.apply_switch(
+      params['autoaugment_op'][:, slot], autoaugment.APPLY, images, params['autoaugment_arg'][:, slot]
+    )
   for position in range(4):
     op = params['jitter_op'][:, position]
     factor = tf.gather(params['jitter_factor'], tf.maximum(op, 0), batch_dims=1)

@@ -10,12 +10,20 @@ NO_OP = -1
 
 # TF op per policy op, in policy.OP_NAMES order; each takes (images, argument [B]) (see policy.op_argument).
 _BY_NAME = {
-    'ShearX': ops.shear_x, 'ShearY': ops.shear_y, 'TranslateX': ops.translate_x, 'TranslateY': ops.translate_y,
-    'Rotate': ops.rotate, 'Brightness': ops.adjust_brightness, 'Color': ops.adjust_saturation,
-    'Contrast': ops.adjust_contrast, 'Sharpness': ops.adjust_sharpness,
-    'Posterize': lambda im, bits: ops.posterize(im, tf.cast(bits, tf.int32)), 'Solarize': ops.solarize,
-    'AutoContrast': lambda im, _: ops.autocontrast(im), 'Equalize': lambda im, _: ops.equalize(im),
-    'Invert': lambda im, _: ops.invert(im),
+  'ShearX': ops.shear_x,
+  'ShearY': ops.shear_y,
+  'TranslateX': ops.translate_x,
+  'TranslateY': ops.translate_y,
+  'Rotate': ops.rotate,
+  'Brightness': ops.adjust_brightness,
+  'Color': ops.adjust_saturation,
+  'Contrast': ops.adjust_contrast,
+  'Sharpness': ops.adjust_sharpness,
+  'Posterize': lambda im, bits: ops.posterize(im, tf.cast(bits, tf.int32)),
+  'Solarize': ops.solarize,
+  'AutoContrast': lambda im, _: ops.autocontrast(im),
+  'Equalize': lambda im, _: ops.equalize(im),
+  'Invert': lambda im, _: ops.invert(im),
 }
 APPLY = tuple(_BY_NAME[name] for name in policy.OP_NAMES)
 

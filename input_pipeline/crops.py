@@ -22,19 +22,23 @@ def _rrc_candidates(seed, height, width, shape, scale, ratio):
   h = tf.cast(tf.round(tf.sqrt(area / aspect)), tf.int32)
   valid = (w > 0) & (h > 0) & (w <= width) & (h <= height)
   # torchvision: top = randint(0, H - h + 1); uniform over the allowed offsets.
-  top = tf.cast(tf.floor(tf.random.stateless_uniform(full, seeds[2]) * tf.cast(tf.maximum(height - h + 1, 1),
-                                                                               tf.float32)), tf.int32)
-  left = tf.cast(tf.floor(tf.random.stateless_uniform(full, seeds[3]) * tf.cast(tf.maximum(width - w + 1, 1),
-                                                                                tf.float32)), tf.int32)
+  top = tf.cast(
+    tf.floor(tf.random.stateless_uniform(full, seeds[2]) * tf.cast(tf.maximum(height - h + 1, 1), tf.float32)), tf.int32
+  )
+  left = tf.cast(
+    tf.floor(tf.random.stateless_uniform(full, seeds[3]) * tf.cast(tf.maximum(width - w + 1, 1), tf.float32)), tf.int32
+  )
   return tf.stack([top, left, h, w], axis=-1), valid
 
 
 def _center_fallback(height, width, ratio):
   """torchvision's fallback: the largest centred crop whose aspect ratio is clamped into `ratio`."""
   in_ratio = tf.cast(width, tf.float32) / tf.cast(height, tf.float32)
-  w = tf.where(in_ratio < ratio[0], width,
-               tf.where(in_ratio > ratio[1], tf.cast(tf.round(tf.cast(height, tf.float32) * ratio[1]), tf.int32),
-                        width))
+  w = tf.where(
+    in_ratio < ratio[0],
+    width,
+    tf.where(in_ratio > ratio[1], tf.cast(tf.round(tf.cast(height, tf.float32) * ratio[1]), tf.int32), width),
+  )
   h = tf.where(in_ratio < ratio[0], tf.cast(tf.round(tf.cast(width, tf.float32) / ratio[0]), tf.int32), height)
   return tf.stack([(height - h) // 2, (width - w) // 2, h, w])
 
@@ -62,23 +66,25 @@ def own_area_overlap(boxes, anchor):
 
 def _move_into(box, anchor):
   """Shifts a box to overlap the anchor as much as its size allows (inside it when it fits)."""
+
   def clamp_start(start, size, a_start, a_size):
     lo = tf.minimum(a_start, a_start + a_size - size)
     hi = tf.maximum(a_start, a_start + a_size - size)
     return tf.clip_by_value(start, lo, hi)
+
   top = clamp_start(box[..., 0], box[..., 2], anchor[0], anchor[2])
   left = clamp_start(box[..., 1], box[..., 3], anchor[1], anchor[3])
   return tf.stack([top, left, box[..., 2], box[..., 3]], axis=-1)
 
 
-def constrained_crop_boxes(seed, height, width, anchor, num, scale, min_overlap, max_tries,
-                           ratio=(3 / 4, 4 / 3)):
+def constrained_crop_boxes(seed, height, width, anchor, num, scale, min_overlap, max_tries, ratio=(3 / 4, 4 / 3)):
   """[num, 4] small-crop boxes, each resampled (up to max_tries times) until at least `min_overlap` of its own area
   lies inside `anchor`. When every try fails, the first try is moved towards the anchor: inside it when it fits,
   which with the paper's scales (small <= 0.14, anchor >= 0.2 of the image) always meets the constraint."""
   seeds = tf.random.experimental.stateless_split(seed, max_tries)
-  tries = tf.stack([random_resized_crop_boxes(seeds[t], height, width, num, scale, ratio)
-                    for t in range(max_tries)], axis=1)  # [num, tries, 4]
+  tries = tf.stack(
+    [random_resized_crop_boxes(seeds[t], height, width, num, scale, ratio) for t in range(max_tries)], axis=1
+  )  # [num, tries, 4]
   ok = own_area_overlap(tries, anchor) >= min_overlap
   chosen = tf.gather(tries, tf.argmax(tf.cast(ok, tf.int32), axis=-1), batch_dims=1)
   return tf.where(tf.reduce_any(ok, axis=-1)[:, None], chosen, _move_into(tries[:, 0], anchor))
@@ -86,6 +92,6 @@ def constrained_crop_boxes(seed, height, width, anchor, num, scale, min_overlap,
 
 def crop_and_resize(image, box, size):
   """Crops a box and resizes it to size x size with antialiased bilinear filtering (as PIL's resize), uint8."""
-  crop = image[box[0]:box[0] + box[2], box[1]:box[1] + box[3]]
+  crop = image[box[0] : box[0] + box[2], box[1] : box[1] + box[3]]
   resized = tf.image.resize(crop, [size, size], method='bilinear', antialias=True)
   return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)

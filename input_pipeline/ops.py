@@ -141,8 +141,9 @@ def equalize(images):
   shape = tf.shape(images)
   channels = tf.transpose(tf.reshape(tf.cast(images, tf.int32), [shape[0], -1, 3]), [0, 2, 1])  # [B, 3, HW]
   offsets = tf.reshape(tf.range(shape[0] * 3) * 256, [shape[0], 3, 1])
-  hist = tf.reshape(tf.math.bincount(channels + offsets, minlength=shape[0] * 3 * 256, maxlength=shape[0] * 3 * 256),
-                    [shape[0], 3, 256])
+  hist = tf.reshape(
+    tf.math.bincount(channels + offsets, minlength=shape[0] * 3 * 256, maxlength=shape[0] * 3 * 256), [shape[0], 3, 256]
+  )
   # PIL drops the count of the last non-empty bin from the step.
   last_bin = 255 - tf.argmax(tf.cast(hist[..., ::-1] > 0, tf.int32), axis=-1, output_type=tf.int32)
   last_count = tf.gather(hist, last_bin, batch_dims=2)
@@ -167,8 +168,13 @@ def affine_pil(images, coeffs):
   zeros = tf.zeros_like(a)
   transforms = tf.stack([a, b, c_tf, d, e, f_tf, zeros, zeros], axis=1)
   return tf.raw_ops.ImageProjectiveTransformV3(
-      images=images, transforms=transforms, output_shape=tf.shape(images)[1:3],
-      fill_value=0.0, interpolation='NEAREST', fill_mode='CONSTANT')
+    images=images,
+    transforms=transforms,
+    output_shape=tf.shape(images)[1:3],
+    fill_value=0.0,
+    interpolation='NEAREST',
+    fill_mode='CONSTANT',
+  )
 
 
 def shear_x(images, magnitude):

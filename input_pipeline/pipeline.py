@@ -21,10 +21,17 @@ AUTOTUNE = tf.data.AUTOTUNE
 
 def view_spec(crops_config) -> views.ViewSpec:
   return views.ViewSpec(
-      large_size=crops_config.large_size, small_size=crops_config.small_size, num_small=crops_config.num_small,
-      large_scale=tuple(crops_config.large_scale), small_scale=tuple(crops_config.small_scale),
-      min_overlap=crops_config.min_overlap, overlap_tries=crops_config.overlap_tries, aplus=crops_config.aplus,
-      blur_reference_size=crops_config.blur_reference_size, augment_on_device=crops_config.augment_on_device)
+    large_size=crops_config.large_size,
+    small_size=crops_config.small_size,
+    num_small=crops_config.num_small,
+    large_scale=tuple(crops_config.large_scale),
+    small_scale=tuple(crops_config.small_scale),
+    min_overlap=crops_config.min_overlap,
+    overlap_tries=crops_config.overlap_tries,
+    aplus=crops_config.aplus,
+    blur_reference_size=crops_config.blur_reference_size,
+    augment_on_device=crops_config.augment_on_device,
+  )
 
 
 def local_batch_size(global_batch: int, process_count: int) -> int:
@@ -47,8 +54,15 @@ def example_index(counter, num_examples, seed):
   return tf.random.experimental.index_shuffle(position, tf.stack([tf.cast(seed, tf.int64), epoch]), num_examples - 1)
 
 
-def _counter_batches(source: sources.Source, global_batch: int, seed: int, start_step: int, process_index: int,
-                     process_count: int, make_example) -> tf.data.Dataset:
+def _counter_batches(
+  source: sources.Source,
+  global_batch: int,
+  seed: int,
+  start_step: int,
+  process_index: int,
+  process_count: int,
+  make_example,
+) -> tf.data.Dataset:
   """This process's batches of the endless counter stream from start_step * global_batch: make_example(example,
   counter) for the source example each counter selects; unreadable files are skipped (and logged), never fatal."""
   batch = local_batch_size(global_batch, process_count)
@@ -64,8 +78,16 @@ def _counter_batches(source: sources.Source, global_batch: int, seed: int, start
   return ds.batch(batch, drop_remainder=True)
 
 
-def train_dataset(source: sources.Source, spec: views.ViewSpec, global_batch: int, seed: int, start_step: int = 0,
-                  process_index: int = 0, process_count: int = 1, keep_boxes: bool = False) -> tf.data.Dataset:
+def train_dataset(
+  source: sources.Source,
+  spec: views.ViewSpec,
+  global_batch: int,
+  seed: int,
+  start_step: int = 0,
+  process_index: int = 0,
+  process_count: int = 1,
+  keep_boxes: bool = False,
+) -> tf.data.Dataset:
   """Batches of views: anchor [B, S, S, 3], positive [B, S, S, 3], small [B, N, s, s, 3] (when N > 0), label; with
   spec.augment_on_device the views as cropped and their parameter records under 'augment'.
   """
@@ -88,8 +110,15 @@ def train_dataset(source: sources.Source, spec: views.ViewSpec, global_batch: in
   return ds.map(augment, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE).with_options(_options())
 
 
-def classification_dataset(source: sources.Source, image_size: int, global_batch: int, seed: int, start_step: int = 0,
-                           process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
+def classification_dataset(
+  source: sources.Source,
+  image_size: int,
+  global_batch: int,
+  seed: int,
+  start_step: int = 0,
+  process_index: int = 0,
+  process_count: int = 1,
+) -> tf.data.Dataset:
   """Supervised training batches for linear classification: RandomResizedCrop (torchvision's defaults, scale
   [0.08, 1]) + horizontal flip, {'image' uint8 [B, S, S, 3], 'label'}; counter-based like train_dataset, so resuming
   at a step is exact."""
@@ -113,12 +142,18 @@ def resize_for_eval(image, size):
   new = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), size)
   image = tf.image.resize(image, new, method='bilinear', antialias=True)
   top, left = (new[0] - size) // 2, (new[1] - size) // 2
-  image = image[top:top + size, left:left + size]
+  image = image[top : top + size, left : left + size]
   return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
 
 
-def eval_dataset(source: sources.Source, image_size: int, global_batch: int, process_index: int = 0,
-                 process_count: int = 1, max_examples: Optional[int] = None) -> tf.data.Dataset:
+def eval_dataset(
+  source: sources.Source,
+  image_size: int,
+  global_batch: int,
+  process_index: int = 0,
+  process_count: int = 1,
+  max_examples: Optional[int] = None,
+) -> tf.data.Dataset:
   """Every example exactly once, in order, un-augmented, in whole batches: the tail is padded with mask = False.
 
   Unreadable files (folder sources) are skipped and logged; the batch they leave short is padded like the tail.

@@ -20,6 +20,7 @@ BOX_COLOURS = ('red', 'lime') + ('deepskyblue',) * 64
 
 def draw_views(config, out_path, num_images):
   import matplotlib
+
   matplotlib.use('Agg')
   import matplotlib.patches as patches
   import matplotlib.pyplot as plt
@@ -30,8 +31,9 @@ def draw_views(config, out_path, num_images):
   ds = pipeline.train_dataset(source, spec, num_images, config.seed, keep_boxes=True)
   batch = next(ds.as_numpy_iterator())
   # The original images, in the order the pipeline drew them (same counters, no augmentation).
-  originals = [source.load(pipeline.example_index(c, source.num_examples, config.seed))['image'].numpy()
-               for c in range(num_images)]
+  originals = [
+    source.load(pipeline.example_index(c, source.num_examples, config.seed))['image'].numpy() for c in range(num_images)
+  ]
   num_small = config.crops.num_small
   cols = 3 + num_small
   fig, axes = plt.subplots(num_images, cols, figsize=(1.8 * cols, 1.8 * num_images), squeeze=False)
@@ -49,8 +51,9 @@ def draw_views(config, out_path, num_images):
   axes[0, 0].set_title('boxes', fontsize=8)
   for ax in axes.flat:
     ax.axis('off')
-  fig.suptitle(f'{config.method}: {source.name} (min_overlap={config.crops.min_overlap}, '
-               f'A+={config.crops.aplus})', fontsize=9)
+  fig.suptitle(
+    f'{config.method}: {source.name} (min_overlap={config.crops.min_overlap}, A+={config.crops.aplus})', fontsize=9
+  )
   fig.tight_layout()
   fig.savefig(out_path, dpi=120)
   return out_path

@@ -42,8 +42,10 @@ def _array_source(name, images, labels, num_classes):
 
   def load(index):
     image = tf.gather(images, index)
-    return {'image': tf.image.grayscale_to_rgb(image) if image.shape[-1] == 1 else image,
-            'label': tf.gather(labels, index)}
+    return {
+      'image': tf.image.grayscale_to_rgb(image) if image.shape[-1] == 1 else image,
+      'label': tf.gather(labels, index),
+    }
 
   return Source(name, int(images.shape[0]), num_classes, load)
 
@@ -85,19 +87,26 @@ def _fashion_mnist(split, subset_only):
 
 def _tfds(name, split, data_dir):
   import tensorflow_datasets as tfds  # Imported lazily: it is slow to import and only TFDS sources need it.
+
   builder = tfds.builder(name, data_dir=data_dir)
   if not builder.is_prepared():
     raise FileNotFoundError(
-        f'tfds:{name} is not prepared in {builder.data_dir!r}. Nothing is downloaded at run time: prepare it with '
-        f'`tfds build {name}` (or set --config.data_dir to where it is).')
+      f'tfds:{name} is not prepared in {builder.data_dir!r}. Nothing is downloaded at run time: prepare it with '
+      f'`tfds build {name}` (or set --config.data_dir to where it is).'
+    )
   info = builder.info
   if split not in info.splits:
     raise ValueError(f'tfds:{name}: no split {split!r}; it has {", ".join(info.splits)}')
   full_name = f'tfds:{name}:{split}'
   features = info.features
   multi_label = 'label' not in features and 'labels' in features
-  num_classes = (features['label'].num_classes if 'label' in features else
-                 features['labels'].feature.num_classes if multi_label else None)
+  num_classes = (
+    features['label'].num_classes
+    if 'label' in features
+    else features['labels'].feature.num_classes
+    if multi_label
+    else None
+  )
   shape = features['image'].shape
   if None not in shape and not multi_label:  # fixed size, one label: decoded arrays, the fastest to crop from
     size = info.splits[split].num_examples * int(np.prod(shape))
@@ -117,8 +126,10 @@ def _tfds(name, split, data_dir):
 
 def _check_fits_in_memory(name, num_bytes):
   if num_bytes > MAX_IN_MEMORY_BYTES:
-    raise ValueError(f'{name} is too large to hold in memory ({num_bytes / 2**30:.1f} GiB); use `folder:PATH` for '
-                     'image collections of this size.')
+    raise ValueError(
+      f'{name} is too large to hold in memory ({num_bytes / 2**30:.1f} GiB); use `folder:PATH` for '
+      'image collections of this size.'
+    )
 
 
 def _multi_hot(example, num_classes):
@@ -186,5 +197,6 @@ def get_source(spec: str, data_dir: Optional[str] = None, default_split: str = '
     if not rest:
       raise ValueError(f'dataset {spec!r}: expected folder:PATH')
     return _folder(os.path.expanduser(rest))
-  raise ValueError(f'dataset {spec!r}: unknown source {kind!r}; use embedded, embedded_subset, tfds:NAME or '
-                   'folder:PATH')
+  raise ValueError(
+    f'dataset {spec!r}: unknown source {kind!r}; use embedded, embedded_subset, tfds:NAME or folder:PATH'
+  )

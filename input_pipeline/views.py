@@ -15,6 +15,7 @@ from input_pipeline import crops
 @dataclasses.dataclass(frozen=True)
 class ViewSpec:
   """What views to make; built from the config's `crops` block by `input_pipeline.pipeline`."""
+
   large_size: int
   small_size: int
   num_small: int
@@ -40,17 +41,21 @@ def make_crops(image, seed, spec: ViewSpec):
   height, width = tf.shape(image)[0], tf.shape(image)[1]
   seeds = tf.random.experimental.stateless_split(seed, 2)
   large = crops.random_resized_crop_boxes(seeds[0], height, width, 2, spec.large_scale)
-  out = {'anchor': crops.crop_and_resize(image, large[0], spec.large_size),
-         'positive': crops.crop_and_resize(image, large[1], spec.large_size)}
+  out = {
+    'anchor': crops.crop_and_resize(image, large[0], spec.large_size),
+    'positive': crops.crop_and_resize(image, large[1], spec.large_size),
+  }
   boxes = [large]
   if spec.num_small:
     if spec.min_overlap > 0:
-      small_boxes = crops.constrained_crop_boxes(seeds[1], height, width, large[0], spec.num_small,
-                                                 spec.small_scale, spec.min_overlap, spec.overlap_tries)
+      small_boxes = crops.constrained_crop_boxes(
+        seeds[1], height, width, large[0], spec.num_small, spec.small_scale, spec.min_overlap, spec.overlap_tries
+      )
     else:
       small_boxes = crops.random_resized_crop_boxes(seeds[1], height, width, spec.num_small, spec.small_scale)
-    out['small'] = tf.stack([crops.crop_and_resize(image, small_boxes[i], spec.small_size)
-                             for i in range(spec.num_small)])
+    out['small'] = tf.stack(
+      [crops.crop_and_resize(image, small_boxes[i], spec.small_size) for i in range(spec.num_small)]
+    )
     boxes.append(small_boxes)
   out['boxes'] = tf.concat(boxes, axis=0)
   return out

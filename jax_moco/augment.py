@@ -13,19 +13,24 @@ import jax.numpy as jnp
 from input_pipeline import autoaugment_policy as policy  # plain Python tables; no TensorFlow
 from jax_moco import image_ops
 
-JITTER_OPS = (image_ops.adjust_brightness, image_ops.adjust_contrast, image_ops.adjust_saturation,
-              image_ops.adjust_hue)
+JITTER_OPS = (image_ops.adjust_brightness, image_ops.adjust_contrast, image_ops.adjust_saturation, image_ops.adjust_hue)
 _PIXEL_OPS = {
-    'Brightness': image_ops.adjust_brightness, 'Color': image_ops.adjust_saturation,
-    'Contrast': image_ops.adjust_contrast, 'Sharpness': image_ops.adjust_sharpness,
-    'Posterize': image_ops.posterize, 'Solarize': image_ops.solarize,
-    'AutoContrast': lambda images, _: image_ops.autocontrast(images),
-    'Equalize': lambda images, _: image_ops.equalize(images), 'Invert': lambda images, _: image_ops.invert(images),
+  'Brightness': image_ops.adjust_brightness,
+  'Color': image_ops.adjust_saturation,
+  'Contrast': image_ops.adjust_contrast,
+  'Sharpness': image_ops.adjust_sharpness,
+  'Posterize': image_ops.posterize,
+  'Solarize': image_ops.solarize,
+  'AutoContrast': lambda images, _: image_ops.autocontrast(images),
+  'Equalize': lambda images, _: image_ops.equalize(images),
+  'Invert': lambda images, _: image_ops.invert(images),
 }
 _AFFINE_OPS = {
-    'ShearX': image_ops.shear_x_coefficients, 'ShearY': image_ops.shear_y_coefficients,
-    'TranslateX': image_ops.translate_x_coefficients, 'TranslateY': image_ops.translate_y_coefficients,
-    'Rotate': image_ops.rotate_coefficients,
+  'ShearX': image_ops.shear_x_coefficients,
+  'ShearY': image_ops.shear_y_coefficients,
+  'TranslateX': image_ops.translate_x_coefficients,
+  'TranslateY': image_ops.translate_y_coefficients,
+  'Rotate': image_ops.rotate_coefficients,
 }
 assert set(_PIXEL_OPS) | set(_AFFINE_OPS) == set(policy.OP_NAMES)
 
@@ -87,6 +92,6 @@ def apply_to_batch(batch):
     images = batch[key]
     views = images.shape[:-3]  # [B] or [B, N]
     flat = images.reshape((-1,) + images.shape[-3:])
-    flat_record = {k: v.reshape((flat.shape[0],) + v.shape[len(views):]) for k, v in record.items()}
+    flat_record = {k: v.reshape((flat.shape[0],) + v.shape[len(views) :]) for k, v in record.items()}
     batch[key] = apply(flat, flat_record, autoaugment=key != 'anchor').reshape(images.shape)
   return batch

@@ -16,8 +16,16 @@ from jax_moco import step as step_lib
 
 # Fields that fix the state's shapes or the data stream: resuming with other values would crash or silently change
 # the run, so a mismatch is refused with the fields named.
-STATE_DEFINING_FIELDS = ('model', 'moco.queue_size', 'moco.nn_weight', 'batch_size', 'bn_groups', 'dataset', 'seed',
-                         'crops')
+STATE_DEFINING_FIELDS = (
+  'model',
+  'moco.queue_size',
+  'moco.nn_weight',
+  'batch_size',
+  'bn_groups',
+  'dataset',
+  'seed',
+  'crops',
+)
 
 
 class ConfigMismatchError(ValueError):
@@ -39,8 +47,11 @@ def check_compatible(saved: dict, current: dict, directory: str):
     if json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
       diffs.append(f'  {field}: checkpoint {a!r} vs now {b!r}')
   if diffs:
-    raise ConfigMismatchError(f'the checkpoint in {directory} was written with another config:\n' + '\n'.join(diffs)
-                              + '\nUse a new --workdir, or the checkpoint\'s values.')
+    raise ConfigMismatchError(
+      f'the checkpoint in {directory} was written with another config:\n'
+      + '\n'.join(diffs)
+      + "\nUse a new --workdir, or the checkpoint's values."
+    )
 
 
 class Checkpointer:
@@ -50,8 +61,10 @@ class Checkpointer:
     self.directory = os.path.abspath(directory)
     self.config_dict = config_dict
     options = ocp.CheckpointManagerOptions(
-        save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(every_steps),
-        preservation_policy=ocp.checkpoint_managers.LatestN(keep), create=True)
+      save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(every_steps),
+      preservation_policy=ocp.checkpoint_managers.LatestN(keep),
+      create=True,
+    )
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=('state', 'config'))
 
   def latest_step(self):
@@ -105,8 +118,10 @@ def load_run(workdir: str, step=None):
   config = ml_collections.ConfigDict(saved)
   # Replicated over this process's devices, whatever topology wrote it (e.g. several hosts).
   replicated = jax.sharding.NamedSharding(step_lib.create_mesh(), jax.sharding.PartitionSpec())
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-                          jax.eval_shape(lambda: state_lib.initial_state(config, seed=0)))
+  abstract = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+    jax.eval_shape(lambda: state_lib.initial_state(config, seed=0)),
+  )
   state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))['state']
   manager.close()
   return config, state, step

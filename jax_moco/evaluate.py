@@ -46,8 +46,9 @@ def _slug(name):
 def _labelled(spec, data_dir, default_split):
   source = sources.get_source(spec, data_dir, default_split=default_split)
   if source.num_classes is None:
-    raise ValueError(f'dataset {spec!r} has no labels; evaluation needs a labelled dataset (--dataset / '
-                     '--test_dataset)')
+    raise ValueError(
+      f'dataset {spec!r} has no labels; evaluation needs a labelled dataset (--dataset / --test_dataset)'
+    )
   return source
 
 
@@ -74,10 +75,24 @@ def cached_features(cache_dir, source, extract, image_size, max_examples):
   return features, labels
 
 
-def evaluate(workdir, protocol, step=None, encoder='online', dataset=None, test_dataset=None, image_size=None,
-             max_examples=None, knn_k=None, knn_temperature=None, random_init=False, n_jobs=-1,
-             epochs=linear_eval.EPOCHS, batch_size=linear_eval.BATCH_SIZE, lr=linear_eval.LR,
-             validation_dataset=None):
+def evaluate(
+  workdir,
+  protocol,
+  step=None,
+  encoder='online',
+  dataset=None,
+  test_dataset=None,
+  image_size=None,
+  max_examples=None,
+  knn_k=None,
+  knn_temperature=None,
+  random_init=False,
+  n_jobs=-1,
+  epochs=linear_eval.EPOCHS,
+  batch_size=linear_eval.BATCH_SIZE,
+  lr=linear_eval.LR,
+  validation_dataset=None,
+):
   """Runs one protocol on a checkpoint; returns (and writes) its result dict."""
   if protocol not in PROTOCOLS:
     raise ValueError(f'protocol={protocol!r}: choose one of {", ".join(PROTOCOLS)}')
@@ -86,8 +101,10 @@ def evaluate(workdir, protocol, step=None, encoder='online', dataset=None, test_
   test_source = _labelled(test_dataset or config.eval_dataset or 'embedded:test', config.data_dir, 'test')
   val_source = validation_dataset and _labelled(validation_dataset, config.data_dir, 'validation')
   if protocol != 'linear_probe' and (train_source.multi_label or test_source.multi_label):
-    raise ValueError(f'protocol={protocol} needs single-label data; {train_source.name} / {test_source.name} are '
-                     'multi-label: use --protocol=linear_probe (mAP)')
+    raise ValueError(
+      f'protocol={protocol} needs single-label data; {train_source.name} / {test_source.name} are '
+      'multi-label: use --protocol=linear_probe (mAP)'
+    )
   image_size = image_size or config.crops.large_size
   mesh = step_lib.create_mesh()
   backbone = state_lib.create_encoder(config).backbone
@@ -95,19 +112,39 @@ def evaluate(workdir, protocol, step=None, encoder='online', dataset=None, test_
   variables = _backbone(config, state, encoder, random_init)
   tag = f'random_init_{encoder}' if random_init else f'step_{step}_{encoder}'
   cache_dir = os.path.join(os.path.abspath(workdir), 'eval', tag)
-  meta = dict(protocol=protocol, workdir=os.path.abspath(workdir), step=None if random_init else step,
-              encoder=encoder, random_init=random_init, arch=config.model.arch, image_size=image_size,
-              train_dataset=train_source.name, test_dataset=test_source.name)
+  meta = dict(
+    protocol=protocol,
+    workdir=os.path.abspath(workdir),
+    step=None if random_init else step,
+    encoder=encoder,
+    random_init=random_init,
+    arch=config.model.arch,
+    image_size=image_size,
+    train_dataset=train_source.name,
+    test_dataset=test_source.name,
+  )
   if protocol == 'linear':
-    result = linear_eval.linear_classification(mesh, backbone, feature_fn, variables, train_source, test_source,
-                                               image_size, os.path.join(cache_dir, 'linear'), batch_size,
-                                               config.knn.batch_size, epochs, lr, config.seed)
-    return _write(cache_dir, {**result, **meta, 'num_train': train_source.num_examples,
-                              'num_test': result['num_val']})
+    result = linear_eval.linear_classification(
+      mesh,
+      backbone,
+      feature_fn,
+      variables,
+      train_source,
+      test_source,
+      image_size,
+      os.path.join(cache_dir, 'linear'),
+      batch_size,
+      config.knn.batch_size,
+      epochs,
+      lr,
+      config.seed,
+    )
+    return _write(cache_dir, {**result, **meta, 'num_train': train_source.num_examples, 'num_test': result['num_val']})
 
   def extract(source):
-    ds = pipeline.eval_dataset(source, image_size, config.knn.batch_size, jax.process_index(), jax.process_count(),
-                               max_examples=max_examples)
+    ds = pipeline.eval_dataset(
+      source, image_size, config.knn.batch_size, jax.process_index(), jax.process_count(), max_examples=max_examples
+    )
     return monitor.extract_features(feature_fn, variables, ds, mesh, description=f'features of {source.name}')
 
   train_x, train_y = cached_features(cache_dir, train_source, extract, image_size, max_examples)
@@ -145,14 +182,21 @@ def format_table(result) -> str:
     scores = f'top-1 {result["top1"]:.2f} %'
   else:
     metric = result['metric']
-    method = 'linear probe (logistic regression, L-BFGS' + (', one binary classifier per class)' if metric == 'map'
-                                                             else ')')
+    method = 'linear probe (logistic regression, L-BFGS' + (
+      ', one binary classifier per class)' if metric == 'map' else ')'
+    )
     name = 'mAP' if metric == 'map' else 'top-1'
-    scores = (f'{name} {result[metric]:.2f} % (L2 = {result["l2"]:.3g}, chosen on validation at '
-              f'{result["validation_" + metric]:.2f} %)')
-  rows = [('protocol', method), ('encoder', f'{result["encoder"]} {result["arch"]}, {which}'),
-          ('train', f'{result["train_dataset"]} ({result["num_train"]} images, {result["image_size"]} px)'),
-          ('test', f'{result["test_dataset"]} ({result["num_test"]} images)'), ('result', scores)]
+    scores = (
+      f'{name} {result[metric]:.2f} % (L2 = {result["l2"]:.3g}, chosen on validation at '
+      f'{result["validation_" + metric]:.2f} %)'
+    )
+  rows = [
+    ('protocol', method),
+    ('encoder', f'{result["encoder"]} {result["arch"]}, {which}'),
+    ('train', f'{result["train_dataset"]} ({result["num_train"]} images, {result["image_size"]} px)'),
+    ('test', f'{result["test_dataset"]} ({result["num_test"]} images)'),
+    ('result', scores),
+  ]
   return '\n'.join(f'{name:9s} {value}' for name, value in rows)
 
 
@@ -161,14 +205,14 @@ def define_flags():
   flags.DEFINE_string('workdir', None, 'Work directory of a training run (or of jax_moco.import_torch).')
   flags.DEFINE_enum('protocol', 'knn', PROTOCOLS, 'Evaluation protocol.')
   flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
-  flags.DEFINE_enum('encoder', 'online', ('online', 'momentum'), 'Whose backbone: f (online, as the papers) or f\'.')
-  flags.DEFINE_string('dataset', None, 'Labelled training set (default: the config\'s kNN bank / training set).')
-  flags.DEFINE_string('test_dataset', None, 'Labelled test set (default: the config\'s eval_dataset).')
+  flags.DEFINE_enum('encoder', 'online', ('online', 'momentum'), "Whose backbone: f (online, as the papers) or f'.")
+  flags.DEFINE_string('dataset', None, "Labelled training set (default: the config's kNN bank / training set).")
+  flags.DEFINE_string('test_dataset', None, "Labelled test set (default: the config's eval_dataset).")
   flags.DEFINE_string('validation_dataset', None, 'linear_probe: choose L2 on this set (default: 20 % of train).')
-  flags.DEFINE_integer('image_size', None, 'Eval image size (default: the config\'s crops.large_size).')
+  flags.DEFINE_integer('image_size', None, "Eval image size (default: the config's crops.large_size).")
   flags.DEFINE_integer('max_examples', None, 'Use at most this many examples of each set (a quick look).')
-  flags.DEFINE_integer('knn_k', None, 'k of the kNN classifier (default: the config\'s, 200).')
-  flags.DEFINE_float('knn_temperature', None, 'T of the kNN classifier (default: the config\'s, 0.1).')
+  flags.DEFINE_integer('knn_k', None, "k of the kNN classifier (default: the config's, 200).")
+  flags.DEFINE_float('knn_temperature', None, "T of the kNN classifier (default: the config's, 0.1).")
   flags.DEFINE_bool('random_init', False, 'Score the architecture at initialisation instead (the baseline).')
   flags.DEFINE_integer('epochs', linear_eval.EPOCHS, 'Epochs of linear classification.')
   flags.DEFINE_integer('batch_size', linear_eval.BATCH_SIZE, 'Global batch of linear classification.')
@@ -181,12 +225,27 @@ def main(argv):
   if not flags.FLAGS.workdir:
     raise app.UsageError('--workdir is required')
   import tensorflow as tf
+
   tf.config.set_visible_devices([], 'GPU')  # TensorFlow only reads data
   f = flags.FLAGS
   try:
-    result = evaluate(f.workdir, f.protocol, f.step, f.encoder, f.dataset, f.test_dataset, f.image_size,
-                      f.max_examples, f.knn_k, f.knn_temperature, f.random_init, epochs=f.epochs,
-                      batch_size=f.batch_size, lr=f.lr, validation_dataset=f.validation_dataset)
+    result = evaluate(
+      f.workdir,
+      f.protocol,
+      f.step,
+      f.encoder,
+      f.dataset,
+      f.test_dataset,
+      f.image_size,
+      f.max_examples,
+      f.knn_k,
+      f.knn_temperature,
+      f.random_init,
+      epochs=f.epochs,
+      batch_size=f.batch_size,
+      lr=f.lr,
+      validation_dataset=f.validation_dataset,
+    )
   except (FileNotFoundError, ValueError) as e:
     raise app.UsageError(str(e)) from e
   print(format_table(result))

@@ -29,19 +29,23 @@ from jax_moco import torch_layout
 FORMATS = ('torchvision', 'moco', 'detectron2')
 TORCHVISION_ARCHS = ('resnet18', 'resnet34', 'resnet50', 'resnet101')
 
+
 def check_exportable(config, fmt):
   """torchvision's ResNet classes express only the standard widths; detectron2's stem only the ImageNet one."""
   model = config.model
   if model.arch not in TORCHVISION_ARCHS or model.width != 1.0:
-    raise ValueError(f'model.arch={model.arch!r} with model.width={model.width} has no torchvision counterpart; '
-                     f'exportable: {", ".join(TORCHVISION_ARCHS)} at width 1.0')
+    raise ValueError(
+      f'model.arch={model.arch!r} with model.width={model.width} has no torchvision counterpart; '
+      f'exportable: {", ".join(TORCHVISION_ARCHS)} at width 1.0'
+    )
   if fmt == 'detectron2' and model.stem != 'imagenet':
     raise ValueError(f'detectron2 expects the ImageNet stem (7x7 conv + max-pool), not model.stem={model.stem!r}')
 
 
 def _encoder_arrays(state, encoder, with_head):
-  params, stats = ((state.params, state.batch_stats) if encoder == 'online'
-                   else (state.ema_params, state.ema_batch_stats))
+  params, stats = (
+    (state.params, state.batch_stats) if encoder == 'online' else (state.ema_params, state.ema_batch_stats)
+  )
   tree = torch_layout.encoder_tree(jax.device_get(params), jax.device_get(stats), with_head)
   return torch_layout.to_state_dict(tree, num_batches_tracked=int(state.step))
 
@@ -83,6 +87,7 @@ def detectron2_checkpoint(state, encoder='online'):
 def _epoch(config, step):
   """Completed epochs, when the training data can be read here to know its size (else None)."""
   from input_pipeline import sources
+
   try:
     num_examples = sources.get_source(config.dataset, config.data_dir).num_examples
   except Exception:  # the data need not be on the machine that exports
@@ -104,6 +109,7 @@ def export(workdir, fmt, output, step=None, encoder='online'):
     arrays = payload['model']
   else:
     import torch
+
     if fmt == 'torchvision':
       arrays = torchvision_state_dict(state, encoder)
       payload = {k: torch.from_numpy(v) for k, v in arrays.items()}
@@ -114,10 +120,15 @@ def export(workdir, fmt, output, step=None, encoder='online'):
     torch.save(payload, output)
   num_values = sum(int(np.size(v)) for v in arrays.values())
   which = 'both encoders and the queues' if fmt == 'moco' else f'the {encoder} encoder'
-  note = (' CIFAR stem: replace torchvision\'s conv1 by a 3x3 stride-1 conv and its maxpool by Identity.'
-          if config.model.stem == 'cifar' else '')
-  return (f'{fmt}: {output} ({len(arrays)} tensors, {num_values:,} values) from {which} of '
-          f'{config.model.arch} at step {step} of {os.path.abspath(workdir)}.{note}')
+  note = (
+    " CIFAR stem: replace torchvision's conv1 by a 3x3 stride-1 conv and its maxpool by Identity."
+    if config.model.stem == 'cifar'
+    else ''
+  )
+  return (
+    f'{fmt}: {output} ({len(arrays)} tensors, {num_values:,} values) from {which} of '
+    f'{config.model.arch} at step {step} of {os.path.abspath(workdir)}.{note}'
+  )
 
 
 def define_flags():

@@ -70,8 +70,7 @@ def adjust_hue(images, delta):
   value = jnp.maximum(jnp.maximum(r, g), b)
   chroma = value - jnp.minimum(jnp.minimum(r, g), b)
   safe = jnp.where(chroma > 0, chroma, 1.0)
-  sextant = jnp.where(value == r, (g - b) / safe,
-                      jnp.where(value == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0))
+  sextant = jnp.where(value == r, (g - b) / safe, jnp.where(value == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0))
   hue6 = sextant + 6.0 * jnp.asarray(delta, jnp.float32).reshape(-1, 1, 1)
   channels = []
   for n in (5.0, 3.0, 1.0):
@@ -89,7 +88,7 @@ def adjust_sharpness(images, factor):
   for dy in range(3):
     for dx in range(3):
       weight = jnp.float32(5.0 if dy == dx == 1 else 1.0) / jnp.float32(13.0)
-      smooth = smooth + weight * padded[:, dy:dy + height, dx:dx + width]
+      smooth = smooth + weight * padded[:, dy : dy + height, dx : dx + width]
   rows, cols = jnp.arange(height)[:, None], jnp.arange(width)[None, :]
   interior = ((rows > 0) & (rows < height - 1) & (cols > 0) & (cols < width - 1))[None, :, :, None]
   return blend(jnp.where(interior, jnp.round(smooth), x), images, factor)
@@ -212,6 +211,6 @@ def gaussian_blur(images, sigma, max_radius=6):
   x = jnp.pad(x, ((0, 0), (pad_h, pad_h), (pad_w, pad_w), (0, 0)), mode='reflect')
   x = jnp.pad(x, ((0, 0), (max_radius - pad_h,) * 2, (max_radius - pad_w,) * 2, (0, 0)), mode='symmetric')
   size = 2 * max_radius + 1
-  vertical = sum(kernel[:, k, None, None, None] * x[:, k:k + height] for k in range(size))
-  blurred = sum(kernel[:, k, None, None, None] * vertical[:, :, k:k + width] for k in range(size))
+  vertical = sum(kernel[:, k, None, None, None] * x[:, k : k + height] for k in range(size))
+  blurred = sum(kernel[:, k, None, None, None] * vertical[:, :, k : k + width] for k in range(size))
   return _to_uint8(blurred)

@@ -28,6 +28,7 @@ from jax_moco import torch_layout
 def read_torch_checkpoint(path):
   """{name: NumPy array} with any DistributedDataParallel `module.` prefix removed, and the layout's name."""
   import torch
+
   payload = torch.load(path, map_location='cpu', weights_only=True)
   state_dict = payload.get('state_dict', payload) if isinstance(payload, dict) else None
   if not isinstance(state_dict, dict) or not all(hasattr(v, 'numpy') for v in state_dict.values()):
@@ -38,7 +39,7 @@ def read_torch_checkpoint(path):
 
 
 def _prefixed(arrays, prefix):
-  return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+  return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
 
 
 def _queue(arrays, name, current, path):
@@ -47,8 +48,10 @@ def _queue(arrays, name, current, path):
     return current
   queue = np.ascontiguousarray(arrays[name].T)
   if queue.shape != current.shape:
-    raise ValueError(f'{path}: {name!r} is {arrays[name].shape} ([dim, K]); the config needs '
-                     f'{current.shape[::-1]}: set moco.queue_size to its K')
+    raise ValueError(
+      f'{path}: {name!r} is {arrays[name].shape} ([dim, K]); the config needs '
+      f'{current.shape[::-1]}: set moco.queue_size to its K'
+    )
   return jnp.asarray(queue)
 
 
@@ -67,13 +70,24 @@ def state_from_torch(config, arrays, layout, path):
     params, stats = load(arrays, path)
     return state.replace(params=params, batch_stats=stats, ema_params=params, ema_batch_stats=stats)
   params, stats = load(_prefixed(arrays, 'encoder_q.'), f'{path} encoder_q')
-  ema_params, ema_stats = (load(_prefixed(arrays, 'encoder_k.'), f'{path} encoder_k')
-                           if any(k.startswith('encoder_k.') for k in arrays) else (params, stats))
-  queue_g = (_queue(arrays, 'queue_backbone', state.queue_g, path) if state.queue_g is not None else None)
-  pointer = jnp.asarray(int(arrays['queue_ptr'][0]), state.queue_ptr.dtype) if 'queue_ptr' in arrays else \
-      state.queue_ptr
-  return state.replace(params=params, batch_stats=stats, ema_params=ema_params, ema_batch_stats=ema_stats,
-                       queue_h=_queue(arrays, 'queue', state.queue_h, path), queue_g=queue_g, queue_ptr=pointer)
+  ema_params, ema_stats = (
+    load(_prefixed(arrays, 'encoder_k.'), f'{path} encoder_k')
+    if any(k.startswith('encoder_k.') for k in arrays)
+    else (params, stats)
+  )
+  queue_g = _queue(arrays, 'queue_backbone', state.queue_g, path) if state.queue_g is not None else None
+  pointer = (
+    jnp.asarray(int(arrays['queue_ptr'][0]), state.queue_ptr.dtype) if 'queue_ptr' in arrays else state.queue_ptr
+  )
+  return state.replace(
+    params=params,
+    batch_stats=stats,
+    ema_params=ema_params,
+    ema_batch_stats=ema_stats,
+    queue_h=_queue(arrays, 'queue', state.queue_h, path),
+    queue_g=queue_g,
+    queue_ptr=pointer,
+  )
 
 
 def import_checkpoint(path, workdir, config):
@@ -85,8 +99,9 @@ def import_checkpoint(path, workdir, config):
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
     json.dump(config.to_dict(), f, indent=2)
-  checkpointer = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'), config.to_dict(),
-                                            config.checkpoint_every_steps, config.keep_checkpoints)
+  checkpointer = checkpointing.Checkpointer(
+    os.path.join(workdir, 'checkpoints'), config.to_dict(), config.checkpoint_every_steps, config.keep_checkpoints
+  )
   checkpointer.save(0, state, force=True)
   checkpointer.close()
   return f'imported {path} ({layout} layout, {config.model.arch}) into {os.path.abspath(workdir)}'
@@ -94,8 +109,9 @@ def import_checkpoint(path, workdir, config):
 
 def define_flags():
   """Command-line flags, defined only when run as a program (so the module imports cleanly anywhere)."""
-  config_flags.DEFINE_config_file('config', None, 'Config whose model matches the checkpoint (as for training).',
-                                  lock_config=True)
+  config_flags.DEFINE_config_file(
+    'config', None, 'Config whose model matches the checkpoint (as for training).', lock_config=True
+  )
   flags.DEFINE_string('checkpoint', None, 'PyTorch checkpoint (.pth / .pth.tar).')
   flags.DEFINE_string('workdir', None, 'New work directory to write.')
 

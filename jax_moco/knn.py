@@ -35,8 +35,17 @@ def _ranked_classes(top_sim, top_labels, temperature, num_classes):
   return jnp.argsort(-scores, axis=1)[:, :5]
 
 
-def knn_classify(bank_features, bank_labels, test_features, test_labels, k=200, temperature=0.1,
-                 num_classes=None, query_chunk=1024, bank_chunk=65536):
+def knn_classify(
+  bank_features,
+  bank_labels,
+  test_features,
+  test_labels,
+  k=200,
+  temperature=0.1,
+  num_classes=None,
+  query_chunk=1024,
+  bank_chunk=65536,
+):
   """Top-1 and top-5 accuracy (%) of weighted kNN. Features are L2-normalised here."""
   bank_labels, test_labels = np.asarray(bank_labels, np.int32), np.asarray(test_labels)
   num_classes = num_classes or int(max(bank_labels.max(), test_labels.max())) + 1
@@ -49,12 +58,13 @@ def knn_classify(bank_features, bank_labels, test_features, test_labels, k=200, 
   labels = np.pad(bank_labels, (0, padded - len(bank_labels)))
   ranked = []
   for q in range(0, len(test), query_chunk):
-    queries = jnp.asarray(test[q:q + query_chunk])
+    queries = jnp.asarray(test[q : q + query_chunk])
     top_sim = jnp.full((len(queries), k), -jnp.inf)
     top_labels = jnp.zeros((len(queries), k), jnp.int32)
     for b in range(0, padded, bank_chunk):
-      top_sim, top_labels = _merge_top_k(top_sim, top_labels, queries, bank[b:b + bank_chunk],
-                                         labels[b:b + bank_chunk], valid[b:b + bank_chunk], k)
+      top_sim, top_labels = _merge_top_k(
+        top_sim, top_labels, queries, bank[b : b + bank_chunk], labels[b : b + bank_chunk], valid[b : b + bank_chunk], k
+      )
     ranked.append(np.asarray(_ranked_classes(top_sim, top_labels, temperature, num_classes)))
   ranked = np.concatenate(ranked)
   top1 = float(np.mean(ranked[:, 0] == test_labels) * 100)

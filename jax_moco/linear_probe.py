@@ -24,8 +24,9 @@ def is_multi_label(labels) -> bool:
 def split_train_validation(labels, fraction=VALIDATION_FRACTION, seed=0):
   """Index arrays (train, validation), stratified by class (single-label) and fixed by the seed."""
   indices = np.arange(len(labels))
-  return train_test_split(indices, test_size=fraction, random_state=seed,
-                          stratify=None if is_multi_label(labels) else labels)
+  return train_test_split(
+    indices, test_size=fraction, random_state=seed, stratify=None if is_multi_label(labels) else labels
+  )
 
 
 def fit(features, labels, l2, max_iter=1000):
@@ -37,8 +38,9 @@ def fit(features, labels, l2, max_iter=1000):
     known = labels[:, c] != -1
     if len(np.unique(labels[known, c])) < 2:
       raise ValueError(f'linear probe: class {c} has no positive or no negative training example')
-    models.append(LogisticRegression(C=1.0 / l2, solver='lbfgs', max_iter=max_iter).fit(
-        features[known], labels[known, c]))
+    models.append(
+      LogisticRegression(C=1.0 / l2, solver='lbfgs', max_iter=max_iter).fit(features[known], labels[known, c])
+    )
   return models
 
 
@@ -77,8 +79,7 @@ def _validation_score(l2, train, validation):
   return score(fit(*train, l2), *validation)
 
 
-def linear_probe(train_features, train_labels, test_features, test_labels, validation=None, grid=L2_GRID,
-                 n_jobs=-1):
+def linear_probe(train_features, train_labels, test_features, test_labels, validation=None, grid=L2_GRID, n_jobs=-1):
   """Selects the L2 constant on `validation` ((features, labels); default a 20 % split of train, class-stratified
   for single-label data), refits on train + validation with it and returns the test score (`top1`, or `map` for
   multi-label data, in %), the chosen constant and the whole validation curve."""
@@ -95,9 +96,16 @@ def linear_probe(train_features, train_labels, test_features, test_labels, valid
   test_features, test_labels = np.asarray(test_features), np.asarray(test_labels)
   if is_multi_label(train_labels):
     aps = average_precisions(class_scores(model, test_features), test_labels)
-    test = {'metric': 'map', 'map': float(np.nanmean(aps)),
-            'ap_per_class': [None if np.isnan(ap) else float(ap) for ap in aps]}
+    test = {
+      'metric': 'map',
+      'map': float(np.nanmean(aps)),
+      'ap_per_class': [None if np.isnan(ap) else float(ap) for ap in aps],
+    }
   else:
     test = {'metric': 'top1', 'top1': accuracy(model, test_features, test_labels)}
-  return {**test, 'l2': float(grid[best]), f'validation_{test["metric"]}': float(scores[best]),
-          'validation_curve': [[float(l2), float(s)] for l2, s in zip(grid, scores)]}
+  return {
+    **test,
+    'l2': float(grid[best]),
+    f'validation_{test["metric"]}': float(scores[best]),
+    'validation_curve': [[float(l2), float(s)] for l2, s in zip(grid, scores)],
+  }

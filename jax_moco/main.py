@@ -16,14 +16,16 @@ from absl import logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Config file, optionally with a preset: configs/knn.py:coco.',
-                                lock_config=True)
-flags.DEFINE_string('workdir', None, 'Checkpoints, logs and results; running again resumes. '
-                    'Default: a fresh folder under ./runs/.')
-flags.DEFINE_bool('distributed', False, 'Initialise JAX\'s distributed runtime from the cluster environment.')
+config_flags.DEFINE_config_file(
+  'config', None, 'Config file, optionally with a preset: configs/knn.py:coco.', lock_config=True
+)
+flags.DEFINE_string(
+  'workdir', None, 'Checkpoints, logs and results; running again resumes. Default: a fresh folder under ./runs/.'
+)
+flags.DEFINE_bool('distributed', False, "Initialise JAX's distributed runtime from the cluster environment.")
 flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0 (implies --distributed).')
 flags.DEFINE_integer('num_processes', None, 'Number of processes (with --coordinator_address).')
-flags.DEFINE_integer('process_id', None, 'This process\'s index (with --coordinator_address).')
+flags.DEFINE_integer('process_id', None, "This process's index (with --coordinator_address).")
 flags.mark_flags_as_required(['config'])
 
 
@@ -38,8 +40,10 @@ def main(argv):
   logging.get_absl_handler().addFilter(_quiet_orbax)
   # TensorFlow only feeds data: hide accelerators from it so JAX has them all.
   import tensorflow as tf
+
   tf.config.set_visible_devices([], 'GPU')
   import jax
+
   if FLAGS.distributed or FLAGS.coordinator_address:  # before anything starts the XLA backend
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
 
@@ -48,9 +52,16 @@ def main(argv):
   if jax.process_count() > 1 and not FLAGS.workdir:
     raise app.UsageError('--workdir is required with several processes (all of them must write to the same one)')
   workdir = FLAGS.workdir or os.path.join(
-      'runs', f'{FLAGS.config.method}-{datetime.datetime.now().strftime("%Y%m%d-%H%M%S")}')
-  logging.info('JAX process %d/%d: %d local devices %s, %d in all', jax.process_index(), jax.process_count(),
-               jax.local_device_count(), jax.local_devices(), jax.device_count())
+    'runs', f'{FLAGS.config.method}-{datetime.datetime.now().strftime("%Y%m%d-%H%M%S")}'
+  )
+  logging.info(
+    'JAX process %d/%d: %d local devices %s, %d in all',
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.local_devices(),
+    jax.device_count(),
+  )
   if jax.process_index() == 0:
     print(f'workdir: {os.path.abspath(workdir)}', flush=True)
   train.train_and_evaluate(FLAGS.config, workdir)

@@ -26,8 +26,12 @@ def shard_batch(mesh, batch):
 def make_feature_fn(mesh, backbone):
   def features(variables, images):
     return backbone.apply(variables, normalize(images), train=False)
-  return jax.jit(features, in_shardings=(NamedSharding(mesh, P()), NamedSharding(mesh, P(AXIS))),
-                 out_shardings=NamedSharding(mesh, P(AXIS)))
+
+  return jax.jit(
+    features,
+    in_shardings=(NamedSharding(mesh, P()), NamedSharding(mesh, P(AXIS))),
+    out_shardings=NamedSharding(mesh, P(AXIS)),
+  )
 
 
 def backbone_variables(params, batch_stats):
@@ -46,8 +50,14 @@ def _unmasked(batches, features_fn, description=None, total=None):
   """(features, labels) of the unmasked examples of all processes' eval batches, features_fn(batch) giving each
   batch's global features."""
   features, labels = [], []
-  for batch in tqdm(batches, total=total, desc=description, unit='batch', leave=False,
-                    disable=description is None or jax.process_index() != 0):
+  for batch in tqdm(
+    batches,
+    total=total,
+    desc=description,
+    unit='batch',
+    leave=False,
+    disable=description is None or jax.process_index() != 0,
+  ):
     mask = all_processes(batch['mask'])
     features.append(features_fn(batch)[mask])
     labels.append(all_processes(batch['label'])[mask])
@@ -58,9 +68,12 @@ def extract_features(feature_fn, variables, dataset, mesh, description=None):
   """(features [n, C], labels [n]) for every unmasked example of an eval dataset (its shards on all processes),
   on every process; a progress bar when described."""
   cardinality = int(dataset.cardinality())
-  return _unmasked(dataset.as_numpy_iterator(),
-                   lambda b: all_processes(feature_fn(variables, shard_batch(mesh, {'image': b['image']})['image'])),
-                   description, cardinality if cardinality > 0 else None)
+  return _unmasked(
+    dataset.as_numpy_iterator(),
+    lambda b: all_processes(feature_fn(variables, shard_batch(mesh, {'image': b['image']})['image'])),
+    description,
+    cardinality if cardinality > 0 else None,
+  )
 
 
 class KnnMonitor:
@@ -71,21 +84,34 @@ class KnnMonitor:
     self.bank = sources.get_source(config.knn_bank_dataset or config.dataset, config.data_dir)
     self.test = sources.get_source(config.eval_dataset, config.data_dir, default_split='test')
     if self.bank.num_classes is None or self.bank.multi_label:
-      raise ValueError(f'knn monitor: the bank {self.bank.name} has no single labels; set knn_bank_dataset or '
-                       'eval_dataset=""')
+      raise ValueError(
+        f'knn monitor: the bank {self.bank.name} has no single labels; set knn_bank_dataset or eval_dataset=""'
+      )
     self.feature_fn = make_feature_fn(mesh, backbone)
-    logging.info('kNN monitor: bank %s (%d), queries %s (%d)', self.bank.name, self.bank.num_examples,
-                 self.test.name, self.test.num_examples)
+    logging.info(
+      'kNN monitor: bank %s (%d), queries %s (%d)',
+      self.bank.name,
+      self.bank.num_examples,
+      self.test.name,
+      self.test.num_examples,
+    )
 
   def _dataset(self, source, max_examples=None):
-    return pipeline.eval_dataset(source, self.config.crops.large_size, self.config.knn.batch_size,
-                                 jax.process_index(), jax.process_count(), max_examples=max_examples)
+    return pipeline.eval_dataset(
+      source,
+      self.config.crops.large_size,
+      self.config.knn.batch_size,
+      jax.process_index(),
+      jax.process_count(),
+      max_examples=max_examples,
+    )
 
   def _classify(self, extract):
     bank_x, bank_y = extract(self._dataset(self.bank, self.config.knn.max_bank_examples or None))
     test_x, test_y = extract(self._dataset(self.test))
-    return knn.knn_classify(bank_x, bank_y, test_x, test_y, self.config.knn.k, self.config.knn.temperature,
-                            self.bank.num_classes)
+    return knn.knn_classify(
+      bank_x, bank_y, test_x, test_y, self.config.knn.k, self.config.knn.temperature, self.bank.num_classes
+    )
 
   def run(self, params, batch_stats):
     variables = backbone_variables(params, batch_stats)
@@ -93,7 +119,10 @@ class KnnMonitor:
 
   def run_raw_pixels(self):
     """The same classifier on raw (normalised) pixels: the floor a learned representation must beat."""
+
     def extract(ds):
-      return _unmasked(ds.as_numpy_iterator(),
-                       lambda b: all_processes(np.asarray(normalize(b['image'])).reshape(len(b['image']), -1)))
+      return _unmasked(
+        ds.as_numpy_iterator(), lambda b: all_processes(np.asarray(normalize(b['image'])).reshape(len(b['image']), -1))
+      )
+
     return self._classify(extract)

@@ -34,9 +34,15 @@ class TrainState:
 
 def create_encoder(config) -> encoder_lib.Encoder:
   m = config.model
-  backbone = resnet.create_resnet(m.arch, width=m.width, stem=m.stem, dilate_last=m.dilate_last,
-                                  zero_init_residual=m.zero_init_residual, bn_groups=config.bn_groups,
-                                  dtype=jnp.dtype(m.dtype))
+  backbone = resnet.create_resnet(
+    m.arch,
+    width=m.width,
+    stem=m.stem,
+    dilate_last=m.dilate_last,
+    zero_init_residual=m.zero_init_residual,
+    bn_groups=config.bn_groups,
+    dtype=jnp.dtype(m.dtype),
+  )
   return encoder_lib.Encoder(backbone, projection_dim=m.projection_dim, hidden_dim=m.hidden_dim)
 
 
@@ -68,16 +74,23 @@ def create_train_state(config, encoder, tx, key) -> TrainState:
   if nn_loss_enabled(config):
     queue_g = queue_lib.init_queue(qg_key, config.moco.queue_size, encoder.backbone.num_features)
   return TrainState(
-      step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-      ema_params=jax.tree.map(jnp.copy, params), ema_batch_stats=jax.tree.map(jnp.copy, batch_stats),
-      opt_state=tx.init(params),
-      queue_h=queue_lib.init_queue(qh_key, config.moco.queue_size, config.model.projection_dim),
-      queue_g=queue_g, queue_ptr=jnp.zeros((), jnp.int32), rng=jax.random.key_data(rng))
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    batch_stats=batch_stats,
+    ema_params=jax.tree.map(jnp.copy, params),
+    ema_batch_stats=jax.tree.map(jnp.copy, batch_stats),
+    opt_state=tx.init(params),
+    queue_h=queue_lib.init_queue(qh_key, config.moco.queue_size, config.model.projection_dim),
+    queue_g=queue_g,
+    queue_ptr=jnp.zeros((), jnp.int32),
+    rng=jax.random.key_data(rng),
+  )
 
 
 def initial_state(config, seed) -> TrainState:
   """The state a run starts from, outside training (import, random-init baseline, shapes for restoring): the
   optimiser's schedule does not shape the state, so a one-step one is used."""
   encoder = create_encoder(config)
-  return create_train_state(config, encoder, create_optimizer(config, total_steps=1, steps_per_epoch=1),
-                            jax.random.key(seed))
+  return create_train_state(
+    config, encoder, create_optimizer(config, total_steps=1, steps_per_epoch=1), jax.random.key(seed)
+  )

@@ -42,9 +42,15 @@ class StepConfig:
 
 def step_config(config, steps_per_epoch) -> StepConfig:
   m = config.moco
-  return StepConfig(temperature=m.temperature, nn_topk=m.nn_topk, nn_weight=m.nn_weight,
-                    nn_warmup_steps=int(m.nn_warmup_epochs * steps_per_epoch), nn_order=m.nn_order,
-                    bn_groups=config.bn_groups, queue_size=m.queue_size)
+  return StepConfig(
+    temperature=m.temperature,
+    nn_topk=m.nn_topk,
+    nn_weight=m.nn_weight,
+    nn_warmup_steps=int(m.nn_warmup_epochs * steps_per_epoch),
+    nn_order=m.nn_order,
+    bn_groups=config.bn_groups,
+    queue_size=m.queue_size,
+  )
 
 
 def normalize(images):
@@ -53,8 +59,9 @@ def normalize(images):
 
 
 def _encode(encoder, params, batch_stats, images):
-  (features, projections), updates = encoder.apply({'params': params, 'batch_stats': batch_stats},
-                                                   normalize(images), train=True, mutable=['batch_stats'])
+  (features, projections), updates = encoder.apply(
+    {'params': params, 'batch_stats': batch_stats}, normalize(images), train=True, mutable=['batch_stats']
+  )
   return features, projections, updates['batch_stats']
 
 
@@ -90,8 +97,9 @@ def train_step(state: TrainState, batch, *, encoder, tx, cfg: StepConfig, lr_fn:
 
   momentum = momentum_fn(state.step)
   ema_params = jax.tree.map(lambda e, p: momentum * e + (1.0 - momentum) * p, state.ema_params, state.params)
-  keys_g, keys_h, ema_batch_stats = encode_keys_shuffled(encoder, ema_params, state.ema_batch_stats,
-                                                         batch['anchor'], key, cfg.bn_groups)
+  keys_g, keys_h, ema_batch_stats = encode_keys_shuffled(
+    encoder, ema_params, state.ema_batch_stats, batch['anchor'], key, cfg.bn_groups
+  )
   my_keys_h = jax.lax.dynamic_slice_in_dim(keys_h, device * local, local)
 
   use_nn = state.queue_g is not None
@@ -121,22 +129,34 @@ def train_step(state: TrainState, batch, *, encoder, tx, cfg: StepConfig, lr_fn:
       indices = losses.nearest_neighbours(feats.reshape(local * views, -1), mine_in, cfg.nn_topk)
       loss_nn = losses.nn_loss(l_neg, indices, cfg.temperature)
       loss = loss + nn_weight * loss_nn
-      metrics.update(loss_nn=loss_nn, nn_recent_fraction=_recent_fraction(
-          indices, recent_start % cfg.queue_size, global_batch, cfg.queue_size))
+      metrics.update(
+        loss_nn=loss_nn,
+        nn_recent_fraction=_recent_fraction(indices, recent_start % cfg.queue_size, global_batch, cfg.queue_size),
+      )
     metrics['loss'] = loss
     return loss, (batch_stats, metrics)
 
   grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
   grads = jax.lax.pmean(grads, AXIS)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  metrics.update(lr=lr_fn(state.step), ema_momentum=momentum, nn_weight=nn_weight,
-                 queue_fill=jnp.minimum((state.step + 1) * global_batch, cfg.queue_size) / cfg.queue_size)
+  metrics.update(
+    lr=lr_fn(state.step),
+    ema_momentum=momentum,
+    nn_weight=nn_weight,
+    queue_fill=jnp.minimum((state.step + 1) * global_batch, cfg.queue_size) / cfg.queue_size,
+  )
   new_state = state.replace(
-      step=state.step + 1, params=optax.apply_updates(state.params, updates),
-      # Running BN statistics are averaged over devices (as over split-BN groups) so the state stays replicated.
-      batch_stats=jax.lax.pmean(batch_stats, AXIS), ema_params=ema_params,
-      ema_batch_stats=jax.lax.pmean(ema_batch_stats, AXIS), opt_state=opt_state,
-      queue_h=queue_h, queue_g=queue_g, queue_ptr=queue_lib.advance(state.queue_ptr, global_batch, cfg.queue_size))
+    step=state.step + 1,
+    params=optax.apply_updates(state.params, updates),
+    # Running BN statistics are averaged over devices (as over split-BN groups) so the state stays replicated.
+    batch_stats=jax.lax.pmean(batch_stats, AXIS),
+    ema_params=ema_params,
+    ema_batch_stats=jax.lax.pmean(ema_batch_stats, AXIS),
+    opt_state=opt_state,
+    queue_h=queue_h,
+    queue_g=queue_g,
+    queue_ptr=queue_lib.advance(state.queue_ptr, global_batch, cfg.queue_size),
+  )
   return new_state, jax.lax.pmean(metrics, AXIS)
 
 

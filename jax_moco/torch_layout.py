@@ -48,8 +48,9 @@ def from_torch_layout(value) -> np.ndarray:
 
 def merge(params, batch_stats) -> dict:
   """One tree of a module's parameters and BN statistics (their leaf names never collide)."""
-  return flax.traverse_util.unflatten_dict({**flax.traverse_util.flatten_dict(params),
-                                            **flax.traverse_util.flatten_dict(batch_stats or {})})
+  return flax.traverse_util.unflatten_dict(
+    {**flax.traverse_util.flatten_dict(params), **flax.traverse_util.flatten_dict(batch_stats or {})}
+  )
 
 
 def to_state_dict(tree, num_batches_tracked: int = 0) -> dict:
@@ -73,13 +74,17 @@ def from_state_dict(state_dict, template, what: str = 'state dict'):
   for path, leaf in flax.traverse_util.flatten_dict(template).items():
     name = torch_name(path)
     if name not in state_dict:
-      raise ValueError(f'{what} has no {name!r} (needed for {"/".join(path)}): not this architecture? '
-                     f'Check model.arch / model.stem / model.width in the config.')
+      raise ValueError(
+        f'{what} has no {name!r} (needed for {"/".join(path)}): not this architecture? '
+        f'Check model.arch / model.stem / model.width in the config.'
+      )
     value = from_torch_layout(state_dict[name])
     if value.shape != tuple(leaf.shape):
-      raise ValueError(f'{what}: {name!r} has shape {tuple(np.shape(state_dict[name]))}, the model needs '
-                       f'{tuple(to_torch_layout(np.zeros(leaf.shape)).shape)}: check model.arch / model.stem / '
-                       f'model.width / model.projection_dim in the config.')
+      raise ValueError(
+        f'{what}: {name!r} has shape {tuple(np.shape(state_dict[name]))}, the model needs '
+        f'{tuple(to_torch_layout(np.zeros(leaf.shape)).shape)}: check model.arch / model.stem / '
+        f'model.width / model.projection_dim in the config.'
+      )
     leaves[path] = value.astype(np.float32)
     used.add(name)
   unused = sorted(k for k in state_dict if k not in used and not k.endswith(NUM_BATCHES_TRACKED))

@@ -54,8 +54,10 @@ def stop_requests():
 
 def _check_finite(metrics, step, checkpoint_dir):
   if not all(math.isfinite(float(v)) for v in metrics.values()):
-    raise NonFiniteLossError(f'non-finite loss at step {step} ({metrics}); the last good checkpoint in '
-                             f'{checkpoint_dir} is intact and nothing after it was saved')
+    raise NonFiniteLossError(
+      f'non-finite loss at step {step} ({metrics}); the last good checkpoint in '
+      f'{checkpoint_dir} is intact and nothing after it was saved'
+    )
 
 
 def _write_json(path, payload, mode='w'):
@@ -66,9 +68,13 @@ def _write_json(path, payload, mode='w'):
 def make_step(config, mesh, encoder, tx, total_steps, steps_per_epoch):
   """The jitted train step of `config`, with its learning-rate and EMA-momentum schedules."""
   return step_lib.make_train_step(
-      mesh, encoder, tx, step_lib.step_config(config, steps_per_epoch),
-      state_lib.learning_rate_fn(config, total_steps, steps_per_epoch),
-      schedules.ema_momentum(config.moco.momentum, total_steps, config.moco.momentum_schedule))
+    mesh,
+    encoder,
+    tx,
+    step_lib.step_config(config, steps_per_epoch),
+    state_lib.learning_rate_fn(config, total_steps, steps_per_epoch),
+    schedules.ema_momentum(config.moco.momentum, total_steps, config.moco.momentum_schedule),
+  )
 
 
 def train_and_evaluate(config, workdir: str, on_metrics=None) -> state_lib.TrainState:
@@ -84,15 +90,23 @@ def train_and_evaluate(config, workdir: str, on_metrics=None) -> state_lib.Train
   source = sources.get_source(config.dataset, config.data_dir)
   steps_per_epoch = max(source.num_examples // config.batch_size, 1)
   total_steps = config.num_train_steps or int(config.num_epochs * steps_per_epoch)
-  logging.info('%s on %s: %d steps (%.1f epochs of %d examples), %d devices', config.method, source.name,
-               total_steps, total_steps / steps_per_epoch, source.num_examples, jax.device_count())
+  logging.info(
+    '%s on %s: %d steps (%.1f epochs of %d examples), %d devices',
+    config.method,
+    source.name,
+    total_steps,
+    total_steps / steps_per_epoch,
+    source.num_examples,
+    jax.device_count(),
+  )
 
   encoder = state_lib.create_encoder(config)
   tx = state_lib.create_optimizer(config, total_steps, steps_per_epoch)
   state = state_lib.create_train_state(config, encoder, tx, jax.random.key(config.seed))
   state = jax.device_put(state, NamedSharding(mesh, P()))
-  checkpointer = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'), config.to_dict(),
-                                            config.checkpoint_every_steps, config.keep_checkpoints)
+  checkpointer = checkpointing.Checkpointer(
+    os.path.join(workdir, 'checkpoints'), config.to_dict(), config.checkpoint_every_steps, config.keep_checkpoints
+  )
   if checkpointer.latest_step() is not None:
     state = checkpointer.restore(state)
   start_step = int(state.step)
@@ -118,8 +132,13 @@ def train_and_evaluate(config, workdir: str, on_metrics=None) -> state_lib.Train
     return result
 
   knn_every = max(round(config.knn.every_epochs * steps_per_epoch), 1) if monitor and config.knn.every_epochs else 0
-  summary = {'method': config.method, 'dataset': source.name, 'workdir': os.path.abspath(workdir),
-             'knn_k': config.knn.k, 'knn_temperature': config.knn.temperature}
+  summary = {
+    'method': config.method,
+    'dataset': source.name,
+    'workdir': os.path.abspath(workdir),
+    'knn_k': config.knn.k,
+    'knn_temperature': config.knn.temperature,
+  }
   if monitor and start_step == 0:
     summary['knn_raw_pixels'] = monitor.run_raw_pixels()
     summary['knn_before'] = evaluate_knn(0, state)
@@ -131,8 +150,15 @@ def train_and_evaluate(config, workdir: str, on_metrics=None) -> state_lib.Train
     if knn_every and step % knn_every == 0 and step < total_steps:
       evaluate_knn(step, state)
 
-  data = pipeline.train_dataset(source, pipeline.view_spec(config.crops), config.batch_size, config.seed,
-                                start_step, jax.process_index(), jax.process_count()).as_numpy_iterator()
+  data = pipeline.train_dataset(
+    source,
+    pipeline.view_spec(config.crops),
+    config.batch_size,
+    config.seed,
+    start_step,
+    jax.process_index(),
+    jax.process_count(),
+  ).as_numpy_iterator()
   started = time.time()
   try:
     state = _train_loop(config, state, train_step, data, mesh, checkpointer, total_steps, is_chief, after_step)
@@ -140,8 +166,13 @@ def train_and_evaluate(config, workdir: str, on_metrics=None) -> state_lib.Train
       checkpointer.save(int(state.step), state, force=True)
   finally:
     checkpointer.close()  # commits pending asynchronous saves, also when training stops with an error
-  summary.update(steps=int(state.step), total_steps=total_steps, epochs=round(int(state.step) / steps_per_epoch, 2),
-                 train_seconds=round(time.time() - started, 1), checkpoint_dir=checkpointer.directory)
+  summary.update(
+    steps=int(state.step),
+    total_steps=total_steps,
+    epochs=round(int(state.step) / steps_per_epoch, 2),
+    train_seconds=round(time.time() - started, 1),
+    checkpoint_dir=checkpointer.directory,
+  )
   if monitor and int(state.step) == total_steps:
     summary['knn_after'] = evaluate_knn(int(state.step), state)
   writer.flush()
@@ -155,8 +186,12 @@ def _train_loop(config, state, train_step, data, mesh, checkpointer, total_steps
   """Runs steps until total_steps or a stop request; checks finiteness and checkpoints on the way, and calls
   after_step(step, state, metrics) after every step (metrics: a dict at log steps, else None)."""
   start_step = int(state.step)
-  with stop_requests() as stop, tqdm(total=total_steps, initial=start_step, disable=not is_chief, unit='step',
-                                     dynamic_ncols=True, mininterval=2.0) as progress:
+  with (
+    stop_requests() as stop,
+    tqdm(
+      total=total_steps, initial=start_step, disable=not is_chief, unit='step', dynamic_ncols=True, mininterval=2.0
+    ) as progress,
+  ):
     for step in range(start_step + 1, total_steps + 1):
       batch = next(data)
       state, metrics = train_step(state, shard_batch(mesh, step_inputs(batch)))
@@ -170,20 +205,25 @@ def _train_loop(config, state, train_step, data, mesh, checkpointer, total_steps
         progress.set_postfix(loss=f'{metrics["loss"]:.3f}', acc=f'{metrics["acc_inst"]:.2f}')
       after_step(step, state, metrics if log_now else None)
       if stop:
-        logging.warning('%s received at step %d: checkpoint saved, stopping; run the same command to resume.',
-                        stop[0], step)
+        logging.warning(
+          '%s received at step %d: checkpoint saved, stopping; run the same command to resume.', stop[0], step
+        )
         break
   return state
 
 
 def format_summary(summary) -> str:
-  lines = [f'== {summary["method"]} on {summary["dataset"]}: {summary["steps"]}/{summary["total_steps"]} steps in '
-           f'{summary["train_seconds"]:.0f} s']
+  lines = [
+    f'== {summary["method"]} on {summary["dataset"]}: {summary["steps"]}/{summary["total_steps"]} steps in '
+    f'{summary["train_seconds"]:.0f} s'
+  ]
   if 'knn_before' in summary or 'knn_after' in summary:
     fmt = lambda r: f'{r["top1"]:.2f} %' if r else 'n/a'  # noqa: E731
-    lines.append(f'kNN top-1 (k={summary["knn_k"]}, T={summary["knn_temperature"]}): '
-                 f'raw pixels {fmt(summary.get("knn_raw_pixels"))}, random init {fmt(summary.get("knn_before"))} '
-                 f'-> trained {fmt(summary.get("knn_after"))}')
+    lines.append(
+      f'kNN top-1 (k={summary["knn_k"]}, T={summary["knn_temperature"]}): '
+      f'raw pixels {fmt(summary.get("knn_raw_pixels"))}, random init {fmt(summary.get("knn_before"))} '
+      f'-> trained {fmt(summary.get("knn_after"))}'
+    )
   lines.append(f'checkpoints: {summary["checkpoint_dir"]}')
   lines.append(f'TensorBoard: tensorboard --logdir {summary["workdir"]}')
   return '\n'.join(lines)

@@ -24,8 +24,9 @@ def main():
   for split, prefix, per_class in (('train', 'train', 1000), ('test', 't10k', 200)):
     images = read(f'{prefix}-images-idx3-ubyte.gz', 16).reshape(-1, 28, 28)
     labels = read(f'{prefix}-labels-idx1-ubyte.gz', 8)
-    keep = np.sort(np.concatenate([rng.choice(np.flatnonzero(labels == c), per_class, replace=False)
-                                   for c in range(10)]))
+    keep = np.sort(
+      np.concatenate([rng.choice(np.flatnonzero(labels == c), per_class, replace=False) for c in range(10)])
+    )
     arrays[f'{split}_images'], arrays[f'{split}_labels'] = images[keep], labels[keep]
   np.savez_compressed(OUT, **arrays)
   print(f'wrote {OUT}: ' + ', '.join(f'{k} {v.shape}' for k, v in arrays.items()))

@@ -17,7 +17,7 @@ def readme_command(name: str) -> str:
   start = lines.index(marker)
   fence_open = lines.index('```bash', start)
   fence_close = lines.index('```', fence_open + 1)
-  return ' '.join(line.rstrip('\\').strip() for line in lines[fence_open + 1:fence_close])
+  return ' '.join(line.rstrip('\\').strip() for line in lines[fence_open + 1 : fence_close])
 
 
 if __name__ == '__main__':

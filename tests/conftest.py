@@ -28,11 +28,12 @@ def china():
   """A real photograph (scikit-learn ships it), downscaled for speed: uint8 [96, 144, 3]."""
   from PIL import Image
   from sklearn.datasets import load_sample_image
-  return __import__('numpy').asarray(Image.fromarray(load_sample_image('china.jpg')).resize((144, 96),
-                                                                                          Image.BILINEAR))
+
+  return __import__('numpy').asarray(Image.fromarray(load_sample_image('china.jpg')).resize((144, 96), Image.BILINEAR))
 
 
 @pytest.fixture
 def make_config():
   from tests.helpers import tiny_config
+
   return tiny_config

@@ -34,8 +34,10 @@ def tiny_config(**overrides):
 
 def flat_state(state):
   """Every leaf of a (replicated) train state as a host array keyed by its path."""
-  return {jax.tree_util.keystr(path): np.asarray(jax.device_get(leaf))
-          for path, leaf in jax.tree_util.tree_leaves_with_path(state)}
+  return {
+    jax.tree_util.keystr(path): np.asarray(jax.device_get(leaf))
+    for path, leaf in jax.tree_util.tree_leaves_with_path(state)
+  }
 
 
 def build(config, devices=None, steps_per_epoch=100, total_steps=100):

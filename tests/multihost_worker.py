@@ -19,9 +19,11 @@ from tests.helpers import tiny_config  # noqa: E402
 
 def main(address, num_processes, process_id, workdir):
   import tensorflow as tf
+
   tf.config.set_visible_devices([], 'GPU')
   jax.distributed.initialize(address, int(num_processes), int(process_id))
   from jax_moco import train
+
   state = train.train_and_evaluate(tiny_config(num_train_steps=4), workdir)
   np.savez(os.path.join(workdir, f'process_{jax.process_index()}.npz'), **flat_state(state))
 

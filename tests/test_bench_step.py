@@ -36,12 +36,21 @@ def test_reference_step_computes_our_step(order):
     np.testing.assert_allclose(float(metrics[name]), theirs[name], rtol=1e-5, err_msg=name)
   # The same SGD update of f, the same EMA f' and the same enqueued keys.
   ours = jax.device_get(new_state)
-  np.testing.assert_allclose(ours.params['backbone']['layer3_0']['conv1']['kernel'].transpose(3, 2, 0, 1),
-                             model.encoder_q.layer3[0].conv1.weight.detach().numpy(), rtol=1e-4, atol=1e-6)
-  np.testing.assert_allclose(ours.params['fc_2']['kernel'].T, model.encoder_q.fc[2].weight.detach().numpy(),
-                             rtol=1e-4, atol=1e-6)
-  np.testing.assert_allclose(ours.ema_params['backbone']['conv1']['kernel'].transpose(3, 2, 0, 1),
-                             model.encoder_k.conv1.weight.numpy(), rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(
+    ours.params['backbone']['layer3_0']['conv1']['kernel'].transpose(3, 2, 0, 1),
+    model.encoder_q.layer3[0].conv1.weight.detach().numpy(),
+    rtol=1e-4,
+    atol=1e-6,
+  )
+  np.testing.assert_allclose(
+    ours.params['fc_2']['kernel'].T, model.encoder_q.fc[2].weight.detach().numpy(), rtol=1e-4, atol=1e-6
+  )
+  np.testing.assert_allclose(
+    ours.ema_params['backbone']['conv1']['kernel'].transpose(3, 2, 0, 1),
+    model.encoder_k.conv1.weight.numpy(),
+    rtol=1e-5,
+    atol=1e-7,
+  )
   np.testing.assert_allclose(ours.queue_h, model.queue.numpy(), atol=1e-5)
   np.testing.assert_allclose(ours.queue_g, model.queue_backbone.numpy(), atol=1e-5)
 

@@ -38,6 +38,7 @@ def test_scaling_sweeps_run_at_a_tiny_size(tmp_path):
 
 def test_conv_ops_compares_the_same_forward_and_gradients():
   import torch
+
   rng = np.random.default_rng(0)
   x, w = rng.normal(size=(2, 8, 8, 4)).astype(np.float32), rng.normal(size=(3, 3, 4, 6)).astype(np.float32)
   g = rng.normal(size=(2, 4, 4, 6)).astype(np.float32)

@@ -31,9 +31,16 @@ def test_variants_differ_where_the_paper_says():
   assert tuple(mc.crops.small_scale) == (0.05, 0.14)
   assert (k.crops.aplus, k.moco.nn_weight, k.moco.nn_topk) == (True, 0.4, 20)
   coco = knn.get_config('coco')
-  assert (coco.model.arch, coco.batch_size, coco.moco.queue_size, coco.crops.large_size, coco.crops.small_size,
-          coco.moco.momentum, coco.optim.base_lr, coco.num_epochs) == ('resnet50', 256, 65536, 160, 96, 0.995, 0.3,
-                                                                        200)
+  assert (
+    coco.model.arch,
+    coco.batch_size,
+    coco.moco.queue_size,
+    coco.crops.large_size,
+    coco.crops.small_size,
+    coco.moco.momentum,
+    coco.optim.base_lr,
+    coco.num_epochs,
+  ) == ('resnet50', 256, 65536, 160, 96, 0.995, 0.3, 200)
   cifar = knn.get_config('cifar10')
   assert (cifar.model.arch, cifar.model.stem, cifar.moco.queue_size) == ('resnet18', 'cifar', 4096)
 
@@ -45,9 +52,20 @@ def test_unknown_preset_is_refused():
 
 def test_cli_refuses_an_invalid_field_before_compiling(tmp_path):
   result = subprocess.run(
-      [sys.executable, '-m', 'jax_moco.main', '--config=configs/knn.py', f'--workdir={tmp_path}',
-       '--config.moco.queue_size=1000'], cwd=ROOT, capture_output=True, text=True, timeout=300,
-      env=dict(os.environ, XLA_FLAGS=''))
+    [
+      sys.executable,
+      '-m',
+      'jax_moco.main',
+      '--config=configs/knn.py',
+      f'--workdir={tmp_path}',
+      '--config.moco.queue_size=1000',
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=dict(os.environ, XLA_FLAGS=''),
+  )
   assert result.returncode != 0
   assert 'moco.queue_size: K=1000 must be a positive multiple of the global batch_size=128' in result.stderr
   assert not os.path.exists(tmp_path / 'checkpoints')

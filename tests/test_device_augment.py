@@ -33,24 +33,24 @@ def _affine(coefficients):
 
 ENHANCE = [0.6, 1.0, 1.3, 1.9, 0.2, 1.7]
 OPS = [  # name, TF op, JAX op, per-view parameters for a batch of 6
-    ('brightness', ops.adjust_brightness, image_ops.adjust_brightness, ENHANCE),
-    ('contrast', ops.adjust_contrast, image_ops.adjust_contrast, ENHANCE),
-    ('saturation', ops.adjust_saturation, image_ops.adjust_saturation, ENHANCE),
-    ('sharpness', ops.adjust_sharpness, image_ops.adjust_sharpness, ENHANCE),
-    ('hue', ops.adjust_hue, image_ops.adjust_hue, [-0.1, 0.0, 0.04, 0.5, -0.5, 0.33]),
-    ('posterize', ops.posterize, image_ops.posterize, [8, 6, 4, 1, 2, 3]),
-    ('solarize', ops.solarize, image_ops.solarize, [0.0, 100.0, 141.7, 255.0, 30.0, 200.0]),
-    ('autocontrast', lambda x, _: ops.autocontrast(x), lambda x, _: image_ops.autocontrast(x), ENHANCE),
-    ('equalize', lambda x, _: ops.equalize(x), lambda x, _: image_ops.equalize(x), ENHANCE),
-    ('invert', lambda x, _: ops.invert(x), lambda x, _: image_ops.invert(x), ENHANCE),
-    ('grayscale', lambda x, _: ops.grayscale(x), lambda x, _: image_ops.grayscale(x), ENHANCE),
-    ('flip', lambda x, _: ops.flip_left_right(x), lambda x, _: image_ops.flip_left_right(x), ENHANCE),
-    ('blur', ops.gaussian_blur, image_ops.gaussian_blur, [0.1, 0.5, 1.2, 2.0, 0.7, 1.9]),
-    ('shear_x', ops.shear_x, _affine(image_ops.shear_x_coefficients), [-0.3, 0.0, 0.1, 0.2, 1 / 6, -0.1]),
-    ('shear_y', ops.shear_y, _affine(image_ops.shear_y_coefficients), [-0.3, 0.0, 0.1, 0.2, 1 / 6, -0.1]),
-    ('translate_x', ops.translate_x, _affine(image_ops.translate_x_coefficients), [-40.5, 0, 3.2, 60, 7, -3]),
-    ('translate_y', ops.translate_y, _affine(image_ops.translate_y_coefficients), [-40.5, 0, 3.2, 60, 7, -3]),
-    ('rotate', ops.rotate, _affine(image_ops.rotate_coefficients), [-30.0, 0.0, 9.0, 27.0, 13.3, -23.3]),
+  ('brightness', ops.adjust_brightness, image_ops.adjust_brightness, ENHANCE),
+  ('contrast', ops.adjust_contrast, image_ops.adjust_contrast, ENHANCE),
+  ('saturation', ops.adjust_saturation, image_ops.adjust_saturation, ENHANCE),
+  ('sharpness', ops.adjust_sharpness, image_ops.adjust_sharpness, ENHANCE),
+  ('hue', ops.adjust_hue, image_ops.adjust_hue, [-0.1, 0.0, 0.04, 0.5, -0.5, 0.33]),
+  ('posterize', ops.posterize, image_ops.posterize, [8, 6, 4, 1, 2, 3]),
+  ('solarize', ops.solarize, image_ops.solarize, [0.0, 100.0, 141.7, 255.0, 30.0, 200.0]),
+  ('autocontrast', lambda x, _: ops.autocontrast(x), lambda x, _: image_ops.autocontrast(x), ENHANCE),
+  ('equalize', lambda x, _: ops.equalize(x), lambda x, _: image_ops.equalize(x), ENHANCE),
+  ('invert', lambda x, _: ops.invert(x), lambda x, _: image_ops.invert(x), ENHANCE),
+  ('grayscale', lambda x, _: ops.grayscale(x), lambda x, _: image_ops.grayscale(x), ENHANCE),
+  ('flip', lambda x, _: ops.flip_left_right(x), lambda x, _: image_ops.flip_left_right(x), ENHANCE),
+  ('blur', ops.gaussian_blur, image_ops.gaussian_blur, [0.1, 0.5, 1.2, 2.0, 0.7, 1.9]),
+  ('shear_x', ops.shear_x, _affine(image_ops.shear_x_coefficients), [-0.3, 0.0, 0.1, 0.2, 1 / 6, -0.1]),
+  ('shear_y', ops.shear_y, _affine(image_ops.shear_y_coefficients), [-0.3, 0.0, 0.1, 0.2, 1 / 6, -0.1]),
+  ('translate_x', ops.translate_x, _affine(image_ops.translate_x_coefficients), [-40.5, 0, 3.2, 60, 7, -3]),
+  ('translate_y', ops.translate_y, _affine(image_ops.translate_y_coefficients), [-40.5, 0, 3.2, 60, 7, -3]),
+  ('rotate', ops.rotate, _affine(image_ops.rotate_coefficients), [-30.0, 0.0, 9.0, 27.0, 13.3, -23.3]),
 ]
 
 
@@ -58,7 +58,7 @@ OPS = [  # name, TF op, JAX op, per-view parameters for a batch of 6
 def photo_crops(china):
   """Six real 64 x 80 crops, one darkened and one with a flat channel (edge cases of the histogram ops)."""
   rng = np.random.default_rng(0)
-  crops = np.stack([china[r:r + 64, c:c + 80] for r, c in rng.integers(0, 32, size=(6, 2))])
+  crops = np.stack([china[r : r + 64, c : c + 80] for r, c in rng.integers(0, 32, size=(6, 2))])
   crops[1] = crops[1] // 4
   crops[2, :, :, 1] = 77
   return crops
@@ -93,7 +93,7 @@ def _records(kind, seed, count, size):
 def test_chains_agree_from_the_same_records(china, kind):
   """Whole chains on 96 real 48 px views (every branch of both chains occurs), TF in tf.data vs JAX under jit."""
   rng = np.random.default_rng(1)
-  views_ = np.stack([china[r:r + 48, c:c + 48] for r, c in zip(rng.integers(0, 48, 96), rng.integers(0, 96, 96))])
+  views_ = np.stack([china[r : r + 48, c : c + 48] for r, c in zip(rng.integers(0, 48, 96), rng.integers(0, 96, 96))])
   record = _records(kind, 3, len(views_), 48)
   host = next(iter(tf.data.Dataset.from_tensors((views_, record)).map(tf_augment.apply))).numpy()
   device = jax.jit(augment.apply)(jnp.asarray(views_), {k: jnp.asarray(v.numpy()) for k, v in record.items()})
@@ -111,8 +111,9 @@ def test_record_layout_and_branches():
   assert set(record) == set(tf_augment.PARAM_KEYS)
   autoaugmented = (record['autoaugment_op'] >= 0).any(axis=1)
   # A view of A+ gets AutoAugment or the colour/blur chain, never both.
-  assert not np.any(autoaugmented & ((record['jitter_op'] >= 0).any(axis=1) | record['grayscale']
-                                     | (record['blur_sigma'] > 0)))
+  assert not np.any(
+    autoaugmented & ((record['jitter_op'] >= 0).any(axis=1) | record['grayscale'] | (record['blur_sigma'] > 0))
+  )
   jittered = record['jitter_op'][:, 0] >= 0
   assert all(sorted(row) == [0, 1, 2, 3] for row in record['jitter_op'][jittered])  # a permutation each
   assert np.all(record['jitter_op'][~jittered] == tf_augment.NO_OP)
@@ -124,7 +125,7 @@ def colour_folder(tmp_path_factory, china):
   root = tmp_path_factory.mktemp('colour')
   rng = np.random.default_rng(2)
   for i, (r, c) in enumerate(zip(rng.integers(0, 40, 12), rng.integers(0, 80, 12))):
-    Image.fromarray(china[r:r + 56, c:c + 64]).save(os.path.join(root, f'{i}.png'))
+    Image.fromarray(china[r : r + 56, c : c + 64]).save(os.path.join(root, f'{i}.png'))
   return root
 
 

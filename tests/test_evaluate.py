@@ -34,8 +34,9 @@ def test_knn_matches_scikit_learn_weighted_cosine_neighbours():
   bank_x, bank_y = clusters(600, spread=1.5)
   test_x, test_y = clusters(300, spread=1.5, seed=1)
   k, temperature = 20, 0.1
-  reference = KNeighborsClassifier(k, metric='cosine', algorithm='brute',
-                                   weights=lambda d: np.exp((1.0 - d) / temperature)).fit(bank_x, bank_y)
+  reference = KNeighborsClassifier(
+    k, metric='cosine', algorithm='brute', weights=lambda d: np.exp((1.0 - d) / temperature)
+  ).fit(bank_x, bank_y)
   expected = np.mean(reference.predict(test_x) == test_y) * 100
   got = knn.knn_classify(bank_x, bank_y, test_x, test_y, k, temperature)
   assert 30 < expected < 100 and got['top1'] == pytest.approx(expected)
@@ -59,16 +60,20 @@ def test_linear_probe_follows_the_protocol():
   val_x, val_y = clusters(100, spread=2.5, seed=1)
   test_x, test_y = clusters(200, spread=2.5, seed=2)
   short_grid = grid[::11]
-  result = linear_probe.linear_probe(train_x, train_y, test_x, test_y, validation=(val_x, val_y), grid=short_grid,
-                                     n_jobs=1)
+  result = linear_probe.linear_probe(
+    train_x, train_y, test_x, test_y, validation=(val_x, val_y), grid=short_grid, n_jobs=1
+  )
   # Selection: the constant with the best validation accuracy (the first among ties), from direct fits.
-  val_scores = [np.mean(LogisticRegression(C=1 / l2, max_iter=1000).fit(train_x, train_y).predict(val_x) == val_y)
-                for l2 in short_grid]
+  val_scores = [
+    np.mean(LogisticRegression(C=1 / l2, max_iter=1000).fit(train_x, train_y).predict(val_x) == val_y)
+    for l2 in short_grid
+  ]
   assert result['l2'] == pytest.approx(short_grid[int(np.argmax(val_scores))])
   np.testing.assert_allclose([s for _, s in result['validation_curve']], np.array(val_scores) * 100)
   # Refit on train + validation with that constant, scored on test.
-  refit = LogisticRegression(C=1 / result['l2'], max_iter=1000).fit(np.concatenate([train_x, val_x]),
-                                                                     np.concatenate([train_y, val_y]))
+  refit = LogisticRegression(C=1 / result['l2'], max_iter=1000).fit(
+    np.concatenate([train_x, val_x]), np.concatenate([train_y, val_y])
+  )
   assert result['top1'] == pytest.approx(np.mean(refit.predict(test_x) == test_y) * 100)
 
 
@@ -112,12 +117,14 @@ def test_linear_probe_multi_label_is_per_class_binary_with_map():
   val_maps = [direct_map(train_x, train_y, l2, val_x, val_y) for l2 in grid]
   assert result['l2'] == pytest.approx(grid[int(np.argmax(val_maps))])
   np.testing.assert_allclose([s for _, s in result['validation_curve']], val_maps)
-  expected = direct_map(np.concatenate([train_x, val_x]), np.concatenate([train_y, val_y]), result['l2'], test_x,
-                        test_y)
+  expected = direct_map(
+    np.concatenate([train_x, val_x]), np.concatenate([train_y, val_y]), result['l2'], test_x, test_y
+  )
   assert 60 < result['map'] < 100 and result['map'] == pytest.approx(expected)
   # Separable targets give 100 %, shuffled ones about the classes' frequencies.
-  clean = linear_probe.linear_probe(train_x, multi_label_targets(train_x, 0, 0), test_x,
-                                    multi_label_targets(test_x, 1, 0), grid=grid, n_jobs=1)
+  clean = linear_probe.linear_probe(
+    train_x, multi_label_targets(train_x, 0, 0), test_x, multi_label_targets(test_x, 1, 0), grid=grid, n_jobs=1
+  )
   assert clean['map'] > 99
   shuffled = linear_probe.linear_probe(train_x, rng.permutation(train_y), test_x, test_y, grid=grid, n_jobs=1)
   prevalence = np.mean([np.mean(test_y[test_y[:, c] != -1, c]) for c in range(4)]) * 100
@@ -154,6 +161,7 @@ def test_evaluate_a_saved_run_writes_results_and_reuses_features(make_config, tm
 
   def no_network(*args, **kwargs):
     raise AssertionError('features should come from the cache')
+
   monkeypatch.setattr(monitor, 'extract_features', no_network)
   probe = evaluate.evaluate(str(tmp_path), 'linear_probe', max_examples=400, n_jobs=1)
   assert 10 <= probe['top1'] <= 100 and len(probe['validation_curve']) == 45
@@ -186,6 +194,7 @@ def test_linear_classification_learns_and_resumes_exactly(make_config, tmp_path,
         if i == 7:
           raise Preempted
         yield batch
+
     return type('Stream', (), {'as_numpy_iterator': lambda self: batches()})()
 
   with monkeypatch.context() as patch:

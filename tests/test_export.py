@@ -21,8 +21,15 @@ SIZE = 32
 
 
 def run_config(arch, stem='imagenet', nn_weight=0.4):
-  return tiny_config(**{'model.arch': arch, 'model.width': 1.0, 'model.stem': stem, 'crops.large_size': SIZE,
-                        'moco.nn_weight': nn_weight})
+  return tiny_config(
+    **{
+      'model.arch': arch,
+      'model.width': 1.0,
+      'model.stem': stem,
+      'crops.large_size': SIZE,
+      'moco.nn_weight': nn_weight,
+    }
+  )
 
 
 def perturbed_state(config, seed=0):
@@ -35,15 +42,21 @@ def perturbed_state(config, seed=0):
     def leaf(path, x):
       name = path[-1].key
       if kind == 'stats':
-        return jnp.asarray(rng.uniform(0.5, 2.0, x.shape) if name == 'var' else rng.normal(0, 0.2, x.shape),
-                           jnp.float32)
+        return jnp.asarray(
+          rng.uniform(0.5, 2.0, x.shape) if name == 'var' else rng.normal(0, 0.2, x.shape), jnp.float32
+        )
       return x + jnp.asarray(rng.normal(0, 0.1 if name == 'scale' else 0.01, x.shape), jnp.float32)
+
     return jax.tree_util.tree_map_with_path(leaf, tree)
 
-  return encoder, state.replace(params=noisy(state.params, 'params'), batch_stats=noisy(state.batch_stats, 'stats'),
-                                ema_params=noisy(state.ema_params, 'params'),
-                                ema_batch_stats=noisy(state.ema_batch_stats, 'stats'),
-                                queue_ptr=jnp.asarray(64, jnp.int32), step=jnp.asarray(7, jnp.int32))
+  return encoder, state.replace(
+    params=noisy(state.params, 'params'),
+    batch_stats=noisy(state.batch_stats, 'stats'),
+    ema_params=noisy(state.ema_params, 'params'),
+    ema_batch_stats=noisy(state.ema_batch_stats, 'stats'),
+    queue_ptr=jnp.asarray(64, jnp.int32),
+    step=jnp.asarray(7, jnp.int32),
+  )
 
 
 def save_run(workdir, config, state):
@@ -94,8 +107,10 @@ def test_torchvision_export_computes_the_same_features(tmp_path, arch, stem):
   config = run_config(arch, stem)
   encoder, state = perturbed_state(config)
   save_run(tmp_path, config, state)
-  for which, params, stats in (('online', state.params, state.batch_stats),
-                               ('momentum', state.ema_params, state.ema_batch_stats)):
+  for which, params, stats in (
+    ('online', state.params, state.batch_stats),
+    ('momentum', state.ema_params, state.ema_batch_stats),
+  ):
     out = tmp_path / f'{which}.pth'
     summary = export.export(str(tmp_path), 'torchvision', str(out), encoder=which)
     assert f'the {which} encoder' in summary and 'step 7' in summary
@@ -128,15 +143,20 @@ def test_moco_layout_is_the_official_builders_and_main_lincls_loads_it(tmp_path)
   np.testing.assert_array_equal(official.queue_backbone.numpy().T, np.asarray(state.queue_g))
   assert int(official.queue_ptr[0]) == 64
   # Head outputs: the online encoder as encoder_q, the momentum encoder as encoder_k.
-  for name, params, stats in (('encoder_q', state.params, state.batch_stats),
-                              ('encoder_k', state.ema_params, state.ema_batch_stats)):
+  for name, params, stats in (
+    ('encoder_q', state.params, state.batch_stats),
+    ('encoder_k', state.ema_params, state.ema_batch_stats),
+  ):
     with torch.no_grad():
       z = torch.nn.functional.normalize(getattr(official, name).eval()(to_nchw(images())), dim=1).numpy()
     np.testing.assert_allclose(z, flax_outputs(encoder, params, stats, images())[1], atol=1e-5)
   # MoCo's main_lincls.py: encoder_q without fc into a fresh resnet50, strict=False, only fc missing.
   prefix = 'module.encoder_q.'
-  backbone = {k[len(prefix):]: v for k, v in checkpoint['state_dict'].items()
-              if k.startswith(prefix) and not k.startswith(prefix + 'fc')}
+  backbone = {
+    k[len(prefix) :]: v
+    for k, v in checkpoint['state_dict'].items()
+    if k.startswith(prefix) and not k.startswith(prefix + 'fc')
+  }
   msg = torchvision.models.resnet50().load_state_dict(backbone, strict=False)
   assert set(msg.missing_keys) == {'fc.weight', 'fc.bias'}
 
@@ -151,9 +171,14 @@ def test_detectron2_names_follow_mocos_conversion(tmp_path):
   assert payload['matching_heuristics'] is True
   model = payload['model']
   torchvision_arrays = export.torchvision_state_dict(state)
-  pairs = {'stem.conv1.weight': 'conv1.weight', 'stem.conv1.norm.running_var': 'bn1.running_var',
-           'res2.0.conv2.norm.weight': 'layer1.0.bn2.weight', 'res3.0.shortcut.weight': 'layer2.0.downsample.0.weight',
-           'res5.1.conv1.weight': 'layer4.1.conv1.weight', 'res4.0.shortcut.norm.bias': 'layer3.0.downsample.1.bias'}
+  pairs = {
+    'stem.conv1.weight': 'conv1.weight',
+    'stem.conv1.norm.running_var': 'bn1.running_var',
+    'res2.0.conv2.norm.weight': 'layer1.0.bn2.weight',
+    'res3.0.shortcut.weight': 'layer2.0.downsample.0.weight',
+    'res5.1.conv1.weight': 'layer4.1.conv1.weight',
+    'res4.0.shortcut.norm.bias': 'layer3.0.downsample.1.bias',
+  }
   for d2_name, tv_name in pairs.items():
     np.testing.assert_array_equal(model[d2_name], torchvision_arrays[tv_name])
   assert not any('layer' in k or 'bn' in k or 'downsample' in k or 'num_batches' in k for k in model)

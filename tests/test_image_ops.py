@@ -38,33 +38,67 @@ def pil_hue(image, delta):
 SHEAR = policy.MAGNITUDES['ShearX'][0][5]
 
 CASES = [  # name, ours, PIL reference, max abs diff, max mean abs diff, max fraction of differing pixels
-    ('grayscale', ops.grayscale, lambda im: im.convert('L').convert('RGB'), 0, 0, 0),
-    ('brightness', lambda x: ops.adjust_brightness(x, 1.3), lambda im: ImageEnhance.Brightness(im).enhance(1.3),
-     1, 0.5, 1),
-    ('contrast', lambda x: ops.adjust_contrast(x, 0.6), lambda im: ImageEnhance.Contrast(im).enhance(0.6), 1, 0.5, 1),
-    ('saturation', lambda x: ops.adjust_saturation(x, 1.4), lambda im: ImageEnhance.Color(im).enhance(1.4),
-     1, 0.5, 1),
-    ('sharpness', lambda x: ops.adjust_sharpness(x, 1.8), lambda im: ImageEnhance.Sharpness(im).enhance(1.8),
-     1, 0.5, 1),
-    ('invert', ops.invert, ImageOps.invert, 0, 0, 0),
-    ('posterize', lambda x: ops.posterize(x, 5), lambda im: ImageOps.posterize(im, 5), 0, 0, 0),
-    ('solarize', lambda x: ops.solarize(x, 141.7), lambda im: ImageOps.solarize(im, 141.7), 0, 0, 0),
-    ('autocontrast', ops.autocontrast, ImageOps.autocontrast, 0, 0, 0),  # full range: the identity
-    ('autocontrast_narrow_range', lambda x: ops.autocontrast(x // 4 + 30),
-     lambda im: ImageOps.autocontrast(Image.fromarray(np.asarray(im) // 4 + 30)), 1, 0.06, 0.16),
-    ('equalize', ops.equalize, ImageOps.equalize, 0, 0, 0),
-    # Shear by the policy's magnitude (bin 5 of 0..0.3); a round value such as 0.2 puts whole rows on exact
-    # ties between two pixels, where float32 (TF) and float64 (PIL) may pick different neighbours.
-    ('shear_x', lambda x: ops.shear_x(x, -SHEAR), lambda im: im.transform(
-        im.size, Image.AFFINE, (1, -SHEAR, 0, 0, 1, 0), Image.NEAREST, fillcolor=0), 255, 3, 0.01),
-    ('shear_y', lambda x: ops.shear_y(x, SHEAR), lambda im: im.transform(
-        im.size, Image.AFFINE, (1, 0, 0, SHEAR, 1, 0), Image.NEAREST, fillcolor=0), 255, 3, 0.01),
-    ('translate_x', lambda x: ops.translate_x(x, 30.7), lambda im: im.transform(
-        im.size, Image.AFFINE, (1, 0, -30, 0, 1, 0), Image.NEAREST, fillcolor=0), 0, 0, 0),
-    ('translate_y', lambda x: ops.translate_y(x, -12.2), lambda im: im.transform(
-        im.size, Image.AFFINE, (1, 0, 0, 0, 1, 12), Image.NEAREST, fillcolor=0), 0, 0, 0),
-    ('rotate', lambda x: ops.rotate(x, 23.3), lambda im: im.rotate(23.3, Image.NEAREST, fillcolor=0), 255, 3, 0.01),
-    ('hue', lambda x: ops.adjust_hue(x, 0.08), lambda im: pil_hue(np.asarray(im), 0.08), 12, 2.0, 1),
+  ('grayscale', ops.grayscale, lambda im: im.convert('L').convert('RGB'), 0, 0, 0),
+  (
+    'brightness',
+    lambda x: ops.adjust_brightness(x, 1.3),
+    lambda im: ImageEnhance.Brightness(im).enhance(1.3),
+    1,
+    0.5,
+    1,
+  ),
+  ('contrast', lambda x: ops.adjust_contrast(x, 0.6), lambda im: ImageEnhance.Contrast(im).enhance(0.6), 1, 0.5, 1),
+  ('saturation', lambda x: ops.adjust_saturation(x, 1.4), lambda im: ImageEnhance.Color(im).enhance(1.4), 1, 0.5, 1),
+  ('sharpness', lambda x: ops.adjust_sharpness(x, 1.8), lambda im: ImageEnhance.Sharpness(im).enhance(1.8), 1, 0.5, 1),
+  ('invert', ops.invert, ImageOps.invert, 0, 0, 0),
+  ('posterize', lambda x: ops.posterize(x, 5), lambda im: ImageOps.posterize(im, 5), 0, 0, 0),
+  ('solarize', lambda x: ops.solarize(x, 141.7), lambda im: ImageOps.solarize(im, 141.7), 0, 0, 0),
+  ('autocontrast', ops.autocontrast, ImageOps.autocontrast, 0, 0, 0),  # full range: the identity
+  (
+    'autocontrast_narrow_range',
+    lambda x: ops.autocontrast(x // 4 + 30),
+    lambda im: ImageOps.autocontrast(Image.fromarray(np.asarray(im) // 4 + 30)),
+    1,
+    0.06,
+    0.16,
+  ),
+  ('equalize', ops.equalize, ImageOps.equalize, 0, 0, 0),
+  # Shear by the policy's magnitude (bin 5 of 0..0.3); a round value such as 0.2 puts whole rows on exact
+  # ties between two pixels, where float32 (TF) and float64 (PIL) may pick different neighbours.
+  (
+    'shear_x',
+    lambda x: ops.shear_x(x, -SHEAR),
+    lambda im: im.transform(im.size, Image.AFFINE, (1, -SHEAR, 0, 0, 1, 0), Image.NEAREST, fillcolor=0),
+    255,
+    3,
+    0.01,
+  ),
+  (
+    'shear_y',
+    lambda x: ops.shear_y(x, SHEAR),
+    lambda im: im.transform(im.size, Image.AFFINE, (1, 0, 0, SHEAR, 1, 0), Image.NEAREST, fillcolor=0),
+    255,
+    3,
+    0.01,
+  ),
+  (
+    'translate_x',
+    lambda x: ops.translate_x(x, 30.7),
+    lambda im: im.transform(im.size, Image.AFFINE, (1, 0, -30, 0, 1, 0), Image.NEAREST, fillcolor=0),
+    0,
+    0,
+    0,
+  ),
+  (
+    'translate_y',
+    lambda x: ops.translate_y(x, -12.2),
+    lambda im: im.transform(im.size, Image.AFFINE, (1, 0, 0, 0, 1, 12), Image.NEAREST, fillcolor=0),
+    0,
+    0,
+    0,
+  ),
+  ('rotate', lambda x: ops.rotate(x, 23.3), lambda im: im.rotate(23.3, Image.NEAREST, fillcolor=0), 255, 3, 0.01),
+  ('hue', lambda x: ops.adjust_hue(x, 0.08), lambda im: pil_hue(np.asarray(im), 0.08), 12, 2.0, 1),
 ]
 
 
@@ -89,14 +123,21 @@ def test_gaussian_blur_close_to_pil(china):
 
 
 PER_IMAGE_OPS = [  # op, per-image parameters for a batch of 4
-    (ops.adjust_brightness, [0.6, 1.0, 1.3, 1.9]), (ops.adjust_contrast, [0.6, 1.0, 1.3, 1.9]),
-    (ops.adjust_saturation, [0.0, 0.7, 1.0, 1.4]), (ops.adjust_hue, [-0.1, 0.0, 0.04, 0.5]),
-    (ops.adjust_sharpness, [0.1, 1.0, 1.5, 1.9]), (ops.posterize, [8, 6, 4, 1]),
-    (ops.solarize, [0.0, 100.0, 141.7, 255.0]), (ops.shear_x, [-0.3, 0.0, 0.1, 0.2]),
-    (ops.shear_y, [-0.3, 0.0, 0.1, 0.2]), (ops.translate_x, [-40.5, 0.0, 3.2, 60.0]),
-    (ops.translate_y, [-40.5, 0.0, 3.2, 60.0]), (ops.rotate, [-30.0, 0.0, 9.0, 27.0]),
-    (ops.gaussian_blur, [0.1, 0.5, 1.2, 2.0]),
-    (lambda x, _: ops.autocontrast(x), [0, 0, 0, 0]), (lambda x, _: ops.equalize(x), [0, 0, 0, 0]),
+  (ops.adjust_brightness, [0.6, 1.0, 1.3, 1.9]),
+  (ops.adjust_contrast, [0.6, 1.0, 1.3, 1.9]),
+  (ops.adjust_saturation, [0.0, 0.7, 1.0, 1.4]),
+  (ops.adjust_hue, [-0.1, 0.0, 0.04, 0.5]),
+  (ops.adjust_sharpness, [0.1, 1.0, 1.5, 1.9]),
+  (ops.posterize, [8, 6, 4, 1]),
+  (ops.solarize, [0.0, 100.0, 141.7, 255.0]),
+  (ops.shear_x, [-0.3, 0.0, 0.1, 0.2]),
+  (ops.shear_y, [-0.3, 0.0, 0.1, 0.2]),
+  (ops.translate_x, [-40.5, 0.0, 3.2, 60.0]),
+  (ops.translate_y, [-40.5, 0.0, 3.2, 60.0]),
+  (ops.rotate, [-30.0, 0.0, 9.0, 27.0]),
+  (ops.gaussian_blur, [0.1, 0.5, 1.2, 2.0]),
+  (lambda x, _: ops.autocontrast(x), [0, 0, 0, 0]),
+  (lambda x, _: ops.equalize(x), [0, 0, 0, 0]),
 ]
 
 
@@ -104,12 +145,12 @@ PER_IMAGE_OPS = [  # op, per-image parameters for a batch of 4
 def test_batched_op_equals_the_op_image_by_image(china, op, params):
   """Vectorisation: each image of a batch gets its own parameter, exactly as if processed alone."""
   rng = np.random.default_rng(0)
-  crops = np.stack([china[r:r + 64, c:c + 80] for r, c in rng.integers(0, 32, size=(4, 2))])
+  crops = np.stack([china[r : r + 64, c : c + 80] for r, c in rng.integers(0, 32, size=(4, 2))])
   crops[1] = crops[1] // 4  # a dark image, and a flat one, for the histogram ops
   crops[2, :, :, 1] = 77
   batched = op(tf.constant(crops), tf.constant(params)).numpy()
   for i, param in enumerate(params):
-    alone = op(tf.constant(crops[i:i + 1]), tf.constant([param]))[0].numpy()
+    alone = op(tf.constant(crops[i : i + 1]), tf.constant([param]))[0].numpy()
     np.testing.assert_array_equal(batched[i], alone)
 
 
@@ -125,9 +166,22 @@ def test_apply_where_changes_only_the_selected_images(china):
 
 
 def test_all_autoaugment_ops_are_covered():
-  assert set(policy.OP_NAMES) == {'ShearX', 'ShearY', 'TranslateX', 'TranslateY', 'Rotate', 'Brightness',
-                                  'Color', 'Contrast', 'Sharpness', 'Posterize', 'Solarize', 'AutoContrast',
-                                  'Equalize', 'Invert'}
+  assert set(policy.OP_NAMES) == {
+    'ShearX',
+    'ShearY',
+    'TranslateX',
+    'TranslateY',
+    'Rotate',
+    'Brightness',
+    'Color',
+    'Contrast',
+    'Sharpness',
+    'Posterize',
+    'Solarize',
+    'AutoContrast',
+    'Equalize',
+    'Invert',
+  }
   assert len(autoaugment.APPLY) == len(policy.OP_NAMES)
   assert len(policy.IMAGENET_POLICY) == 25
   # torchvision's magnitude bins.
@@ -141,8 +195,10 @@ def test_all_autoaugment_ops_are_covered():
 
 def _apply_in_tf_data(batch, draw, seeds=3):
   """A drawn record applied inside a tf.data map for each of `seeds` seeds; the outputs as NumPy."""
+
   def augmented(i):
     return augment.apply(batch, draw(tf.stack([i, tf.constant(7, tf.int64)]), batch.shape[0]))
+
   return list(tf.data.Dataset.range(seeds).map(augmented).as_numpy_iterator())
 
 
@@ -164,9 +220,14 @@ def test_autoaugment_runs_in_tf_data_and_is_deterministic(china):
   assert len({out.tobytes() for out in first[0]}) >= 8  # each image of a batch draws its own sub-policy
 
 
-@pytest.mark.parametrize('draw', [lambda seed, n: augment.moco_v2_record(augment.draw_uniforms(seed, n)),
-                                  lambda seed, n: augment.aplus_record(augment.draw_uniforms(seed, n), 96)],
-                         ids=['moco_v2', 'aplus'])
+@pytest.mark.parametrize(
+  'draw',
+  [
+    lambda seed, n: augment.moco_v2_record(augment.draw_uniforms(seed, n)),
+    lambda seed, n: augment.aplus_record(augment.draw_uniforms(seed, n), 96),
+  ],
+  ids=['moco_v2', 'aplus'],
+)
 def test_chains_keep_shape_and_dtype_and_vary_per_image(china, draw):
   batch = tf.constant(np.stack([china[:96, :96]] * 8))
   out = _apply_in_tf_data(batch, draw, seeds=1)[0]
@@ -184,8 +245,12 @@ def test_application_probabilities():
   seed = tf.constant([3, 4], tf.int64)
   record = {k: v.numpy() for k, v in augment.moco_v2_record(augment.draw_uniforms(seed, n)).items()}
   jitter, gray, blur = record['jitter_op'][:, 0] >= 0, record['grayscale'], record['blur_sigma'] > 0
-  for name, applied, p in (('jitter', jitter, augment.P_JITTER), ('grayscale', gray, augment.P_GRAYSCALE),
-                           ('blur', blur, augment.P_BLUR), ('flip', record['flip'], augment.P_FLIP)):
+  for name, applied, p in (
+    ('jitter', jitter, augment.P_JITTER),
+    ('grayscale', gray, augment.P_GRAYSCALE),
+    ('blur', blur, augment.P_BLUR),
+    ('flip', record['flip'], augment.P_FLIP),
+  ):
     assert _binomial_ok(applied.sum(), n, p), (name, applied.mean())
   sigmas = record['blur_sigma'][blur]
   assert sigmas.min() >= 0.1 and sigmas.max() <= 2.0

@@ -12,9 +12,19 @@ from tests.helpers import real_batches
 
 
 def test_tiny_resnet_learns_on_embedded_data(make_config):
-  config = make_config(batch_size=64, bn_groups=8, **{
-      'moco.queue_size': 512, 'moco.nn_weight': 0.0, 'crops.num_small': 0, 'crops.aplus': False,
-      'model.width': 0.25, 'optim.base_lr': 0.06, 'moco.temperature': 0.1})
+  config = make_config(
+    batch_size=64,
+    bn_groups=8,
+    **{
+      'moco.queue_size': 512,
+      'moco.nn_weight': 0.0,
+      'crops.num_small': 0,
+      'crops.aplus': False,
+      'model.width': 0.25,
+      'optim.base_lr': 0.06,
+      'moco.temperature': 0.1,
+    },
+  )
   steps = 200
   mesh, state, fn = build(config, devices=jax.devices()[:1], steps_per_epoch=150, total_steps=steps)
   history = []
@@ -26,8 +36,10 @@ def test_tiny_resnet_learns_on_embedded_data(make_config):
   queue_full = config.moco.queue_size // config.batch_size
   chance = 1 / (config.moco.queue_size + 1)
   early, late = slice(queue_full, queue_full + 30), slice(-30, None)
-  print(f'loss {loss[early].mean():.3f} -> {loss[late].mean():.3f}; acc {acc[early].mean():.3f} -> '
-        f'{acc[late].mean():.3f}; ln(K+1) = {math.log(config.moco.queue_size + 1):.3f}')
+  print(
+    f'loss {loss[early].mean():.3f} -> {loss[late].mean():.3f}; acc {acc[early].mean():.3f} -> '
+    f'{acc[late].mean():.3f}; ln(K+1) = {math.log(config.moco.queue_size + 1):.3f}'
+  )
   assert loss[late].mean() < math.log(config.moco.queue_size + 1) - 1.0
   assert loss[late].mean() < loss[early].mean() - 0.4
   assert acc[late].mean() > 20 * chance and acc[late].mean() > 2 * acc[early].mean()

@@ -38,8 +38,9 @@ def torch_algorithm2(anchors, positives, positives_small, queue, queue_g, positi
   l_pos = torch.bmm(pos, anchors.view(B, C, 1))  # B x N+1 x 1
   l_neg = torch.mm(pos.reshape(-1, C), queue).view(B, n_views, -1)  # B x N+1 x K
   logits = torch.cat([l_pos, l_neg], dim=2)
-  loss_inst = torch.nn.functional.cross_entropy((logits / t).view(B * n_views, -1),
-                                                torch.zeros(B * n_views, dtype=torch.long))
+  loss_inst = torch.nn.functional.cross_entropy(
+    (logits / t).view(B * n_views, -1), torch.zeros(B * n_views, dtype=torch.long)
+  )
   feats = torch.nn.functional.normalize(positives_g, dim=-1)
   indices = torch.topk(torch.mm(feats, queue_g), k, dim=1).indices  # B*(N+1) x k
   log_probs = torch.log_softmax(l_neg.view(B * n_views, -1) / t, dim=1)
@@ -69,8 +70,9 @@ def test_losses_match_numpy_and_torch(k, tau):
   np.testing.assert_allclose(acc, ref_acc)
 
   t = lambda x: torch.tensor(np.asarray(x), dtype=torch.float32)  # noqa: E731
-  torch_inst, torch_nn = torch_algorithm2(t(anchors), t(positives[:, 0]), t(positives[:, 1:]), t(queue.T),
-                                          t(queue_g.T), t(pos_feats.reshape(-1, Cg)), k, tau)
+  torch_inst, torch_nn = torch_algorithm2(
+    t(anchors), t(positives[:, 0]), t(positives[:, 1:]), t(queue.T), t(queue_g.T), t(pos_feats.reshape(-1, Cg)), k, tau
+  )
   np.testing.assert_allclose(loss_inst, torch_inst, rtol=1e-5)
   np.testing.assert_allclose(loss_nn, torch_nn, rtol=1e-5)
 
@@ -106,8 +108,9 @@ def test_no_gradient_through_neighbour_indices_or_queues():
   def total(feats, queue, queue_g):
     indices = losses.nearest_neighbours(feats, queue_g, 3)
     positives = jnp.tile(feats[:, :1], (1, 8)) / 8.0
-    return losses.nn_loss(losses.contrastive_logits(positives, positives, jax.lax.stop_gradient(queue))[1],
-                          indices, 0.2)
+    return losses.nn_loss(
+      losses.contrastive_logits(positives, positives, jax.lax.stop_gradient(queue))[1], indices, 0.2
+    )
 
   g_feats, g_queue, g_queue_g = jax.grad(total, argnums=(0, 1, 2))(feats, queue, queue_g)
   assert np.all(np.asarray(g_queue) == 0) and np.all(np.asarray(g_queue_g) == 0)

@@ -16,8 +16,10 @@ def torchvision_keys(arch, **kwargs):
   model = resnet.create_resnet(arch, **kwargs)
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((2, 64, 64, 3)), train=True))
   tree = torch_layout.merge(variables['params'], variables['batch_stats'])
-  keys = {torch_layout.torch_name(path): torch_layout.to_torch_layout(np.zeros(leaf.shape)).shape
-          for path, leaf in flax.traverse_util.flatten_dict(tree).items()}
+  keys = {
+    torch_layout.torch_name(path): torch_layout.to_torch_layout(np.zeros(leaf.shape)).shape
+    for path, leaf in flax.traverse_util.flatten_dict(tree).items()
+  }
   return model, keys
 
 
@@ -62,12 +64,14 @@ def test_split_batchnorm_against_numpy(groups):
   np.testing.assert_allclose(y, ((xg - mean) / np.sqrt(var + 1e-5)).reshape(x.shape), rtol=1e-4, atol=1e-4)
   n = xg[0].size // 6
   np.testing.assert_allclose(updates['batch_stats']['mean'], 0.1 * mean.reshape(groups, 6).mean(0), rtol=1e-5)
-  np.testing.assert_allclose(updates['batch_stats']['var'],
-                             0.9 + 0.1 * (var.reshape(groups, 6) * n / (n - 1)).mean(0), rtol=1e-5)
+  np.testing.assert_allclose(
+    updates['batch_stats']['var'], 0.9 + 0.1 * (var.reshape(groups, 6) * n / (n - 1)).mean(0), rtol=1e-5
+  )
 
 
-@pytest.mark.parametrize('size,stride,dilation,channels', [(2, 1, 1, 8), (1, 1, 1, 4), (4, 1, 2, 4), (2, 2, 1, 4),
-                                                           (5, 1, 1, 4)])
+@pytest.mark.parametrize(
+  'size,stride,dilation,channels', [(2, 1, 1, 8), (1, 1, 1, 4), (4, 1, 2, 4), (2, 2, 1, 4), (5, 1, 1, 4)]
+)
 def test_small_map_convolution_equals_lax_convolution(size, stride, dilation, channels):
   """The matmul path for maps smaller than the kernel (and the plain path otherwise): values and gradients."""
   rng = np.random.default_rng(0)
@@ -77,14 +81,18 @@ def test_small_map_convolution_equals_lax_convolution(size, stride, dilation, ch
   dims = jax.lax.conv_dimension_numbers(x.shape, k.shape, ('NHWC', 'HWIO', 'NHWC'))
 
   def ours(x, k):
-    return resnet.conv_small_maps_as_matmul(x, k, (stride, stride), padding, rhs_dilation=(dilation, dilation),
-                                            dimension_numbers=dims)
+    return resnet.conv_small_maps_as_matmul(
+      x, k, (stride, stride), padding, rhs_dilation=(dilation, dilation), dimension_numbers=dims
+    )
 
   def reference(x, k):
-    return jax.lax.conv_general_dilated(x, k, (stride, stride), padding, rhs_dilation=(dilation, dilation),
-                                        dimension_numbers=dims)
+    return jax.lax.conv_general_dilated(
+      x, k, (stride, stride), padding, rhs_dilation=(dilation, dilation), dimension_numbers=dims
+    )
 
   np.testing.assert_allclose(ours(x, k), reference(x, k), rtol=1e-5, atol=1e-5)
-  for a, b in zip(jax.grad(lambda *v: jnp.sum(ours(*v) ** 2), (0, 1))(x, k),
-                  jax.grad(lambda *v: jnp.sum(reference(*v) ** 2), (0, 1))(x, k)):
+  for a, b in zip(
+    jax.grad(lambda *v: jnp.sum(ours(*v) ** 2), (0, 1))(x, k),
+    jax.grad(lambda *v: jnp.sum(reference(*v) ** 2), (0, 1))(x, k),
+  ):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

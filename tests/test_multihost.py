@@ -29,8 +29,16 @@ def run_pair(workdir, timeout=600):
   """Starts both processes, waits for them, and kills whatever is left, also when something fails."""
   address = f'127.0.0.1:{free_port()}'
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  procs = [subprocess.Popen([sys.executable, WORKER, address, '2', str(i), workdir], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      [sys.executable, WORKER, address, '2', str(i), workdir],
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for i in range(2)
+  ]
   try:
     outputs = [p.communicate(timeout=timeout)[0] for p in procs]
   finally:
@@ -78,8 +86,9 @@ def test_two_processes_match_one_process_with_eight_devices(tmp_path, monkeypatc
     # stream, 8.3e-3 on 13 of 216 conv1 weights on another; the parameters they moved still agree to 1e-5).
     atol = 2e-2 if name.startswith('.opt_state') else 1e-5
     np.testing.assert_allclose(first[name], leaves[name], rtol=0, atol=atol, err_msg=name)
-  pair_losses, single_losses = ([json.loads(line)['loss'] for line in open(tmp_path / d / 'metrics.jsonl')]
-                                for d in ('pair', 'single'))
+  pair_losses, single_losses = (
+    [json.loads(line)['loss'] for line in open(tmp_path / d / 'metrics.jsonl')] for d in ('pair', 'single')
+  )
   np.testing.assert_allclose(pair_losses, single_losses, rtol=1e-5)
 
   pair, alone = (json.load(open(tmp_path / d / 'summary.json')) for d in ('pair', 'single'))

@@ -15,8 +15,10 @@ def test_colab_notebook_runs_on_cpu(tmp_path, monkeypatch):
   parameters = [c for c in nb.cells if 'parameters' in c.metadata.get('tags', [])]
   assert len(parameters) == 1 and 'DATASET' in parameters[0].source
   workdir = str(tmp_path / 'run')
-  parameters[0].source += (f"\nDATASET, EPOCHS, BATCH_SIZE, MAX_STEPS = 'embedded_subset', 1, 64, 2"
-                           f"\nKNN_BANK, PROBE_EXAMPLES, INSTALL, WORKDIR = 1000, 300, False, {workdir!r}")
+  parameters[0].source += (
+    f"\nDATASET, EPOCHS, BATCH_SIZE, MAX_STEPS = 'embedded_subset', 1, 64, 2"
+    f'\nKNN_BANK, PROBE_EXAMPLES, INSTALL, WORKDIR = 1000, 300, False, {workdir!r}'
+  )
   monkeypatch.delenv('XLA_FLAGS', raising=False)  # one CPU device, as a single-GPU runtime
   NotebookClient(nb, timeout=600, kernel_name='python3', resources={'metadata': {'path': ROOT}}).execute()
   outputs = '\n'.join(o.get('text', '') for c in nb.cells if c.cell_type == 'code' for o in c.get('outputs', []))

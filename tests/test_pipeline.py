@@ -87,13 +87,23 @@ def test_train_batches_shapes_determinism_and_resume():
 
 
 def test_epoch_visits_every_example_once_and_processes_partition_it():
-  source = sources._array_source('toy', np.arange(40, dtype=np.uint8).reshape(40, 1, 1, 1).repeat(8, 1).repeat(
-      8, 2), np.arange(40), 40)
+  source = sources._array_source(
+    'toy', np.arange(40, dtype=np.uint8).reshape(40, 1, 1, 1).repeat(8, 1).repeat(8, 2), np.arange(40), 40
+  )
   spec = views.ViewSpec(large_size=4, small_size=2, num_small=0)
   labels = [b['label'] for b in pipeline.train_dataset(source, spec, 8, 0).take(5).as_numpy_iterator()]
   assert sorted(np.concatenate(labels)) == list(range(40))  # one epoch = a permutation
-  per_process = [np.concatenate([b['label'] for b in pipeline.train_dataset(
-      source, spec, 8, 0, process_index=p, process_count=2).take(5).as_numpy_iterator()]) for p in range(2)]
+  per_process = [
+    np.concatenate(
+      [
+        b['label']
+        for b in pipeline.train_dataset(source, spec, 8, 0, process_index=p, process_count=2)
+        .take(5)
+        .as_numpy_iterator()
+      ]
+    )
+    for p in range(2)
+  ]
   assert sorted(np.concatenate(per_process)) == list(range(40))
   with pytest.raises(ValueError, match='batch_size=6 .* process count 4'):
     pipeline.train_dataset(source, spec, 6, 0, process_count=4)
@@ -122,7 +132,7 @@ def messy_folder(tmp_path_factory, china):
     os.makedirs(root / label)
   good = _jpeg(china)
   (root / 'cats' / 'good.jpg').write_bytes(good)
-  (root / 'cats' / 'truncated.jpg').write_bytes(good[:len(good) // 3])
+  (root / 'cats' / 'truncated.jpg').write_bytes(good[: len(good) // 3])
   (root / 'cats' / 'empty.jpg').write_bytes(b'')
   (root / 'cats' / 'text.jpg').write_text('not an image')
   Image.fromarray(china[..., 0]).save(root / 'cats' / 'gray.png')
@@ -171,7 +181,8 @@ def test_views_depend_on_the_example_only_not_the_batch_or_process_count():
   4, ...) gets exactly the views a single process makes for those counters, whatever the batch size."""
   source = sources.get_source('embedded_subset')
   single = next(pipeline.train_dataset(source, SPEC, 8, seed=3).as_numpy_iterator())
-  first_of_two = next(pipeline.train_dataset(source, SPEC, 8, seed=3, process_index=0,
-                                             process_count=2).as_numpy_iterator())
+  first_of_two = next(
+    pipeline.train_dataset(source, SPEC, 8, seed=3, process_index=0, process_count=2).as_numpy_iterator()
+  )
   for key in ('anchor', 'positive', 'small', 'label'):
     np.testing.assert_array_equal(first_of_two[key], single[key][0::2], err_msg=key)

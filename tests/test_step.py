@@ -18,14 +18,17 @@ from tests.helpers import tiny_config
 def test_cross_group_permutation(groups, size):
   perm = np.asarray(shuffle.cross_group_permutation(jax.random.key(groups), groups, size))
   assert sorted(perm) == list(range(groups * size))
-  np.testing.assert_array_equal(perm[np.asarray(shuffle.inverse_permutation(jnp.asarray(perm)))],
-                                np.arange(groups * size))
+  np.testing.assert_array_equal(
+    perm[np.asarray(shuffle.inverse_permutation(jnp.asarray(perm)))], np.arange(groups * size)
+  )
   if groups > 1:
     target_group = np.arange(groups * size) // size
     assert np.all(perm // size != target_group)  # no anchor shares a BN group with its positive
   if groups > 2 and size > 1:  # groups are mixed, not moved wholesale (all shifts equal has odds (G-1)^(1-b))
-    mixed = [len(set(np.asarray(shuffle.cross_group_permutation(jax.random.key(seed), groups, size))[:size] // size))
-             > 1 for seed in range(50)]
+    mixed = [
+      len(set(np.asarray(shuffle.cross_group_permutation(jax.random.key(seed), groups, size))[:size] // size)) > 1
+      for seed in range(50)
+    ]
     assert np.mean(mixed) > 0.9
 
 
@@ -100,8 +103,9 @@ def test_ema_uses_current_online_params_and_gets_no_gradient(make_config, batche
   ema0 = jax.device_get(state1.ema_params)
   state2, _ = fn(state1, shard_batch(mesh, batches[1]))
   expected = jax.tree.map(lambda e, p: 0.9 * e + 0.1 * p, ema0, params0)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), jax.device_get(
-      state2.ema_params), expected)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), jax.device_get(state2.ema_params), expected
+  )
   # The online encoder did move (the SGD step happened).
   moved = jax.tree.leaves(jax.tree.map(lambda a, b: np.any(a != b), jax.device_get(state2.params), params0))
   assert any(moved)
@@ -142,14 +146,17 @@ def test_mocov2_has_no_backbone_queue(make_config, batches):
   assert state.queue_g is None and 'loss_nn' not in metrics[0]
 
 
-@pytest.mark.parametrize('field,overrides', [
+@pytest.mark.parametrize(
+  'field,overrides',
+  [
     ('moco.queue_size', {'moco.queue_size': 100}),
     ('batch_size', {'batch_size': 36}),
     ('bn_groups', {'bn_groups': 3}),
     ('moco.nn_order', {'moco.nn_order': 'sometimes'}),
     ('model.arch', {'model.arch': 'vit'}),
     ('crops.min_overlap', {'crops.min_overlap': 1.5}),
-])
+  ],
+)
 def test_invalid_configs_are_refused_naming_the_field(make_config, field, overrides):
   with pytest.raises(validation.ConfigError, match=field.replace('.', r'\.')):
     validation.validate(make_config(**overrides), num_devices=8)

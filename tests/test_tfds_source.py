@@ -10,11 +10,15 @@ from input_pipeline import views
 
 class JaxMocoTinyImages(tfds.core.GeneratorBasedBuilder):
   """12 train / 5 test grayscale 20 x 24 images, label = index mod 3."""
+
   VERSION = tfds.core.Version('1.0.0')
 
   def _info(self):
-    return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
-        'image': tfds.features.Image(shape=(20, 24, 1)), 'label': tfds.features.ClassLabel(num_classes=3)}))
+    return self.dataset_info_from_configs(
+      features=tfds.features.FeaturesDict(
+        {'image': tfds.features.Image(shape=(20, 24, 1)), 'label': tfds.features.ClassLabel(num_classes=3)}
+      )
+    )
 
   def _split_generators(self, dl_manager):
     return {'train': self._generate_examples(12), 'test': self._generate_examples(5)}
@@ -40,13 +44,20 @@ def test_tfds_source_reads_a_prepared_dataset(tmp_path):
 
 class JaxMocoTinyMultiLabel(tfds.core.GeneratorBasedBuilder):
   """VOC-like: variable-size RGB images, a `labels` sequence and `labels_no_difficult` (4 classes)."""
+
   VERSION = tfds.core.Version('1.0.0')
 
   def _info(self):
     classes = tfds.features.ClassLabel(num_classes=4)
-    return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
-        'image': tfds.features.Image(shape=(None, None, 3)), 'labels': tfds.features.Sequence(classes),
-        'labels_no_difficult': tfds.features.Sequence(classes)}))
+    return self.dataset_info_from_configs(
+      features=tfds.features.FeaturesDict(
+        {
+          'image': tfds.features.Image(shape=(None, None, 3)),
+          'labels': tfds.features.Sequence(classes),
+          'labels_no_difficult': tfds.features.Sequence(classes),
+        }
+      )
+    )
 
   def _split_generators(self, dl_manager):
     return {'train': self._generate_examples()}

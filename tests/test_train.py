@@ -41,8 +41,13 @@ def test_end_to_end_with_knn_summary(make_config, tmp_path, capsys):
   reported = []
   state = train.train_and_evaluate(config, str(tmp_path), on_metrics=lambda step, s: reported.append((step, s)))
   assert int(state.step) == 4
-  assert [(step, sorted(s)[0]) for step, s in reported] == [(0, 'knn/top1'), (2, 'acc_inst'), (2, 'knn/top1'),
-                                                            (4, 'acc_inst'), (4, 'knn/top1')]
+  assert [(step, sorted(s)[0]) for step, s in reported] == [
+    (0, 'knn/top1'),
+    (2, 'acc_inst'),
+    (2, 'knn/top1'),
+    (4, 'acc_inst'),
+    (4, 'knn/top1'),
+  ]
   summary = json.load(open(tmp_path / 'summary.json'))
   for key in ('knn_raw_pixels', 'knn_before', 'knn_after'):
     assert 10.0 <= summary[key]['top1'] <= 100.0  # ten balanced classes: chance is 10 %
@@ -73,13 +78,13 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(make_config, tmp_path,
 def test_resuming_with_another_config_is_refused(make_config, tmp_path):
   train.train_and_evaluate(make_config(num_train_steps=2, eval_dataset=''), str(tmp_path))
   with pytest.raises(checkpointing.ConfigMismatchError, match=r'model: checkpoint .*width.* vs now'):
-    train.train_and_evaluate(make_config(num_train_steps=4, eval_dataset='', **{'model.width': 0.25}),
-                             str(tmp_path))
+    train.train_and_evaluate(make_config(num_train_steps=4, eval_dataset='', **{'model.width': 0.25}), str(tmp_path))
 
 
 def test_non_finite_loss_stops_with_the_last_good_checkpoint(make_config, tmp_path):
-  config = make_config(num_train_steps=8, eval_dataset='', log_every_steps=1, checkpoint_every_steps=1,
-                       **{'optim.base_lr': 1e30})
+  config = make_config(
+    num_train_steps=8, eval_dataset='', log_every_steps=1, checkpoint_every_steps=1, **{'optim.base_lr': 1e30}
+  )
   with pytest.raises(train.NonFiniteLossError, match='non-finite loss at step'):
     train.train_and_evaluate(config, str(tmp_path))
   saved = sorted(int(d) for d in os.listdir(tmp_path / 'checkpoints') if d.isdigit())

@@ -32,8 +32,18 @@ class Encoder(nn.Module):
   def __call__(self, images, train: bool):
     features = self.backbone(images, train)
     hidden = self.hidden_dim or self.backbone.num_features
-    h = nn.Dense(hidden, kernel_init=torch_linear_kernel_init, bias_init=torch_linear_bias_init(features.shape[-1]),
-                 dtype=self.backbone.dtype, name='fc_0')(features)
-    z = nn.Dense(self.projection_dim, kernel_init=torch_linear_kernel_init, bias_init=torch_linear_bias_init(hidden),
-                 dtype=self.backbone.dtype, name='fc_2')(nn.relu(h))
+    h = nn.Dense(
+      hidden,
+      kernel_init=torch_linear_kernel_init,
+      bias_init=torch_linear_bias_init(features.shape[-1]),
+      dtype=self.backbone.dtype,
+      name='fc_0',
+    )(features)
+    z = nn.Dense(
+      self.projection_dim,
+      kernel_init=torch_linear_kernel_init,
+      bias_init=torch_linear_bias_init(hidden),
+      dtype=self.backbone.dtype,
+      name='fc_2',
+    )(nn.relu(h))
     return features, l2_normalize(z.astype(jnp.float32))

@@ -18,8 +18,17 @@ from jax_moco.models.batchnorm import SplitBatchNorm
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 
-def conv_small_maps_as_matmul(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                              dimension_numbers=None, feature_group_count=1, precision=None):
+def conv_small_maps_as_matmul(
+  lhs,
+  rhs,
+  window_strides,
+  padding,
+  lhs_dilation=None,
+  rhs_dilation=None,
+  dimension_numbers=None,
+  feature_group_count=1,
+  precision=None,
+):
   """lax.conv_general_dilated (NHWC, HWIO), except on feature maps smaller than the kernel's extent (a 3x3 conv on
   the 2x2 or 1x1 maps of the last stage for 16-32 px crops), which are computed as patches @ kernel.
 
@@ -31,17 +40,33 @@ def conv_small_maps_as_matmul(lhs, rhs, window_strides, padding, lhs_dilation=No
   dh, dw = rhs_dilation or (1, 1)
   small = lhs.shape[1] < (kh - 1) * dh + 1 or lhs.shape[2] < (kw - 1) * dw + 1
   if not small or feature_group_count != 1 or any(d != 1 for d in (lhs_dilation or ())):
-    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-                                    rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-                                    feature_group_count=feature_group_count, precision=precision)
-  patches = lax.conv_general_dilated_patches(lhs, (kh, kw), window_strides, padding, rhs_dilation=(dh, dw),
-                                             dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision=precision)
+    return lax.conv_general_dilated(
+      lhs,
+      rhs,
+      window_strides,
+      padding,
+      lhs_dilation=lhs_dilation,
+      rhs_dilation=rhs_dilation,
+      dimension_numbers=dimension_numbers,
+      feature_group_count=feature_group_count,
+      precision=precision,
+    )
+  patches = lax.conv_general_dilated_patches(
+    lhs,
+    (kh, kw),
+    window_strides,
+    padding,
+    rhs_dilation=(dh, dw),
+    dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+    precision=precision,
+  )
   kernel = rhs.transpose(2, 0, 1, 3).reshape(-1, rhs.shape[3])  # rows in the patches' (C, KH, KW) order
   return jnp.dot(patches, kernel, precision=precision)
 
 
 class ResidualBlock(nn.Module):
   """Fields shared by both block types; `expansion` is the output width over `planes`."""
+
   planes: int
   stride: int = 1
   dilation: int = 1
@@ -56,8 +81,9 @@ class BasicBlock(ResidualBlock):
 
   @nn.compact
   def __call__(self, x, train):
-    out = self.conv(self.planes, (3, 3), self.stride, padding=self.dilation, kernel_dilation=self.dilation,
-                    name='conv1')(x)
+    out = self.conv(
+      self.planes, (3, 3), self.stride, padding=self.dilation, kernel_dilation=self.dilation, name='conv1'
+    )(x)
     out = nn.relu(self.norm(name='bn1')(out, train))
     out = self.conv(self.planes, (3, 3), padding=self.dilation, kernel_dilation=self.dilation, name='conv2')(out)
     out = self.norm(name='bn2', zero_init=self.zero_init_last)(out, train)
@@ -70,8 +96,9 @@ class Bottleneck(ResidualBlock):
   @nn.compact
   def __call__(self, x, train):
     out = nn.relu(self.norm(name='bn1')(self.conv(self.planes, (1, 1), name='conv1')(x), train))
-    out = self.conv(self.planes, (3, 3), self.stride, padding=self.dilation, kernel_dilation=self.dilation,
-                    name='conv2')(out)
+    out = self.conv(
+      self.planes, (3, 3), self.stride, padding=self.dilation, kernel_dilation=self.dilation, name='conv2'
+    )(out)
     out = nn.relu(self.norm(name='bn2')(out, train))
     out = self.conv(self.planes * 4, (1, 1), name='conv3')(out)
     out = self.norm(name='bn3', zero_init=self.zero_init_last)(out, train)
@@ -87,6 +114,7 @@ def _shortcut(block, x, train):
 
 class ResNet(nn.Module):
   """Backbone: images [B, H, W, 3] (normalised) -> globally pooled features [B, C]."""
+
   stage_sizes: Sequence[int]
   block: type
   width: float = 1.0
@@ -102,8 +130,9 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init,
-                             conv_general_dilated=conv_small_maps_as_matmul)
+    conv = functools.partial(
+      nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init, conv_general_dilated=conv_small_maps_as_matmul
+    )
     norm = functools.partial(SplitBatchNorm, groups=self.bn_groups, dtype=self.dtype, zero_init=False)
     x = x.astype(self.dtype)
     base = int(64 * self.width)
@@ -123,18 +152,26 @@ class ResNet(nn.Module):
       dilation = 2 if last and self.dilate_last else 1
       for i in range(num_blocks):
         downsample = i == 0 and (stride != 1 or in_planes != planes * self.block.expansion)
-        x = self.block(planes, stride if i == 0 else 1, dilation if i > 0 or not downsample else 1, downsample,
-                       self.zero_init_residual, norm=norm, conv=conv, name=f'layer{stage + 1}_{i}')(x, train)
+        x = self.block(
+          planes,
+          stride if i == 0 else 1,
+          dilation if i > 0 or not downsample else 1,
+          downsample,
+          self.zero_init_residual,
+          norm=norm,
+          conv=conv,
+          name=f'layer{stage + 1}_{i}',
+        )(x, train)
         in_planes = planes * self.block.expansion
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
 
 ARCHS = {
-    'resnet_tiny': ([1, 1, 1, 1], BasicBlock),  # Test-only: one block a stage.
-    'resnet18': ([2, 2, 2, 2], BasicBlock),
-    'resnet34': ([3, 4, 6, 3], BasicBlock),
-    'resnet50': ([3, 4, 6, 3], Bottleneck),
-    'resnet101': ([3, 4, 23, 3], Bottleneck),
+  'resnet_tiny': ([1, 1, 1, 1], BasicBlock),  # Test-only: one block a stage.
+  'resnet18': ([2, 2, 2, 2], BasicBlock),
+  'resnet34': ([3, 4, 6, 3], BasicBlock),
+  'resnet50': ([3, 4, 6, 3], Bottleneck),
+  'resnet101': ([3, 4, 23, 3], Bottleneck),
 }
 
 
