@@ -20,7 +20,9 @@ def get_config():
   c.num_epochs = 20
   c.num_train_steps = 500  # > 0 overrides num_epochs
   c.batch_size = 128  # global
-  c.bn_groups = 2  # split-BN groups per device (shuffling BN on one GPU); 64 images a group in the demo
+  # Split-BN groups per device: the keys are shuffled over devices x bn_groups BN groups, which must be >= 2.
+  # 0 = auto: one group per device on several devices, groups of 128 images (>= 2) on one device.
+  c.bn_groups = 2  # 64 images a group in the demo
   c.seed = 0
 
   c.model = ml_collections.ConfigDict()
@@ -95,7 +97,7 @@ def apply_preset(c, preset):
     c.dataset = 'folder:data/coco/train2017' if preset == 'coco' else 'folder:data/imagenet/train'
     c.eval_dataset = '' if preset == 'coco' else 'folder:data/imagenet/val'
     c.model.arch, c.model.width, c.model.stem = 'resnet50', 1.0, 'imagenet'
-    c.batch_size, c.bn_groups, c.num_epochs, c.num_train_steps = 256, 1, 200, 0
+    c.batch_size, c.bn_groups, c.num_epochs, c.num_train_steps = 256, 0, 200, 0  # auto: the authors' BN batch
     c.moco.queue_size, c.moco.temperature = 65536, 0.2
     c.crops.large_size, c.crops.small_size = 224, 96
     c.crops.blur_reference_size = 0  # the authors' fixed [0.1, 2] px at every view size

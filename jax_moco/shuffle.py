@@ -1,26 +1,19 @@
-"""Shuffling BN (MoCo, Sec. 3.3) generalised to G = devices x split-BN groups.
+"""Shuffling BN (He et al. 2020, "Momentum Contrast for Unsupervised Visual Representation Learning", Sec. 3.3)
+over G = devices x split-BN groups.
 
-The global batch of anchors is seen as G BN groups of b images (group g = images [g b, (g + 1) b), device-major).
-The permutation sends every anchor to a *different* group than the one its positive is normalised in, while each
-group receives anchors from many groups: shifting slot j of every group by its own random offset s_j in [1, G - 1]
-is a bijection, and a random order within each group first decides which images share a shift.
+The global batch of anchors is permuted uniformly at random before the momentum encoder sees it, with one
+permutation that every device draws from the same key (MoCo's `_batch_shuffle_ddp` draws `randperm` on rank 0 and
+broadcasts it). A key's BN batch is then a random sample of the whole batch: about 1/G of its BN mates have their
+positive in the key's own positive's group, as in MoCo, instead of all of them without the shuffle.
 """
 
 import jax
 import jax.numpy as jnp
 
 
-def cross_group_permutation(key, num_groups, group_size):
-  """perm [G b] with shuffled[t] = x[perm[t]] and group(perm[t]) != group(t) whenever G > 1."""
-  order_key, shift_key = jax.random.split(key)
-  within = jax.vmap(lambda k: jax.random.permutation(k, group_size))(jax.random.split(order_key, num_groups))
-  if num_groups > 1:
-    shifts = jax.random.randint(shift_key, (group_size,), 1, num_groups)
-  else:
-    shifts = jnp.zeros((group_size,), jnp.int32)
-  source_group = (jnp.arange(num_groups)[:, None] - shifts[None, :]) % num_groups
-  source_slot = within[source_group, jnp.arange(group_size)[None, :]]
-  return (source_group * group_size + source_slot).reshape(-1)
+def batch_permutation(key, batch_size):
+  """perm [B], a uniformly random permutation: shuffled[t] = x[perm[t]]. The same key gives the same perm."""
+  return jax.random.permutation(key, batch_size)
 
 
 def inverse_permutation(perm):

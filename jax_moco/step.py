@@ -1,7 +1,7 @@
 """The kNN-MoCo train step (paper 001, Algorithm 2, in the order of paper 002, Algorithm 1), written as
 per-device code and mapped over the 1-D device mesh axis 'data' with jax.shard_map.
 
-Order within a step: EMA update of f' from the current f; encode the anchors with f' after a cross-device shuffle;
+Order within a step: EMA update of f' from the current f; encode the anchors with f' after a batch shuffle;
 losses on the positives from f; SGD update of f with gradients averaged over devices; enqueue of the gathered anchors.
 """
 
@@ -36,7 +36,6 @@ class StepConfig:
   nn_weight: float
   nn_warmup_steps: int
   nn_order: str  # 'loss_then_enqueue' (paper, Sec. 4.3) or 'enqueue_then_mine' (appendix B, authors' scripts)
-  bn_groups: int
   queue_size: int
 
 
@@ -48,7 +47,6 @@ def step_config(config, steps_per_epoch) -> StepConfig:
     nn_weight=m.nn_weight,
     nn_warmup_steps=int(m.nn_warmup_epochs * steps_per_epoch),
     nn_order=m.nn_order,
-    bn_groups=config.bn_groups,
     queue_size=m.queue_size,
   )
 
@@ -65,14 +63,14 @@ def _encode(encoder, params, batch_stats, images):
   return features, projections, updates['batch_stats']
 
 
-def encode_keys_shuffled(encoder, ema_params, ema_batch_stats, anchors, key, bn_groups):
-  """Momentum-encoder keys with shuffling BN. Returns (global backbone keys [B, C_g], global projection keys
-  [B, C], new BN statistics), in the original order of the global batch, identical on every device."""
+def encode_keys_shuffled(encoder, ema_params, ema_batch_stats, anchors, key):
+  """Momentum-encoder keys with shuffling BN: the gathered anchors in one random order (the same on every device,
+  from the same key), each device encoding its slice in its BN groups. Returns (global backbone keys [B, C_g],
+  global projection keys [B, C], new BN statistics), back in the original order of the global batch."""
   device = jax.lax.axis_index(AXIS)
   local = anchors.shape[0]
   all_anchors = jax.lax.all_gather(anchors, AXIS, tiled=True)
-  num_groups = (all_anchors.shape[0] // local) * bn_groups
-  perm = shuffle.cross_group_permutation(key, num_groups, all_anchors.shape[0] // num_groups)
+  perm = shuffle.batch_permutation(key, all_anchors.shape[0])
   mine = all_anchors[jax.lax.dynamic_slice_in_dim(perm, device * local, local)]
   features, projections, batch_stats = _encode(encoder, ema_params, ema_batch_stats, mine)
   inverse = shuffle.inverse_permutation(perm)
@@ -98,7 +96,7 @@ def train_step(state: TrainState, batch, *, encoder, tx, cfg: StepConfig, lr_fn:
   momentum = momentum_fn(state.step)
   ema_params = jax.tree.map(lambda e, p: momentum * e + (1.0 - momentum) * p, state.ema_params, state.params)
   keys_g, keys_h, ema_batch_stats = encode_keys_shuffled(
-    encoder, ema_params, state.ema_batch_stats, batch['anchor'], key, cfg.bn_groups
+    encoder, ema_params, state.ema_batch_stats, batch['anchor'], key
   )
   my_keys_h = jax.lax.dynamic_slice_in_dim(keys_h, device * local, local)
 

@@ -83,6 +83,7 @@ def train_and_evaluate(config, workdir: str, on_metrics=None) -> state_lib.Train
   `on_metrics(step, scalars)`, if given, receives every logged scalar dict on process 0 (training metrics every
   `log_every_steps`, `knn/top1` and `knn/top5` at each kNN evaluation): live plots in a notebook, for example.
   """
+  config = validation.with_resolved_bn_groups(config, jax.device_count())
   validation.validate(config, jax.device_count(), jax.process_count())
   os.makedirs(workdir, exist_ok=True)
   is_chief = jax.process_index() == 0

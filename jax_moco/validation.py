@@ -1,4 +1,4 @@
-"""Refuses invalid configs before anything is compiled, naming the field."""
+"""Refuses invalid configs before anything is compiled, naming the field; resolves `bn_groups = 0` (auto)."""
 
 from jax_moco.models import resnet
 from jax_moco.step import ENQUEUE_ORDERS
@@ -13,16 +13,48 @@ def _require(ok, field, message):
     raise ConfigError(f'{field}: {message}')
 
 
+# The authors' BN batch: their COCO runs put batch 256 on 2 GPUs, 128 images a BN group.
+AUTHORS_BN_BATCH = 128
+
+
+def bn_groups_for(config, num_devices: int) -> int:
+  """`config.bn_groups`, with 0 (auto) resolved: one group per device on several devices; on one device, groups
+  of the authors' 128 images (at least 2, so that there is something to shuffle)."""
+  if config.bn_groups != 0:
+    return config.bn_groups
+  if num_devices > 1:
+    return 1
+  return max(config.batch_size // AUTHORS_BN_BATCH, 2)
+
+
+def with_resolved_bn_groups(config, num_devices: int):
+  """A copy of `config` whose `bn_groups` is the number the run uses (what checkpoints and config.json record)."""
+  resolved = config.copy_and_resolve_references()
+  resolved.bn_groups = bn_groups_for(config, num_devices)
+  return resolved
+
+
 def validate(config, num_devices: int = 1, process_count: int = 1):
+  """Checks every field whose valid range is known, naming the field: batch_size (divisible by devices and
+  processes), bn_groups (splits the per-device batch; at least 2 BN groups in all, since shuffling BN needs
+  another group to send keys to), the queue (a multiple of the batch), temperature, momenta, the NN loss, the
+  model, crop sizes and scales, the constrained multi-crop threshold, the schedule length and the kNN monitor."""
   b, m, cr = config.batch_size, config.moco, config.crops
   _require(b > 0, 'batch_size', f'must be positive, got {b}')
   _require(b % num_devices == 0, 'batch_size', f'{b} is not divisible by the {num_devices} devices')
   _require(b % process_count == 0, 'batch_size', f'{b} is not divisible by the {process_count} processes')
   local = b // num_devices
+  groups = bn_groups_for(config, num_devices)
   _require(
-    config.bn_groups >= 1 and local % config.bn_groups == 0,
+    groups >= 1 and local % groups == 0,
     'bn_groups',
-    f'the per-device batch {local} cannot be split into {config.bn_groups} groups',
+    f'the per-device batch {local} cannot be split into {groups} groups',
+  )
+  _require(
+    groups * num_devices >= 2,
+    'bn_groups',
+    f'{groups} BN group on {num_devices} device leaves shuffling BN nothing to shuffle (every key would be '
+    "normalised with its own positive's images, which lets the model cheat): use bn_groups >= 2, or 0 (auto)",
   )
   _require(
     m.queue_size > 0 and m.queue_size % b == 0,

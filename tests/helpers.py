@@ -32,6 +32,16 @@ def tiny_config(**overrides):
   return c
 
 
+def loss_atol(temperature, dim, terms=1):
+  """Absolute tolerance for an InfoNCE-type loss computed in float32 by two implementations. Each logit is a dot
+  product of unit vectors over `dim` terms divided by T, whose rounding error grows like sqrt(dim) * eps / T
+  (random-walk accumulation of the per-term rounding); a cross-entropy changes by at most twice the largest logit
+  change, and a sum of `terms` such losses (the total loss) by the sum of their bounds. A safety factor of 4
+  covers the summation orders and the log-sum-exp's own rounding. Relative tolerances fail for small losses."""
+  eps = float(np.finfo(np.float32).eps)
+  return 4 * terms * 2 * np.sqrt(dim) * eps / temperature
+
+
 def flat_state(state):
   """Every leaf of a (replicated) train state as a host array keyed by its path."""
   return {

@@ -19,9 +19,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.parametrize('preset', base.PRESETS)
 def test_every_config_and_preset_is_valid(module, preset):
   config = module.get_config(preset)
-  validation.validate(config, num_devices=8)
-  validation.validate(config, num_devices=1)
-  assert config.batch_size % config.bn_groups == 0
+  for devices in (8, 1):
+    validation.validate(config, num_devices=devices)
+    groups = validation.bn_groups_for(config, devices)
+    assert devices * groups >= 2 and config.batch_size % (devices * groups) == 0
+  if preset in ('coco', 'imagenet'):  # the authors' BN batch: 128 images a group on one device and on two
+    assert config.batch_size // validation.bn_groups_for(config, 1) == 128
+    assert config.batch_size // (2 * validation.bn_groups_for(config, 2)) == 128
 
 
 def test_variants_differ_where_the_paper_says():

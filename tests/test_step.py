@@ -1,12 +1,15 @@
 """The per-device step on 8 emulated devices: shuffling BN, queues, EMA, replication, both enqueue orders."""
 
+import chex
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import pytest
 
 from jax_moco import queue as queue_lib
 from jax_moco import shuffle
+from jax_moco import step as step_lib
 from jax_moco import validation
 from jax_moco.monitor import shard_batch
 from tests.helpers import build
@@ -14,22 +17,39 @@ from tests.helpers import real_batches
 from tests.helpers import tiny_config
 
 
-@pytest.mark.parametrize('groups,size', [(1, 5), (2, 3), (8, 4), (16, 2)])
-def test_cross_group_permutation(groups, size):
-  perm = np.asarray(shuffle.cross_group_permutation(jax.random.key(groups), groups, size))
-  assert sorted(perm) == list(range(groups * size))
-  np.testing.assert_array_equal(
-    perm[np.asarray(shuffle.inverse_permutation(jnp.asarray(perm)))], np.arange(groups * size)
+@pytest.mark.parametrize('groups', [2, 4, 8])
+def test_shuffle_puts_about_one_key_in_g_in_its_positives_bn_group(groups):
+  """Shuffling BN as MoCo shuffles: a key is encoded in its positive's BN group 1/G of the time, as under any
+  uniform permutation (a shift of every slot by a nonzero offset would give 0, and at G = 2 would make every
+  key's BN mates exactly the images of its positive's group). Over draws x slots the fraction is within a 4-sigma
+  binomial interval of 1/G."""
+  size, draws = 16, 400
+  batch = groups * size
+  group = np.arange(batch) // size
+  keys = jax.random.split(jax.random.key(0), draws)
+  perms = np.asarray(jax.vmap(lambda k: shuffle.batch_permutation(k, batch))(keys))
+  # Slot t of the shuffled batch is encoded in BN group group[t] and holds anchor perm[t], whose positive is
+  # normalised in BN group group[perm[t]] of the online encoder.
+  same = np.mean(group[perms] == group[None, :])
+  p, n = 1 / groups, draws * batch
+  assert abs(same - p) < 4 * np.sqrt(p * (1 - p) / n), same
+  # Nor does any BN group of keys come wholesale from one group of positives.
+  assert min(len(set(group[perm[:size]])) for perm in perms) > 1
+
+
+def test_unshuffle_restores_the_order_and_every_device_draws_the_same_permutation():
+  perm = shuffle.batch_permutation(jax.random.key(3), 40)
+  assert sorted(np.asarray(perm)) == list(range(40))
+  x = jnp.arange(40) * 10
+  np.testing.assert_array_equal(x[perm][shuffle.inverse_permutation(perm)], x)
+  mesh = step_lib.create_mesh()
+  per_device = jax.shard_map(
+    lambda key: shuffle.batch_permutation(key[0], 40)[None], mesh=mesh, in_specs=P(), out_specs=P(step_lib.AXIS)
   )
-  if groups > 1:
-    target_group = np.arange(groups * size) // size
-    assert np.all(perm // size != target_group)  # no anchor shares a BN group with its positive
-  if groups > 2 and size > 1:  # groups are mixed, not moved wholesale (all shifts equal has odds (G-1)^(1-b))
-    mixed = [
-      len(set(np.asarray(shuffle.cross_group_permutation(jax.random.key(seed), groups, size))[:size] // size)) > 1
-      for seed in range(50)
-    ]
-    assert np.mean(mixed) > 0.9
+  rows = np.asarray(jax.jit(per_device)(jax.random.key(3)[None]))
+  assert rows.shape == (8, 40)
+  for row in rows:
+    np.testing.assert_array_equal(row, np.asarray(perm))
 
 
 def test_enqueue_fifo_and_wraparound():
@@ -68,10 +88,15 @@ def assert_replicated(tree):
       np.testing.assert_array_equal(s, shards[0])
 
 
-def test_step_state_replicated_queues_aligned_and_compiled_once(make_config, batches):
+@pytest.fixture
+def traced_once(monkeypatch):
+  """The per-device step may be traced (so compiled) only once by the steps built in this test."""
+  monkeypatch.setattr(step_lib, 'train_step', chex.assert_max_traces(step_lib.train_step, n=1))
+
+
+def test_step_state_replicated_queues_aligned_and_compiled_once(make_config, batches, traced_once):
   config = make_config()
-  state, metrics, fn = run(config, batches)
-  assert fn._cache_size() == 1  # the step compiled once for all steps
+  state, metrics, fn = run(config, batches)  # three steps, one trace
   assert_replicated(state)
   B, K = config.batch_size, config.moco.queue_size
   assert int(state.step) == 3 and int(state.queue_ptr) == 3 * B
@@ -162,13 +187,24 @@ def test_invalid_configs_are_refused_naming_the_field(make_config, field, overri
     validation.validate(make_config(**overrides), num_devices=8)
 
 
+def test_one_bn_group_in_all_is_refused_and_auto_groups_resolve(make_config):
+  with pytest.raises(validation.ConfigError, match='bn_groups.*nothing to shuffle'):
+    validation.validate(make_config(bn_groups=1), num_devices=1)
+  validation.validate(make_config(bn_groups=1), num_devices=8)  # 8 devices are 8 groups
+  auto = make_config(bn_groups=0, batch_size=256)
+  assert validation.bn_groups_for(auto, 1) == 2  # the authors' BN batch of 128
+  assert validation.bn_groups_for(auto, 8) == 1
+  assert validation.bn_groups_for(make_config(bn_groups=0, batch_size=64), 1) == 2
+  assert validation.with_resolved_bn_groups(auto, 1).bn_groups == 2 and auto.bn_groups == 0
+
+
 def test_bfloat16_compute_keeps_float32_params(make_config, batches):
   state, metrics, _ = run(make_config(**{'model.dtype': 'bfloat16'}), batches[:2])
   assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(state.params))
   assert all(np.isfinite(v) for m in metrics for v in m.values())
 
 
-def test_no_implicit_host_device_transfers_inside_the_loop(make_config, batches):
+def test_no_implicit_host_device_transfers_inside_the_loop(make_config, batches, traced_once):
   """Besides the batch (placed explicitly), the step moves nothing between host and device: any implicit
   transfer (a Python scalar argument, a NumPy constant re-uploaded each call) fails under the transfer guard."""
   mesh, state, fn = build(make_config())
@@ -177,6 +213,6 @@ def test_no_implicit_host_device_transfers_inside_the_loop(make_config, batches)
   with jax.transfer_guard('disallow'):
     for b in sharded[1:]:
       state, metrics = fn(state, b)
-  assert fn._cache_size() == 1 and int(jax.device_get(state.step)) == 3
+  assert int(jax.device_get(state.step)) == 3
   with jax.transfer_guard('disallow'), pytest.raises(Exception, match='[Dd]isallowed'):
-    fn(state, batches[0])  # the guard is live: a host NumPy batch is an implicit transfer
+    jax.jit(lambda x: x + 1)(batches[0]['anchor'])  # the guard is live: a host NumPy array is an implicit transfer
