@@ -1,6 +1,7 @@
 """Where XLA loses to PyTorch in the step: one 3x3 convolution's forward, input gradient (dx) and weight gradient
-(dw), XLA (jax.jit of lax.conv_general_dilated, NHWC) against PyTorch (channels-last, aten.convolution_backward) in
-the same run, on the ResNet-18 CIFAR-stem shapes of the CPU benchmarks; medians in ms and their ratios.
+(dw), XLA (jax.jit of lax.conv_general_dilated, NHWC; with the convolutions in YNNPACK and in XLA's own emitter)
+against PyTorch (channels-last, aten.convolution_backward) in the same run, on the ResNet-18 CIFAR-stem shapes of the
+CPU benchmarks; medians in ms and their ratios.
 
   python bench/conv_ops.py            # needs torch (requirements-test.txt)
 """
@@ -17,6 +18,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import step as bench_step  # noqa: E402
+
+from jax_moco import xla_cpu  # noqa: E402
 
 FLAGS = flags.FLAGS
 # (batch, height = width, in channels, out channels, stride): stages 1-3 of ResNet-18 at 32 px, width 1 and 0.25.
@@ -39,7 +42,7 @@ def median_ms(fn, repeats):
   return bench_step.median_step_seconds(fn, repeats) * 1e3
 
 
-def xla_ops(x, w, stride):
+def xla_ops(x, w, stride, compiler_options=None):
   """Forward, dx and dw of one conv (padding 1) as three jitted functions of (x, w, g)."""
   conv = lambda x, w: lax.conv_general_dilated(
     x,
@@ -48,10 +51,12 @@ def xla_ops(x, w, stride):
     ((1, 1), (1, 1)),  # noqa: E731
     dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
   )
-  fwd = jax.jit(lambda x, w, g: conv(x, w))
-  dx = jax.jit(lambda x, w, g: jax.vjp(lambda x: conv(x, w), x)[1](g)[0])
-  dw = jax.jit(lambda x, w, g: jax.vjp(lambda w: conv(x, w), w)[1](g)[0])
-  return fwd, dx, dw
+  ops = (
+    lambda x, w, g: conv(x, w),
+    lambda x, w, g: jax.vjp(lambda x: conv(x, w), x)[1](g)[0],
+    lambda x, w, g: jax.vjp(lambda w: conv(x, w), w)[1](g)[0],
+  )
+  return [jax.jit(op, compiler_options=compiler_options) for op in ops]
 
 
 def torch_ops(x, w, g, stride):
@@ -65,7 +70,8 @@ def torch_ops(x, w, g, stride):
 
 
 def run(shapes=SHAPES, repeats=7, log=print):
-  """Returns rows {shape, op, xla_ms, torch_ms} and prints a table."""
+  """Returns rows {shape, op, ynn_ms, xla_ms, torch_ms} and prints a table: XLA:CPU with the convolutions in
+  YNNPACK (jaxlib's default) and in XLA's own emitter (`cpu_ynnpack_convolutions='off'`), and PyTorch."""
   import torch
 
   rows = []
@@ -79,24 +85,30 @@ def run(shapes=SHAPES, repeats=7, log=print):
     xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
     wt = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous(memory_format=torch.channels_last)
     gt = torch.from_numpy(g).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+    ynn = xla_ops(xj, wj, stride, xla_cpu.compiler_options('on'))
+    own = xla_ops(xj, wj, stride, xla_cpu.compiler_options('off'))
     with torch.no_grad():
-      for op, ours, theirs in zip(('fwd', 'dx', 'dw'), xla_ops(xj, wj, stride), torch_ops(xt, wt, gt, stride)):
-        xla_ms = median_ms(lambda: jax.block_until_ready(ours(xj, wj, gj)), repeats)  # noqa: B023
+      for op, with_ynn, without, theirs in zip(('fwd', 'dx', 'dw'), ynn, own, torch_ops(xt, wt, gt, stride)):
+        time_jax = lambda fn: median_ms(lambda: jax.block_until_ready(fn(xj, wj, gj)), repeats)  # noqa: E731,B023
         rows.append(
           dict(
             shape=f'{batch}x{size}x{size}x{cin}->{cout} s{stride}',
             op=op,
-            xla_ms=xla_ms,
+            ynn_ms=time_jax(with_ynn),
+            xla_ms=time_jax(without),
             torch_ms=median_ms(theirs, repeats),
           )
         )
   log(
     f'3x3 convolutions, float32, {jax.devices()[0].platform}, torch threads {torch.get_num_threads()}, '
-    f'median of {repeats}:\n\n| shape (NHWC -> C_out, stride) | op | XLA ms | PyTorch ms | XLA / PyTorch speed |\n'
-    '| --- | --- | --- | --- | --- |'
+    f'median of {repeats}:\n\n| shape (NHWC -> C_out, stride) | op | XLA, YNNPACK convs ms | XLA, own convs ms | '
+    'PyTorch ms | own / YNNPACK speed | own / PyTorch speed |\n| --- | --- | --- | --- | --- | --- | --- |'
   )
   for r in rows:
-    log(f'| {r["shape"]} | {r["op"]} | {r["xla_ms"]:.1f} | {r["torch_ms"]:.1f} | {r["torch_ms"] / r["xla_ms"]:.2f}x |')
+    log(
+      f'| {r["shape"]} | {r["op"]} | {r["ynn_ms"]:.1f} | {r["xla_ms"]:.1f} | {r["torch_ms"]:.1f} | '
+      f'{r["ynn_ms"] / r["xla_ms"]:.2f}x | {r["torch_ms"] / r["xla_ms"]:.2f}x |'
+    )
   return rows
 
 

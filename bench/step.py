@@ -10,6 +10,7 @@ Also prints XLA's compile time, the model FLOPs per step from XLA's cost analysi
 One device, one BN group (the reference has no split BN).
 """
 
+import functools
 import os
 import resource
 import statistics
@@ -29,6 +30,7 @@ from jax_moco import schedules  # noqa: E402
 from jax_moco import state as state_lib  # noqa: E402
 from jax_moco import step as step_lib  # noqa: E402
 from jax_moco import torch_layout  # noqa: E402
+from jax_moco import xla_cpu  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -71,8 +73,9 @@ def synthetic_batch(config, seed=0):
   return batch
 
 
-def jax_step(config, seed=0, num_devices=1):
-  """(train step on the first `num_devices` devices, initial state, constant learning rate) for `config`."""
+def jax_step(config, seed=0, num_devices=1, ynnpack_convolutions=None):
+  """(train step on the first `num_devices` devices, initial state, constant learning rate) for `config`, with
+  XLA:CPU's convolutions as `ynnpack_convolutions` ('on' / 'off') or the config's setting."""
   mesh = step_lib.create_mesh(jax.devices()[:num_devices])
   encoder = state_lib.create_encoder(config)
   lr = config.optim.base_lr * config.batch_size / 256
@@ -85,6 +88,7 @@ def jax_step(config, seed=0, num_devices=1):
     step_lib.step_config(config, 1000),
     lambda step: lr,
     schedules.ema_momentum(config.moco.momentum, 1, 'constant'),
+    xla_cpu.compiler_options(ynnpack_convolutions or config.cpu_ynnpack_convolutions),
   )
   return fn, state, lr
 
@@ -130,27 +134,32 @@ def median_step_seconds(run_one, steps):
   return statistics.median(times)
 
 
+def _run_compiled(compiled, holder, batch):
+  holder['state'], metrics = compiled(holder['state'], batch)
+  jax.block_until_ready(metrics['loss'])
+
+
 def run(config, steps=5, rounds=3, torch_compile=False, channels_last=True, log=print):
   """Alternating rounds of ours and the reference(s); returns {name: median images/s} and prints a summary."""
   import torch
   import torch_reference_step as ref
 
-  fn, state, lr = jax_step(config)
-  model, optimizer = torch_reference(config, state, lr, channels_last)
   batch = synthetic_batch(config)
   torch_batch = {k: torch.from_numpy(v) for k, v in batch.items()}
   device_batch = jax.device_put(batch, jax.devices()[0])
-  start = time.perf_counter()
-  compiled = fn.lower(state, device_batch).compile()
-  compile_s = time.perf_counter() - start
-  flops = (compiled.cost_analysis() or {}).get('flops', float('nan'))
-  holder = {'state': state}
-
-  def ours():
-    holder['state'], metrics = compiled(holder['state'], device_batch)
-    jax.block_until_ready(metrics['loss'])
-
-  runners = {'jax_moco (XLA)': ours, 'PyTorch reference (eager)': lambda: ref.train_step(model, optimizer, torch_batch)}
+  runners, compile_s = {}, {}
+  for setting, name in (('on', 'YNNPACK convolutions'), ('off', 'own convolutions')):
+    fn, state, lr = jax_step(config, ynnpack_convolutions=setting)
+    if setting == 'on':
+      model, optimizer = torch_reference(config, state, lr, channels_last)
+    start = time.perf_counter()
+    compiled = fn.lower(state, device_batch).compile()
+    compile_s[setting] = time.perf_counter() - start
+    flops = (compiled.cost_analysis() or {}).get('flops', float('nan'))
+    runners[f'jax_moco (XLA, {name})'] = functools.partial(_run_compiled, compiled, {'state': state}, device_batch)
+  chosen = 'on' if xla_cpu.ynnpack_convolutions(config.cpu_ynnpack_convolutions) else 'off'
+  ours = [name for name in runners if name.startswith('jax_moco')][chosen == 'off']
+  runners['PyTorch reference (eager)'] = lambda: ref.train_step(model, optimizer, torch_batch)
   if torch_compile:
     compiled_model = torch.compile(model)
     runners['PyTorch reference (torch.compile)'] = lambda: ref.train_step(compiled_model, optimizer, torch_batch)
@@ -162,16 +171,18 @@ def run(config, steps=5, rounds=3, torch_compile=False, channels_last=True, log=
       results[name].append(config.batch_size / median_step_seconds(run_one, steps))
     log(f'round {r + 1}: ' + ', '.join(f'{k} {v[-1]:.1f} img/s' for k, v in results.items()))
   medians = {k: statistics.median(v) for k, v in results.items()}
-  ours_rate = medians['jax_moco (XLA)']
+  ours_rate = medians[ours]
   log(
     f'\n{config.model.arch} ({config.model.stem} stem), batch {config.batch_size}, {config.crops.large_size} px + '
     f'{config.crops.num_small} x {config.crops.small_size} px, K = {config.moco.queue_size}, {config.model.dtype}, '
     f'{jax.devices()[0].platform}, torch threads {torch.get_num_threads()}, median of {rounds} rounds:'
   )
+  log(f'  ours = {ours}, the setting cpu_ynnpack_convolutions={config.cpu_ynnpack_convolutions!r} picks')
   for name, value in medians.items():
-    log(f'  {name:36s} {value:8.1f} images/s   ours / this: {ours_rate / value:.2f}x')
+    log(f'  {name:44s} {value:8.1f} images/s   ours / this: {ours_rate / value:.2f}x')
   log(
-    f'  XLA compile {compile_s:.1f} s; model FLOPs per step {flops / 1e9:.1f} G '
+    f'  XLA compile {compile_s["on"]:.1f} s (YNNPACK) / {compile_s["off"]:.1f} s (own); model FLOPs per step '
+    f'{flops / 1e9:.1f} G '
     f'({flops * ours_rate / config.batch_size / 1e9:.1f} GFLOP/s achieved); '
     f'peak host RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB'
   )

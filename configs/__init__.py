@@ -1,1 +1,1 @@
-"""ml_collections configs: `base.py` is the one schema; mocov2, multicrop and knn override a few fields."""
+"""ml_collections configs: `base.py` is the one schema; `presets.py` the variants and presets as tables."""

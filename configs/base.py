@@ -1,12 +1,10 @@
 """The one config schema: every field and its default lives here (MoCo-v2 two-crop at demo scale).
 
-Variants (mocov2.py, multicrop.py, knn.py) import it and override a few fields; presets after a colon
-(`--config=configs/knn.py:coco`) select the paper's and the MoCo CIFAR-10 demo's settings.
+The variants (mocov2.py, multicrop.py, knn.py) and the presets after a colon (`--config=configs/knn.py:coco`) are
+tables of overrides in presets.py.
 """
 
 import ml_collections
-
-PRESETS = ('', 'cifar10', 'stl10', 'imagenet', 'coco')
 
 
 def get_config():
@@ -34,6 +32,8 @@ def get_config():
   c.model.dtype = 'float32'  # compute dtype; parameters stay float32
   c.model.projection_dim = 128
   c.model.hidden_dim = 0  # 0: the backbone's feature width
+  c.model.head = 'mlp'  # MoCo-v2's MLP, or 'linear' (one layer, as MoCo v1 and the MoCo CIFAR-10 Colab)
+  c.model.normalization = 'imagenet'  # input mean/std: 'imagenet' or 'cifar10' (jax_moco.step.NORMALIZATION)
 
   c.moco = ml_collections.ConfigDict()
   c.moco.queue_size = 4096  # K, a multiple of batch_size
@@ -44,6 +44,9 @@ def get_config():
   c.moco.nn_topk = 20
   c.moco.nn_warmup_epochs = 0.0
   c.moco.nn_order = 'loss_then_enqueue'  # or 'enqueue_then_mine' (appendix B)
+  # The MoCo CIFAR-10 Colab's symmetric loss (two crops only): each crop is also the query for the other's key, the
+  # two losses are summed and both crops' keys enqueued.
+  c.moco.symmetric = False
 
   c.crops = ml_collections.ConfigDict()
   c.crops.large_size = 32
@@ -55,6 +58,7 @@ def get_config():
   c.crops.overlap_tries = 10
   c.crops.aplus = False  # A+ (AutoAugment branch) for positives
   c.crops.blur_reference_size = 224  # blur sigma [0.1, 2] px is for 224 px views; scaled to the view size
+  c.crops.blur_probability = 0.5  # MoCo-v2's; the MoCo CIFAR-10 Colab applies no blur
   # Pixel work of the augmentations (colour, grayscale, blur, AutoAugment) in the train step on the accelerator;
   # tf.data still decodes, crops and draws every random choice, so the views are the same either way.
   c.crops.augment_on_device = False
@@ -64,6 +68,8 @@ def get_config():
   c.optim.momentum = 0.9
   c.optim.weight_decay = 5e-4
   c.optim.warmup_epochs = 0.0
+  # Cosine decay per 'step', or per 'epoch' as the MoCo CIFAR-10 Colab (epoch e of E at peak (1 + cos(pi e / E)) / 2).
+  c.optim.lr_decay_every = 'step'
 
   c.knn = ml_collections.ConfigDict()
   c.knn.k = 200
@@ -71,37 +77,12 @@ def get_config():
   c.knn.batch_size = 500
   c.knn.max_bank_examples = 10000  # bounds the monitor's time on the full Debian set; 0 = the whole bank
   c.knn.every_epochs = 0.0  # also evaluate during training every this many epochs; 0 = before and after only
+  c.knn.feature = 'backbone'  # or 'head': the normalised projection, as the MoCo CIFAR-10 Colab's monitor
+
+  # Whether XLA:CPU runs the convolutions through YNNPACK: 'auto' (the faster, see jax_moco/xla_cpu.py), 'on', 'off'.
+  c.cpu_ynnpack_convolutions = 'auto'
 
   c.log_every_steps = 50
   c.checkpoint_every_steps = 200
   c.keep_checkpoints = 3
-  return c
-
-
-def apply_preset(c, preset):
-  """Paper-scale settings; the bare name keeps the demo-scale defaults."""
-  if preset not in PRESETS:
-    raise ValueError(f'unknown preset {preset!r}; choose one of {", ".join(p for p in PRESETS if p)}')
-  if preset in ('cifar10', 'stl10'):  # The MoCo CIFAR-10 demo: ResNet-18, CIFAR stem, 8 split-BN groups.
-    c.dataset, c.eval_dataset = f'tfds:{preset}:train', f'tfds:{preset}:test'
-    c.model.arch, c.model.width, c.model.stem = 'resnet18', 1.0, 'cifar'
-    c.batch_size, c.bn_groups, c.num_epochs, c.num_train_steps = 512, 8, 200, 0
-    c.moco.queue_size, c.moco.temperature = 4096, 0.1
-    c.optim.base_lr, c.optim.weight_decay = 0.06 * 256 / 512, 5e-4
-    c.knn.max_bank_examples = 0
-    if preset == 'stl10':
-      c.dataset = 'tfds:stl10:unlabelled'
-      c.knn_bank_dataset = 'tfds:stl10:train'
-      c.crops.large_size, c.crops.small_size = 96, 48
-  elif preset in ('imagenet', 'coco'):  # Paper 001 on COCO: ResNet-50, 160 + 96 px, batch 256, K = 65536.
-    c.dataset = 'folder:data/coco/train2017' if preset == 'coco' else 'folder:data/imagenet/train'
-    c.eval_dataset = '' if preset == 'coco' else 'folder:data/imagenet/val'
-    c.model.arch, c.model.width, c.model.stem = 'resnet50', 1.0, 'imagenet'
-    c.batch_size, c.bn_groups, c.num_epochs, c.num_train_steps = 256, 0, 200, 0  # auto: the authors' BN batch
-    c.moco.queue_size, c.moco.temperature = 65536, 0.2
-    c.crops.large_size, c.crops.small_size = 224, 96
-    c.crops.blur_reference_size = 0  # the authors' fixed [0.1, 2] px at every view size
-    c.optim.base_lr, c.optim.weight_decay = 0.3, 1e-4
-    c.knn.max_bank_examples = 0
-    c.log_every_steps, c.checkpoint_every_steps = 100, 2000
   return c

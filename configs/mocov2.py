@@ -1,11 +1,7 @@
-"""MoCo-v2 (paper 002 + aug+): two crops, no small crops, no NN loss."""
+"""MoCo-v2 (Chen et al. 2020, with its "aug+" augmentations): two crops, no small crops, no NN loss."""
 
-from configs import base
+from configs import presets
 
 
 def get_config(preset=''):
-  c = base.apply_preset(base.get_config(), preset)
-  c.method = 'mocov2'
-  if preset in ('imagenet', 'coco'):
-    c.moco.momentum = 0.999
-  return c
+  return presets.config('mocov2', preset)

@@ -46,12 +46,12 @@ def draw_uniforms(seed, count):
   return tf.random.stateless_uniform([count, UNIFORMS_PER_VIEW], seed)
 
 
-def moco_v2_record(uniforms, blur_sigma=BLUR_SIGMA):
+def moco_v2_record(uniforms, blur_sigma=BLUR_SIGMA, blur_probability=P_BLUR):
   """MoCo-v2's aug+ for views [V] from their uniforms [V, UNIFORMS_PER_VIEW] (columns 0-12): jitter (factors in a
-  fresh random order per view, as torchvision's ColorJitter) p = 0.8, grayscale p = 0.2, blur p = 0.5 with sigma
-  uniform in blur_sigma, flip p = 0.5."""
+  fresh random order per view, as torchvision's ColorJitter) p = 0.8, grayscale p = 0.2, blur p = 0.5 (or
+  blur_probability; the MoCo CIFAR-10 Colab has none) with sigma uniform in blur_sigma, flip p = 0.5."""
   count = tf.shape(uniforms)[0]
-  applied = uniforms[:, 0:4] < tf.constant([P_JITTER, P_GRAYSCALE, P_BLUR, P_FLIP])
+  applied = uniforms[:, 0:4] < tf.constant([P_JITTER, P_GRAYSCALE, blur_probability, P_FLIP])
   sigma = blur_sigma[0] + (blur_sigma[1] - blur_sigma[0]) * uniforms[:, 4]
   b, c, s, h = JITTER_STRENGTH
   low, high = tf.constant([1 - b, 1 - c, 1 - s, -h]), tf.constant([1 + b, 1 + c, 1 + s, h])
@@ -68,10 +68,10 @@ def moco_v2_record(uniforms, blur_sigma=BLUR_SIGMA):
   }
 
 
-def aplus_record(uniforms, image_size, blur_sigma=BLUR_SIGMA):
+def aplus_record(uniforms, image_size, blur_sigma=BLUR_SIGMA, blur_probability=P_BLUR):
   """A+ for positives: each view with p = 0.5 gets flip (p = 0.5) + AutoAugment(ImageNet) instead of aug+
   (columns 13-19 of the uniforms decide)."""
-  params = moco_v2_record(uniforms, blur_sigma)
+  params = moco_v2_record(uniforms, blur_sigma, blur_probability)
   use_autoaugment = uniforms[:, 13] < P_AUTOAUGMENT
   flip = uniforms[:, 14] < P_FLIP
   op, argument = autoaugment.choose(uniforms[:, 15:20], image_size)

@@ -1,10 +1,15 @@
-"""AutoAugment's ImageNet policy exactly as torchvision defines it (its 25 sub-policies and magnitudes), as plain
-Python tables: the TF side (`autoaugment.py`) draws and applies it, the JAX side (`jax_moco/augment.py`) applies it
-on the accelerator from the same op indices.
+"""AutoAugment's ImageNet policy (torchvision's 25 sub-policies and magnitude bins) as the authors' backport of
+torchvision's AutoAugment (Van Gansbeke et al. 2021) applies it, as plain Python tables: the TF side
+(`autoaugment.py`) draws and applies it, the JAX side (`jax_moco/augment.py`) applies it on the accelerator from the
+same op indices.
 
 big_vision's `policy_v0` is a different list; this is torchvision's `AutoAugmentPolicy.IMAGENET`, which A+
-(paper 001, Sec. 4.2) uses. Magnitude bins: 10, as torchvision.
+(paper 001, Sec. 4.2) uses. Magnitude bins: 10, as torchvision. Where the backport departs from torchvision 0.29,
+we follow the backport: Solarize thresholds run from 256 (nothing inverted at bin 0) down to 0, and a shear's
+magnitude is an angle in radians, applied about the image centre (`op_argument`, ops.shear_x).
 """
+
+import math
 
 # (op, probability, magnitude bin or None), two per sub-policy: torchvision's AutoAugmentPolicy.IMAGENET.
 IMAGENET_POLICY = (
@@ -55,7 +60,7 @@ MAGNITUDES = {
   'Contrast': (_linspace(0.0, 0.9), True),
   'Sharpness': (_linspace(0.0, 0.9), True),
   'Posterize': ([8 - round(i / ((NUM_BINS - 1) / 4)) for i in range(NUM_BINS)], False),
-  'Solarize': (_linspace(255.0, 0.0), False),
+  'Solarize': (_linspace(256.0, 0.0), False),
   'AutoContrast': ([0.0] * NUM_BINS, False),
   'Equalize': ([0.0] * NUM_BINS, False),
   'Invert': ([0.0] * NUM_BINS, False),
@@ -67,9 +72,13 @@ ENHANCE_OPS = ('Brightness', 'Color', 'Contrast', 'Sharpness')
 
 def op_argument(name, magnitude, image_size):
   """What an op takes for a signed policy magnitude: pixels for translations (of a square view of image_size),
-  a blend factor 1 + magnitude for enhance ops, the magnitude itself (shear, degrees, bits, threshold) otherwise."""
+  a blend factor 1 + magnitude for enhance ops, the shear coefficient tan(magnitude) for shears (the backport passes
+  the magnitude to the affine transform as an angle, math.degrees(magnitude)), the magnitude itself (degrees, bits,
+  threshold) otherwise."""
   if name in ('TranslateX', 'TranslateY'):
     return magnitude * image_size
+  if name in ('ShearX', 'ShearY'):
+    return math.tan(magnitude)
   if name in ENHANCE_OPS:
     return 1.0 + magnitude
   return float(magnitude)

@@ -20,7 +20,7 @@ def _per_image(value, dtype=tf.float32):
 
 
 def _to_uint8(x):
-  """Rounds and clips a float image to uint8 (PIL rounds blends to nearest)."""
+  """Rounds and clips a float image to uint8 (hue and blur)."""
   return tf.cast(tf.clip_by_value(tf.round(x), 0.0, 255.0), tf.uint8)
 
 
@@ -41,16 +41,21 @@ def grayscale(images):
 
 
 # Blend factors are rounded to multiples of 1 / 4096: with integer-valued images every product and sum of a blend is
-# then exact in float32, so fused multiply-adds (XLA) or separate ones (TF) give the same pixels on both sides.
+# then exact in float32, so fused multiply-adds (XLA) or separate ones (TF) give the same pixels on both sides, and
+# PIL's float32 blend of the same factor gives them too.
 BLEND_FACTOR_STEPS = 4096.0
 
 
 def blend(degenerate, images, factor):
-  """PIL's Image.blend(degenerate, image, factor), the basis of ImageEnhance; factor [B]."""
+  """PIL's Image.blend(degenerate, image, factor), the basis of ImageEnhance; factor [B].
+
+  PIL computes the blend in float32 and casts it to uint8, truncating (after clipping when extrapolating): the floor.
+  """
   degenerate = tf.cast(degenerate, tf.float32)
   images = tf.cast(images, tf.float32)
   factor = tf.round(tf.cast(factor, tf.float32) * BLEND_FACTOR_STEPS) / BLEND_FACTOR_STEPS
-  return _to_uint8(degenerate + _per_image(factor) * (images - degenerate))
+  blended = degenerate + _per_image(factor) * (images - degenerate)
+  return tf.cast(tf.clip_by_value(tf.floor(blended), 0.0, 255.0), tf.uint8)
 
 
 def adjust_brightness(images, factor):
@@ -161,10 +166,14 @@ def affine_pil(images, coeffs):
   coeffs (a, b, c, d, e, f) map an output pixel (x, y) to the input point (a x + b y + c, d x + e y + f) in PIL's
   continuous coordinates (pixel centres at +0.5, nearest = floor). TF's projective transform samples pixel centres at
   integer coordinates and rounds, so the offsets are shifted by A (0.5, 0.5) - 0.5 to land on the same pixels.
+  PIL resamples shears and rotations in 16.16 fixed point, so the coefficients (the offsets with the pixel-centre
+  shift folded in) are rounded to multiples of 1 / 65536 as PIL rounds them (translations' integers are unchanged):
+  sums of such numbers below 256 are exact in float32, so on views up to about 200 px the sample points are PIL's.
   """
   a, b, c, d, e, f = [tf.broadcast_to(tf.cast(v, tf.float32), tf.shape(images)[:1]) for v in coeffs]
-  c_tf = c + 0.5 * (a + b) - 0.5
-  f_tf = f + 0.5 * (d + e) - 0.5
+  c_tf = _pil_fixed_point(c + 0.5 * (a + b)) - 0.5
+  f_tf = _pil_fixed_point(f + 0.5 * (d + e)) - 0.5
+  a, b, d, e = (_pil_fixed_point(v) for v in (a, b, d, e))
   zeros = tf.zeros_like(a)
   transforms = tf.stack([a, b, c_tf, d, e, f_tf, zeros, zeros], axis=1)
   return tf.raw_ops.ImageProjectiveTransformV3(
@@ -177,13 +186,24 @@ def affine_pil(images, coeffs):
   )
 
 
-def shear_x(images, magnitude):
-  """torchvision's AutoAugment ShearX: affine shear about the top-left corner."""
-  return affine_pil(images, (1.0, magnitude, 0.0, 0.0, 1.0, 0.0))
+def _pil_fixed_point(v):
+  """v rounded to 16.16 fixed point as PIL's affine transform rounds its coefficients, floor(v 2^16 + 0.5) / 2^16."""
+  return tf.floor(v * 65536.0 + 0.5) / 65536.0
 
 
-def shear_y(images, magnitude):
-  return affine_pil(images, (1.0, 0.0, 0.0, magnitude, 1.0, 0.0))
+def shear_x(images, shear):
+  """AutoAugment's ShearX as the authors' backport (Van Gansbeke et al. 2021) applies it: an affine shear by the
+  coefficient `shear` [B] (the tangent of the shear angle) about the image centre, x_in = x + shear (y - h / 2)."""
+  shear = tf.cast(shear, tf.float32)
+  half_height = tf.cast(tf.shape(images)[1], tf.float32) / 2.0
+  return affine_pil(images, (1.0, shear, -shear * half_height, 0.0, 1.0, 0.0))
+
+
+def shear_y(images, shear):
+  """ShearY as ShearX, about the centre: y_in = y + shear (x - w / 2)."""
+  shear = tf.cast(shear, tf.float32)
+  half_width = tf.cast(tf.shape(images)[2], tf.float32) / 2.0
+  return affine_pil(images, (1.0, 0.0, 0.0, shear, 1.0, -shear * half_width))
 
 
 def translate_x(images, pixels):

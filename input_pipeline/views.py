@@ -27,6 +27,7 @@ class ViewSpec:
   # The blur sigma range is MoCo-v2's [0.1, 2.0] px at 224 px; scaling it with the view size keeps the same
   # relative blur on small images (a 2 px blur wipes out a 32 px image). Set blur_reference_size=0 for fixed px.
   blur_reference_size: int = 224
+  blur_probability: float = augment.P_BLUR
   # Draw every random choice here but leave the pixel work (colour, blur, AutoAugment) to the train step.
   augment_on_device: bool = False
 
@@ -83,9 +84,9 @@ def augmentation_records(uniforms, spec: ViewSpec):
     size = spec.small_size if key == 'small' else spec.large_size
     flat = tf.reshape(batch_uniforms, [-1, augment.UNIFORMS_PER_VIEW])
     if key == 'anchor' or not spec.aplus:
-      record = augment.moco_v2_record(flat, spec.blur_sigma(size))
+      record = augment.moco_v2_record(flat, spec.blur_sigma(size), spec.blur_probability)
     else:
-      record = augment.aplus_record(flat, size, spec.blur_sigma(size))
+      record = augment.aplus_record(flat, size, spec.blur_sigma(size), spec.blur_probability)
     leading = tf.shape(batch_uniforms)[:-1]
     records[key] = {k: tf.reshape(v, tf.concat([leading, tf.shape(v)[1:]], 0)) for k, v in record.items()}
   return records

@@ -8,9 +8,9 @@ import logging
 import os
 
 import jax
-import ml_collections
 import orbax.checkpoint as ocp
 
+from configs import base
 from jax_moco import state as state_lib
 from jax_moco import step as step_lib
 
@@ -115,7 +115,9 @@ def load_run(workdir: str, step=None):
     saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))['config']
   except Exception as e:  # a foreign Orbax checkpoint: no config item
     raise NotARunError(f'{directory} step {step} has no jax_moco config: not a jax_moco checkpoint ({e})') from e
-  config = ml_collections.ConfigDict(saved)
+  # Fields added to the schema since the run was saved take their defaults, which are what such runs used.
+  config = base.get_config()
+  config.update(saved)
   # Replicated over this process's devices, whatever topology wrote it (e.g. several hosts).
   replicated = jax.sharding.NamedSharding(step_lib.create_mesh(), jax.sharding.PartitionSpec())
   abstract = jax.tree.map(

@@ -35,6 +35,7 @@ from jax_moco import linear_probe
 from jax_moco import monitor
 from jax_moco import state as state_lib
 from jax_moco import step as step_lib
+from jax_moco import xla_cpu
 
 PROTOCOLS = ('knn', 'linear_probe', 'linear')
 
@@ -108,7 +109,12 @@ def evaluate(
   image_size = image_size or config.crops.large_size
   mesh = step_lib.create_mesh()
   backbone = state_lib.create_encoder(config).backbone
-  feature_fn = monitor.make_feature_fn(mesh, backbone)
+  feature_fn = monitor.make_feature_fn(
+    mesh,
+    backbone,
+    config.model.normalization,
+    compiler_options=xla_cpu.compiler_options(config.cpu_ynnpack_convolutions),
+  )
   variables = _backbone(config, state, encoder, random_init)
   tag = f'random_init_{encoder}' if random_init else f'step_{step}_{encoder}'
   cache_dir = os.path.join(os.path.abspath(workdir), 'eval', tag)
@@ -138,6 +144,7 @@ def evaluate(
       epochs,
       lr,
       config.seed,
+      config.model.normalization,
     )
     return _write(cache_dir, {**result, **meta, 'num_train': train_source.num_examples, 'num_test': result['num_val']})
 

@@ -21,6 +21,7 @@ def _per_image(value):
 
 
 def _to_uint8(x):
+  """Rounds and clips a float image to uint8 (hue and blur)."""
   return jnp.clip(jnp.round(x), 0.0, 255.0).astype(jnp.uint8)
 
 
@@ -36,10 +37,11 @@ def grayscale(images):
 
 
 def blend(degenerate, images, factor):
-  """PIL's Image.blend(degenerate, image, factor), the basis of ImageEnhance; factor [B]."""
+  """PIL's Image.blend(degenerate, image, factor), the basis of ImageEnhance; factor [B]. Floored, as PIL's cast."""
   degenerate = jnp.asarray(degenerate, jnp.float32)
   factor = jnp.round(jnp.asarray(factor, jnp.float32) * BLEND_FACTOR_STEPS) / BLEND_FACTOR_STEPS
-  return _to_uint8(degenerate + _per_image(factor) * (images.astype(jnp.float32) - degenerate))
+  blended = degenerate + _per_image(factor) * (images.astype(jnp.float32) - degenerate)
+  return jnp.clip(jnp.floor(blended), 0.0, 255.0).astype(jnp.uint8)
 
 
 def adjust_brightness(images, factor):
@@ -140,14 +142,15 @@ def flip_left_right(images):
 
 # Affine maps as PIL's coefficients (a, b, c, d, e, f): output pixel (x, y) samples the input at
 # (a x + b y + c, d x + e y + f), pixel centres at +0.5. Each takes the view shape and a [B] argument.
-def shear_x_coefficients(shape, magnitude):
-  one, zero = jnp.ones_like(magnitude), jnp.zeros_like(magnitude)
-  return one, magnitude, zero, zero, one, zero
+def shear_x_coefficients(shape, shear):
+  """A shear by the coefficient `shear` about the view centre, as the authors' backport (input_pipeline.ops)."""
+  one, zero = jnp.ones_like(shear), jnp.zeros_like(shear)
+  return one, shear, -shear * (jnp.float32(shape[1]) / 2.0), zero, one, zero
 
 
-def shear_y_coefficients(shape, magnitude):
-  one, zero = jnp.ones_like(magnitude), jnp.zeros_like(magnitude)
-  return one, zero, zero, magnitude, one, zero
+def shear_y_coefficients(shape, shear):
+  one, zero = jnp.ones_like(shear), jnp.zeros_like(shear)
+  return one, zero, zero, shear, one, -shear * (jnp.float32(shape[2]) / 2.0)
 
 
 def _trunc(x):
@@ -178,10 +181,12 @@ def identity_coefficients(shape, unused):
 
 def affine_pil(images, coefficients):
   """PIL's Image.transform(size, AFFINE, coefficients, NEAREST, fillcolor=0), as TF's projective transform
-  computes it (input_pipeline.ops.affine_pil): sample points at integer centres, rounded half away from zero."""
+  computes it (input_pipeline.ops.affine_pil): coefficients in PIL's 16.16 fixed point, sample points at integer
+  centres, rounded half away from zero."""
   a, b, c, d, e, f = (jnp.asarray(v, jnp.float32).reshape(-1, 1, 1) for v in coefficients)
-  c = c + 0.5 * (a + b) - 0.5
-  f = f + 0.5 * (d + e) - 0.5
+  c = _pil_fixed_point(c + 0.5 * (a + b)) - 0.5
+  f = _pil_fixed_point(f + 0.5 * (d + e)) - 0.5
+  a, b, d, e = (_pil_fixed_point(v) for v in (a, b, d, e))
   batch, height, width = images.shape[:3]
   y = jnp.arange(height, dtype=jnp.float32)[:, None]
   x = jnp.arange(width, dtype=jnp.float32)[None, :]
@@ -192,6 +197,10 @@ def affine_pil(images, coefficients):
   cols = jnp.clip(source_x, 0, width - 1).astype(jnp.int32)
   sampled = images[jnp.arange(batch)[:, None, None], rows, cols]
   return jnp.where(inside[..., None], sampled, jnp.zeros_like(sampled))
+
+
+def _pil_fixed_point(v):
+  return jnp.floor(v * 65536.0 + 0.5) / 65536.0
 
 
 def _round_half_away(x):

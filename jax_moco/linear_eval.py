@@ -50,11 +50,11 @@ def init_state(num_features, num_classes, tx, seed=0):
   return LinearState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
-def make_train_step(mesh, backbone, tx):
+def make_train_step(mesh, backbone, tx, statistics='imagenet'):
   """jit'd step, data-parallel: the batch sharded over the mesh, everything else replicated."""
 
   def train_step(state, variables, images, labels):
-    features = jax.lax.stop_gradient(backbone.apply(variables, normalize(images), train=False))
+    features = jax.lax.stop_gradient(backbone.apply(variables, normalize(images, statistics), train=False))
 
     def loss_fn(params):
       logits = features @ params['kernel'] + params['bias']
@@ -94,6 +94,7 @@ def linear_classification(
   epochs=EPOCHS,
   lr=LR,
   seed=0,
+  statistics='imagenet',
 ):
   """Trains (or resumes) the linear classifier in `directory`; returns top-1 (%) on `val_source` and the settings."""
   steps_per_epoch = max(train_source.num_examples // batch_size, 1)
@@ -111,7 +112,7 @@ def linear_classification(
       'state'
     ]
     logging.info('linear classification: resumed at step %d of %d', int(state.step), total_steps)
-  step_fn = make_train_step(mesh, backbone, tx)
+  step_fn = make_train_step(mesh, backbone, tx, statistics)
   start = int(state.step)
   data = pipeline.classification_dataset(
     train_source, image_size, batch_size, seed, start, jax.process_index(), jax.process_count()

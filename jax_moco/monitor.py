@@ -1,5 +1,6 @@
-"""Frozen-feature kNN monitor used during training (and by evaluation): extracts backbone features data-parallel
-over the mesh, with masked padding so every example counts exactly once."""
+"""Frozen-feature kNN monitor used during training (and by evaluation): extracts features (the backbone's, or the
+head's normalised projection as the MoCo CIFAR-10 Colab monitors) data-parallel over the mesh, with masked padding
+so every example counts exactly once."""
 
 import logging
 
@@ -13,6 +14,7 @@ from tqdm import tqdm
 from input_pipeline import pipeline
 from input_pipeline import sources
 from jax_moco import knn
+from jax_moco import xla_cpu
 from jax_moco.step import AXIS
 from jax_moco.step import normalize
 
@@ -23,14 +25,18 @@ def shard_batch(mesh, batch):
   return jax.tree.map(lambda v: jax.make_array_from_process_local_data(sharding, v), batch)
 
 
-def make_feature_fn(mesh, backbone):
+def make_feature_fn(mesh, module, statistics='imagenet', select=None, compiler_options=None):
+  """jit'd (variables, uint8 images sharded over the mesh) -> module's eval-mode output (or `select` of it)."""
+
   def features(variables, images):
-    return backbone.apply(variables, normalize(images), train=False)
+    out = module.apply(variables, normalize(images, statistics), train=False)
+    return select(out) if select else out
 
   return jax.jit(
     features,
     in_shardings=(NamedSharding(mesh, P()), NamedSharding(mesh, P(AXIS))),
     out_shardings=NamedSharding(mesh, P(AXIS)),
+    compiler_options=compiler_options,
   )
 
 
@@ -76,10 +82,14 @@ def extract_features(feature_fn, variables, dataset, mesh, description=None):
   )
 
 
-class KnnMonitor:
-  """Weighted kNN accuracy of the online backbone: bank = training images (un-augmented), queries = eval set."""
+FEATURES = ('backbone', 'head')
 
-  def __init__(self, config, mesh, backbone):
+
+class KnnMonitor:
+  """Weighted kNN accuracy of the online encoder's backbone features (knn.feature = 'backbone') or normalised
+  projections ('head'): bank = training images (un-augmented), queries = eval set."""
+
+  def __init__(self, config, mesh, encoder):
     self.config, self.mesh = config, mesh
     self.bank = sources.get_source(config.knn_bank_dataset or config.dataset, config.data_dir)
     self.test = sources.get_source(config.eval_dataset, config.data_dir, default_split='test')
@@ -87,7 +97,11 @@ class KnnMonitor:
       raise ValueError(
         f'knn monitor: the bank {self.bank.name} has no single labels; set knn_bank_dataset or eval_dataset=""'
       )
-    self.feature_fn = make_feature_fn(mesh, backbone)
+    statistics, options = config.model.normalization, xla_cpu.compiler_options(config.cpu_ynnpack_convolutions)
+    if config.knn.feature == 'head':
+      self.feature_fn = make_feature_fn(mesh, encoder, statistics, lambda out: out[1], options)
+    else:
+      self.feature_fn = make_feature_fn(mesh, encoder.backbone, statistics, compiler_options=options)
     logging.info(
       'kNN monitor: bank %s (%d), queries %s (%d)',
       self.bank.name,
@@ -114,7 +128,10 @@ class KnnMonitor:
     )
 
   def run(self, params, batch_stats):
-    variables = backbone_variables(params, batch_stats)
+    if self.config.knn.feature == 'head':
+      variables = {'params': params, 'batch_stats': batch_stats}
+    else:
+      variables = backbone_variables(params, batch_stats)
     return self._classify(lambda ds: extract_features(self.feature_fn, variables, ds, self.mesh))
 
   def run_raw_pixels(self):
@@ -122,7 +139,10 @@ class KnnMonitor:
 
     def extract(ds):
       return _unmasked(
-        ds.as_numpy_iterator(), lambda b: all_processes(np.asarray(normalize(b['image'])).reshape(len(b['image']), -1))
+        ds.as_numpy_iterator(),
+        lambda b: all_processes(
+          np.asarray(normalize(b['image'], self.config.model.normalization)).reshape(len(b['image']), -1)
+        ),
       )
 
     return self._classify(extract)

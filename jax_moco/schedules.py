@@ -4,9 +4,13 @@ import jax.numpy as jnp
 import optax
 
 
-def learning_rate(base_lr, batch_size, warmup_steps, total_steps):
-  """Linear scaling (base_lr at batch 256), linear warm-up, then cosine decay to 0."""
+def learning_rate(base_lr, batch_size, warmup_steps, total_steps, steps_per_epoch=0):
+  """Linear scaling (base_lr at batch 256), linear warm-up, then cosine decay to 0. With steps_per_epoch, the
+  cosine steps once an epoch as the MoCo CIFAR-10 Colab's: epoch e (from 1) of E at peak (1 + cos(pi e / E)) / 2."""
   peak = base_lr * batch_size / 256
+  if steps_per_epoch:
+    epochs = max(total_steps // steps_per_epoch, 1)
+    return lambda step: peak * 0.5 * (1 + jnp.cos(jnp.pi * (step // steps_per_epoch + 1) / epochs))
   if warmup_steps:
     return optax.warmup_cosine_decay_schedule(0.0, peak, warmup_steps, max(total_steps, warmup_steps + 1), 0.0)
   return optax.cosine_decay_schedule(peak, max(total_steps, 1))

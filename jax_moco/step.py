@@ -23,9 +23,11 @@ from jax_moco.models.encoder import l2_normalize
 from jax_moco.state import TrainState
 
 AXIS = 'data'
-# NumPy, not jnp: a module-level jnp array would start the XLA backend at import, before jax.distributed.initialize.
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255.0
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255.0
+# Per-channel (mean, std) of the input images in [0, 1] (`model.normalization`), applied on the accelerator.
+NORMALIZATION = {
+  'imagenet': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+  'cifar10': ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),  # the MoCo CIFAR-10 Colab's values
+}
 ENQUEUE_ORDERS = ('loss_then_enqueue', 'enqueue_then_mine')
 
 
@@ -37,6 +39,8 @@ class StepConfig:
   nn_warmup_steps: int
   nn_order: str  # 'loss_then_enqueue' (paper, Sec. 4.3) or 'enqueue_then_mine' (appendix B, authors' scripts)
   queue_size: int
+  normalization: str = 'imagenet'  # a key of NORMALIZATION
+  symmetric: bool = False  # the MoCo CIFAR-10 Colab's symmetric loss (two crops, each the query for the other's key)
 
 
 def step_config(config, steps_per_epoch) -> StepConfig:
@@ -48,22 +52,26 @@ def step_config(config, steps_per_epoch) -> StepConfig:
     nn_warmup_steps=int(m.nn_warmup_epochs * steps_per_epoch),
     nn_order=m.nn_order,
     queue_size=m.queue_size,
+    normalization=config.model.normalization,
+    symmetric=m.symmetric,
   )
 
 
-def normalize(images):
-  """uint8 NHWC -> float32, ImageNet mean/std (done on the accelerator)."""
-  return (images.astype(jnp.float32) - IMAGENET_MEAN) / IMAGENET_STD
+def normalize(images, statistics='imagenet'):
+  """uint8 NHWC -> float32 with the per-channel mean/std named by `statistics` (a key of NORMALIZATION)."""
+  # NumPy constants, not module-level jnp arrays, which would start the XLA backend at import time.
+  mean, std = (np.asarray(v, np.float32) * 255.0 for v in NORMALIZATION[statistics])
+  return (images.astype(jnp.float32) - mean) / std
 
 
-def _encode(encoder, params, batch_stats, images):
+def _encode(encoder, params, batch_stats, images, statistics):
   (features, projections), updates = encoder.apply(
-    {'params': params, 'batch_stats': batch_stats}, normalize(images), train=True, mutable=['batch_stats']
+    {'params': params, 'batch_stats': batch_stats}, normalize(images, statistics), train=True, mutable=['batch_stats']
   )
   return features, projections, updates['batch_stats']
 
 
-def encode_keys_shuffled(encoder, ema_params, ema_batch_stats, anchors, key):
+def encode_keys_shuffled(encoder, ema_params, ema_batch_stats, anchors, key, statistics):
   """Momentum-encoder keys with shuffling BN: the gathered anchors in one random order (the same on every device,
   from the same key), each device encoding its slice in its BN groups. Returns (global backbone keys [B, C_g],
   global projection keys [B, C], new BN statistics), back in the original order of the global batch."""
@@ -72,7 +80,7 @@ def encode_keys_shuffled(encoder, ema_params, ema_batch_stats, anchors, key):
   all_anchors = jax.lax.all_gather(anchors, AXIS, tiled=True)
   perm = shuffle.batch_permutation(key, all_anchors.shape[0])
   mine = all_anchors[jax.lax.dynamic_slice_in_dim(perm, device * local, local)]
-  features, projections, batch_stats = _encode(encoder, ema_params, ema_batch_stats, mine)
+  features, projections, batch_stats = _encode(encoder, ema_params, ema_batch_stats, mine, statistics)
   inverse = shuffle.inverse_permutation(perm)
   features = jax.lax.all_gather(features, AXIS, tiled=True)[inverse]
   projections = jax.lax.all_gather(projections, AXIS, tiled=True)[inverse]
@@ -96,23 +104,32 @@ def train_step(state: TrainState, batch, *, encoder, tx, cfg: StepConfig, lr_fn:
   momentum = momentum_fn(state.step)
   ema_params = jax.tree.map(lambda e, p: momentum * e + (1.0 - momentum) * p, state.ema_params, state.params)
   keys_g, keys_h, ema_batch_stats = encode_keys_shuffled(
-    encoder, ema_params, state.ema_batch_stats, batch['anchor'], key
+    encoder, ema_params, state.ema_batch_stats, batch['anchor'], key, cfg.normalization
   )
   my_keys_h = jax.lax.dynamic_slice_in_dim(keys_h, device * local, local)
+  enqueued_h = keys_h
+  if cfg.symmetric:  # the positive's keys too (its own shuffle); the Colab enqueues [positive keys, anchor keys]
+    _, positive_keys_h, ema_batch_stats = encode_keys_shuffled(
+      encoder, ema_params, ema_batch_stats, batch['positive'], jax.random.fold_in(key, 1), cfg.normalization
+    )
+    my_positive_keys_h = jax.lax.dynamic_slice_in_dim(positive_keys_h, device * local, local)
+    enqueued_h = jnp.concatenate([positive_keys_h, keys_h])
+  enqueued = enqueued_h.shape[0]
 
   use_nn = state.queue_g is not None
-  queue_h = queue_lib.enqueue(state.queue_h, keys_h, state.queue_ptr)
+  queue_h = queue_lib.enqueue(state.queue_h, enqueued_h, state.queue_ptr)
   queue_g = queue_lib.enqueue(state.queue_g, l2_normalize(keys_g), state.queue_ptr) if use_nn else None
   mine_in = queue_g if cfg.nn_order == 'enqueue_then_mine' else state.queue_g
   recent_start = state.queue_ptr if cfg.nn_order == 'enqueue_then_mine' else state.queue_ptr - global_batch
   nn_weight = cfg.nn_weight * (state.step >= cfg.nn_warmup_steps)
 
   def loss_fn(params):
-    feats, projs, batch_stats = _encode(encoder, params, state.batch_stats, batch['positive'])
+    encode = lambda images, stats: _encode(encoder, params, stats, images, cfg.normalization)  # noqa: E731
+    feats, projs, batch_stats = encode(batch['positive'], state.batch_stats)
     feats, projs = feats[:, None], projs[:, None]
     if 'small' in batch:
       small = batch['small']
-      f_s, p_s, batch_stats = _encode(encoder, params, batch_stats, small.reshape((-1,) + small.shape[2:]))
+      f_s, p_s, batch_stats = encode(small.reshape((-1,) + small.shape[2:]), batch_stats)
       feats = jnp.concatenate([feats, f_s.reshape(local, small.shape[1], -1)], axis=1)
       projs = jnp.concatenate([projs, p_s.reshape(local, small.shape[1], -1)], axis=1)
     views = projs.shape[1]
@@ -121,6 +138,12 @@ def train_step(state: TrainState, batch, *, encoder, tx, cfg: StepConfig, lr_fn:
     # Logits use Q_h before this step's enqueue in both orders (appendix B's "mismatch" in the second).
     l_pos, l_neg = losses.contrastive_logits(positives, anchors, state.queue_h)
     loss_inst, accuracy = losses.instance_loss(l_pos, l_neg, cfg.temperature)
+    if cfg.symmetric:  # the anchor as the query for the positive's key; the Colab sums the two losses
+      _, anchor_projs, batch_stats = encode(batch['anchor'], batch_stats)
+      loss_back, accuracy_back = losses.instance_loss(
+        *losses.contrastive_logits(anchor_projs, my_positive_keys_h, state.queue_h), cfg.temperature
+      )
+      loss_inst, accuracy = loss_inst + loss_back, (accuracy + accuracy_back) / 2
     metrics = {'loss_inst': loss_inst, 'acc_inst': accuracy}
     loss = loss_inst
     if use_nn:
@@ -141,7 +164,7 @@ def train_step(state: TrainState, batch, *, encoder, tx, cfg: StepConfig, lr_fn:
     lr=lr_fn(state.step),
     ema_momentum=momentum,
     nn_weight=nn_weight,
-    queue_fill=jnp.minimum((state.step + 1) * global_batch, cfg.queue_size) / cfg.queue_size,
+    queue_fill=jnp.minimum((state.step + 1) * enqueued, cfg.queue_size) / cfg.queue_size,
   )
   new_state = state.replace(
     step=state.step + 1,
@@ -153,7 +176,7 @@ def train_step(state: TrainState, batch, *, encoder, tx, cfg: StepConfig, lr_fn:
     opt_state=opt_state,
     queue_h=queue_h,
     queue_g=queue_g,
-    queue_ptr=queue_lib.advance(state.queue_ptr, global_batch, cfg.queue_size),
+    queue_ptr=queue_lib.advance(state.queue_ptr, enqueued, cfg.queue_size),
   )
   return new_state, jax.lax.pmean(metrics, AXIS)
 
@@ -163,11 +186,12 @@ def create_mesh(devices=None) -> jax.sharding.Mesh:
   return jax.sharding.Mesh(devices, (AXIS,))
 
 
-def make_train_step(mesh, encoder, tx, cfg: StepConfig, lr_fn, momentum_fn):
-  """jit(shard_map(train_step)): state replicated (P()), batch sharded over 'data', state donated.
+def make_train_step(mesh, encoder, tx, cfg: StepConfig, lr_fn, momentum_fn, compiler_options=None):
+  """jit(shard_map(train_step)): state replicated (P()), batch sharded over 'data', state donated;
+  `compiler_options` from jax_moco.xla_cpu.
 
   check_vma=False: the queues and parameters are replicated outputs built from all_gather / pmean results, which
   are equal on every device by construction (tests check it), but the type system cannot prove it."""
   per_device = functools.partial(train_step, encoder=encoder, tx=tx, cfg=cfg, lr_fn=lr_fn, momentum_fn=momentum_fn)
   mapped = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=(P(), P()), check_vma=False)
-  return jax.jit(mapped, donate_argnums=0)
+  return jax.jit(mapped, donate_argnums=0, compiler_options=compiler_options)

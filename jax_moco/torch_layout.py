@@ -1,8 +1,9 @@
 """Our parameter trees <-> PyTorch state dicts, derived from the tree itself (no per-depth name lists).
 
-Flax path `layer4_2/conv3/kernel` is torchvision's `layer4.2.conv3.weight`; the head `fc_0` / `fc_2` is the official
-MoCo checkpoint's `fc.0` / `fc.2`. Convolution kernels are HWIO here and OIHW in PyTorch; Dense kernels are [in, out]
-here and [out, in] in PyTorch; BN scale / bias / mean / var are weight / bias / running_mean / running_var.
+Flax path `layer4_2/conv3/kernel` is torchvision's `layer4.2.conv3.weight`; the head `fc_0` / `fc_2` (or `fc`) is the
+official MoCo checkpoint's `fc.0` / `fc.2` (or `fc`). Convolution kernels are HWIO here and OIHW in PyTorch; Dense
+kernels are [in, out] here and [out, in] in PyTorch; BN scale / bias / mean / var are weight / bias / running_mean /
+running_var.
 This module needs NumPy only; the callers convert to and from torch tensors.
 """
 
@@ -13,7 +14,9 @@ LEAF_NAMES = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias', 'mean': 'ru
 NUM_BATCHES_TRACKED = 'num_batches_tracked'  # a PyTorch BN buffer with no counterpart here (unused with momentum)
 
 
-HEAD = ('fc_0', 'fc_2')
+def head_names(params) -> list:
+  """The projection head's top-level modules: everything of the encoder's but the backbone."""
+  return [name for name in params if name != 'backbone']
 
 
 def module_name(path) -> str:
@@ -104,13 +107,14 @@ def encoder_tree(params, batch_stats, with_head: bool = True) -> dict:
   """The encoder's variables as one tree named like a torchvision ResNet whose `fc` is MoCo's MLP head."""
   tree = merge(params['backbone'], batch_stats['backbone'])
   if with_head:
-    tree.update({name: params[name] for name in HEAD})
+    tree.update({name: params[name] for name in head_names(params)})
   return tree
 
 
 def encoder_variables(tree, template_params):
   """Inverse of `encoder_tree`: (params, batch_stats) nested as the Encoder's; a tree without the head takes it from
   `template_params`."""
-  head = {name: tree.get(name, template_params[name]) for name in HEAD}
-  params, stats = split({k: v for k, v in tree.items() if k not in HEAD}, template_params['backbone'])
+  names = head_names(template_params)
+  head = {name: tree.get(name, template_params[name]) for name in names}
+  params, stats = split({k: v for k, v in tree.items() if k not in names}, template_params['backbone'])
   return {'backbone': params, **head}, {'backbone': stats}

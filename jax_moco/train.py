@@ -19,10 +19,12 @@ from tqdm import tqdm
 from input_pipeline import pipeline
 from input_pipeline import sources
 from jax_moco import checkpointing
+from jax_moco import curves
 from jax_moco import schedules
 from jax_moco import state as state_lib
 from jax_moco import step as step_lib
 from jax_moco import validation
+from jax_moco import xla_cpu
 from jax_moco.monitor import KnnMonitor
 from jax_moco.monitor import shard_batch
 
@@ -74,6 +76,7 @@ def make_step(config, mesh, encoder, tx, total_steps, steps_per_epoch):
     step_lib.step_config(config, steps_per_epoch),
     state_lib.learning_rate_fn(config, total_steps, steps_per_epoch),
     schedules.ema_momentum(config.moco.momentum, total_steps, config.moco.momentum_schedule),
+    xla_cpu.compiler_options(config.cpu_ynnpack_convolutions),
   )
 
 
@@ -118,7 +121,7 @@ def train_and_evaluate(config, workdir: str, on_metrics=None) -> state_lib.Train
 
   train_step = make_step(config, mesh, encoder, tx, total_steps, steps_per_epoch)
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
-  monitor = KnnMonitor(config, mesh, encoder.backbone) if config.eval_dataset else None
+  monitor = KnnMonitor(config, mesh, encoder) if config.eval_dataset else None
 
   def report(step, scalars, to_jsonl=False):
     writer.write_scalars(step, scalars)
@@ -129,7 +132,7 @@ def train_and_evaluate(config, workdir: str, on_metrics=None) -> state_lib.Train
 
   def evaluate_knn(step, state):
     result = monitor.run(state.params, state.batch_stats)
-    report(step, {f'knn/{k}': v for k, v in result.items()})
+    report(step, {f'knn/{k}': v for k, v in result.items()}, to_jsonl=True)
     return result
 
   knn_every = max(round(config.knn.every_epochs * steps_per_epoch), 1) if monitor and config.knn.every_epochs else 0
@@ -178,6 +181,8 @@ def train_and_evaluate(config, workdir: str, on_metrics=None) -> state_lib.Train
     summary['knn_after'] = evaluate_knn(int(state.step), state)
   writer.flush()
   if is_chief:
+    summary['curves'] = os.path.join(os.path.abspath(workdir), 'curves.png')
+    curves.plot(os.path.join(workdir, 'metrics.jsonl'), summary['curves'], f'{config.method} on {source.name}')
     _write_json(os.path.join(workdir, 'summary.json'), summary)
     print(format_summary(summary), flush=True)
   return state
@@ -187,6 +192,7 @@ def _train_loop(config, state, train_step, data, mesh, checkpointer, total_steps
   """Runs steps until total_steps or a stop request; checks finiteness and checkpoints on the way, and calls
   after_step(step, state, metrics) after every step (metrics: a dict at log steps, else None)."""
   start_step = int(state.step)
+  last_log = (start_step, time.time())
   with (
     stop_requests() as stop,
     tqdm(
@@ -203,7 +209,14 @@ def _train_loop(config, state, train_step, data, mesh, checkpointer, total_steps
         _check_finite(metrics, step, checkpointer.directory)  # before saving: a bad state is never written
         checkpointer.save(step, state, force=bool(stop))
       if log_now:
-        progress.set_postfix(loss=f'{metrics["loss"]:.3f}', acc=f'{metrics["acc_inst"]:.2f}')
+        # Since the last log line, so the first window includes the step's compilation (as flax's examples log it).
+        now = time.time()
+        metrics['steps_per_second'] = (step - last_log[0]) / max(now - last_log[1], 1e-9)
+        metrics['images_per_second'] = metrics['steps_per_second'] * config.batch_size
+        last_log = (step, now)
+        progress.set_postfix(
+          loss=f'{metrics["loss"]:.3f}', acc=f'{metrics["acc_inst"]:.2f}', img_s=f'{metrics["images_per_second"]:.0f}'
+        )
       after_step(step, state, metrics if log_now else None)
       if stop:
         logging.warning(
@@ -225,6 +238,8 @@ def format_summary(summary) -> str:
       f'raw pixels {fmt(summary.get("knn_raw_pixels"))}, random init {fmt(summary.get("knn_before"))} '
       f'-> trained {fmt(summary.get("knn_after"))}'
     )
+  if 'curves' in summary:
+    lines.append(f'learning curves: {summary["curves"]}')
   lines.append(f'checkpoints: {summary["checkpoint_dir"]}')
   lines.append(f'TensorBoard: tensorboard --logdir {summary["workdir"]}')
   return '\n'.join(lines)

@@ -6,6 +6,7 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 
 from configs import knn
+from configs import presets
 from input_pipeline import pipeline
 from input_pipeline import sources
 from jax_moco import state as state_lib
@@ -23,13 +24,7 @@ def tiny_config(**overrides):
   c.moco.nn_warmup_epochs = 0.0
   c.num_train_steps, c.log_every_steps, c.checkpoint_every_steps = 4, 2, 2
   c.knn.batch_size, c.knn.max_bank_examples = 400, 2000
-  for name, value in overrides.items():
-    target = c
-    *parents, leaf = name.split('.')
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
-  return c
+  return presets.override(c, overrides)
 
 
 def loss_atol(temperature, dim, terms=1):

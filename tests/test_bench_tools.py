@@ -6,8 +6,11 @@ import importlib.util
 import os
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from jax_moco import xla_cpu
 from tests.helpers import loss_atol
 
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'bench')
@@ -46,13 +49,30 @@ def test_conv_ops_compares_the_same_forward_and_gradients():
   g = rng.normal(size=(2, 4, 4, 6)).astype(np.float32)
   nchw = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)  # noqa: E731
   wt = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous()
-  ours = [np.asarray(f(x, w, g)) for f in conv_ops.xla_ops(x, w, 2)]
   fwd, dx, dw = conv_ops.torch_ops(nchw(x), wt, nchw(g), 2)
-  np.testing.assert_allclose(ours[0], fwd().permute(0, 2, 3, 1).numpy(), rtol=1e-4, atol=1e-4)
-  np.testing.assert_allclose(ours[1], dx()[0].permute(0, 2, 3, 1).numpy(), rtol=1e-4, atol=1e-4)
-  np.testing.assert_allclose(ours[2], dw()[1].permute(2, 3, 1, 0).numpy(), rtol=1e-4, atol=1e-4)
+  for setting in ('on', 'off'):  # both XLA:CPU convolution paths compute PyTorch's convolution
+    ours = [np.asarray(f(x, w, g)) for f in conv_ops.xla_ops(x, w, 2, xla_cpu.compiler_options(setting))]
+    np.testing.assert_allclose(ours[0], fwd().permute(0, 2, 3, 1).numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(ours[1], dx()[0].permute(0, 2, 3, 1).numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(ours[2], dw()[1].permute(2, 3, 1, 0).numpy(), rtol=1e-4, atol=1e-4)
   rows = conv_ops.run(shapes=((2, 8, 4, 6, 1),), repeats=1, log=lambda line: None)
-  assert [r['op'] for r in rows] == ['fwd', 'dx', 'dw'] and all(r['xla_ms'] > 0 < r['torch_ms'] for r in rows)
+  assert [r['op'] for r in rows] == ['fwd', 'dx', 'dw']
+  assert all(r['ynn_ms'] > 0 and r['xla_ms'] > 0 and r['torch_ms'] > 0 for r in rows)
+
+
+def test_ynnpack_setting_takes_only_the_convolutions_out_of_ynnpack():
+  def ynn_fusions(fn, setting, *args):
+    hlo = jax.jit(fn, compiler_options=xla_cpu.compiler_options(setting)).lower(*args).compile().as_text()
+    return sum('"kind":"__ynn_fusion"' in line for line in hlo.splitlines())
+
+  def conv(x, w):
+    return jax.lax.conv_general_dilated(x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+  x, w, a = jnp.ones((8, 16, 16, 32)), jnp.ones((3, 3, 32, 32)), jnp.ones((256, 256))
+  assert ynn_fusions(conv, 'on', x, w) == 1 and ynn_fusions(conv, 'off', x, w) == 0
+  for fn in (lambda a: a @ a, lambda a: a.sum(0)):  # dots and reductions stay in YNNPACK
+    assert ynn_fusions(fn, 'off', a) == ynn_fusions(fn, 'on', a) == 1
+  assert xla_cpu.ynnpack_convolutions('auto') == xla_cpu.ynnpack_convolutions('off')
 
 
 def test_input_wait_compares_real_and_synthetic_input(make_config):

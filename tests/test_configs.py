@@ -6,17 +6,17 @@ import sys
 
 import pytest
 
-from configs import base
 from configs import knn
 from configs import mocov2
 from configs import multicrop
+from configs import presets
 from jax_moco import validation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize('module', [mocov2, multicrop, knn])
-@pytest.mark.parametrize('preset', base.PRESETS)
+@pytest.mark.parametrize('preset', presets.PRESETS)
 def test_every_config_and_preset_is_valid(module, preset):
   config = module.get_config(preset)
   for devices in (8, 1):
@@ -73,3 +73,52 @@ def test_cli_refuses_an_invalid_field_before_compiling(tmp_path):
   assert result.returncode != 0
   assert 'moco.queue_size: K=1000 must be a positive multiple of the global batch_size=128' in result.stderr
   assert not os.path.exists(tmp_path / 'checkpoints')
+
+
+def test_cifar10_preset_is_the_moco_colabs_run():
+  """facebookresearch/moco's CIFAR-10 Colab: ResNet-18 (3x3 stem, no max-pool), fc 512 -> 128 as the head, K = 4096,
+  m = 0.99, T = 0.1, 8 BN splits, batch 512, lr 0.06 cosine per epoch, wd 5e-4, 200 epochs, RandomResizedCrop(32) at
+  scale (0.08, 1), no blur, CIFAR-10 mean/std, kNN monitor (k = 200, T = 0.1) on the normalised head output."""
+  c = mocov2.get_config('cifar10')
+  assert (c.model.arch, c.model.stem, c.model.width, c.model.head, c.model.projection_dim) == (
+    'resnet18',
+    'cifar',
+    1.0,
+    'linear',
+    128,
+  )
+  assert (c.moco.queue_size, c.moco.momentum, c.moco.temperature, c.bn_groups) == (4096, 0.99, 0.1, 8)
+  assert c.batch_size == 512 and c.optim.base_lr * c.batch_size / 256 == pytest.approx(0.06)
+  assert (c.optim.lr_decay_every, c.optim.weight_decay, c.optim.momentum, c.num_epochs) == ('epoch', 5e-4, 0.9, 200)
+  assert (c.crops.large_size, tuple(c.crops.large_scale), c.crops.blur_probability) == (32, (0.08, 1.0), 0.0)
+  assert c.crops.num_small == 0 and not c.crops.aplus and c.moco.nn_weight == 0 and not c.moco.symmetric
+  assert (c.model.normalization, c.knn.feature, c.knn.k, c.knn.temperature) == ('cifar10', 'head', 200, 0.1)
+  c.moco.symmetric = True  # its --symmetric
+  validation.validate(c, num_devices=1)
+
+
+def test_coco800_warms_the_nn_loss_up_for_20_epochs():
+  assert knn.get_config('coco').moco.nn_warmup_epochs == 5.0
+  long = knn.get_config('coco800')
+  assert (long.num_epochs, long.moco.nn_warmup_epochs) == (800, 20.0)
+
+
+@pytest.mark.parametrize(
+  'field,value',
+  [
+    ('optim.base_lr', -1.0),
+    ('optim.momentum', 1.0),
+    ('optim.weight_decay', -1e-4),
+    ('crops.blur_probability', 1.5),
+    ('model.head', 'transformer'),
+    ('model.normalization', 'mnist'),
+    ('knn.feature', 'logits'),
+    ('optim.lr_decay_every', 'week'),
+  ],
+)
+def test_out_of_range_fields_are_refused(field, value):
+  config = knn.get_config()
+  section, name = field.split('.')
+  config[section][name] = value
+  with pytest.raises(validation.ConfigError, match=field.replace('.', r'\.')):
+    validation.validate(config, num_devices=1)

@@ -148,6 +148,27 @@ def test_padded_extraction_equals_one_image_at_a_time(make_config):
     assert labels[i] == int(source.load(i)['label'])
 
 
+def test_normalization_statistics_and_the_head_feature_monitor(make_config):
+  images = np.random.default_rng(0).integers(0, 256, (2, 4, 4, 3), np.uint8)
+  for name, (mean, std) in step_lib.NORMALIZATION.items():
+    expected = (images / 255.0 - np.array(mean)) / np.array(std)
+    np.testing.assert_allclose(step_lib.normalize(jnp.asarray(images), name), expected, rtol=1e-5, atol=1e-5)
+  # knn.feature='head' scores the normalised 128-d projection (the MoCo CIFAR-10 Colab's monitor).
+  config = make_config(**{'knn.feature': 'head', 'model.head': 'linear', 'model.normalization': 'cifar10'})
+  encoder = state_lib.create_encoder(config)
+  state = state_lib.initial_state(config, 0)
+  mesh = step_lib.create_mesh()
+  knn_monitor = monitor.KnnMonitor(config, mesh, encoder)
+  ds = pipeline.eval_dataset(knn_monitor.test, 32, 16, max_examples=16)
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  features, _ = monitor.extract_features(knn_monitor.feature_fn, variables, ds, mesh)
+  assert features.shape == (16, 128)
+  np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1.0, rtol=1e-5)
+  image = pipeline.resize_for_eval(knn_monitor.test.load(3)['image'], 32).numpy()[None]
+  _, alone = encoder.apply(variables, step_lib.normalize(jnp.asarray(image), 'cifar10'), train=False)
+  np.testing.assert_allclose(features[3], np.asarray(alone)[0], rtol=1e-4, atol=1e-5)
+
+
 def test_evaluate_a_saved_run_writes_results_and_reuses_features(make_config, tmp_path, monkeypatch):
   config = make_config()
   state = state_lib.initial_state(config, 1)

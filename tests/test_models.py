@@ -96,3 +96,16 @@ def test_small_map_convolution_equals_lax_convolution(size, stride, dilation, ch
     jax.grad(lambda *v: jnp.sum(reference(*v) ** 2), (0, 1))(x, k),
   ):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_linear_head_is_resnets_fc_and_exports_as_fc():
+  from jax_moco import state as state_lib
+  from tests.helpers import tiny_config
+
+  config = tiny_config(**{'model.head': 'linear'})
+  state = state_lib.initial_state(config, 0)
+  params = state.params
+  backbone_width = state_lib.create_encoder(config).backbone.num_features
+  assert set(params) == {'backbone', 'fc'} and params['fc']['kernel'].shape == (backbone_width, 128)
+  names = torch_layout.to_state_dict(torch_layout.encoder_tree(params, state.batch_stats))
+  assert names['fc.weight'].shape == (128, backbone_width) and 'fc.0.weight' not in names

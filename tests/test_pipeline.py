@@ -165,6 +165,86 @@ def test_folder_eval_keeps_every_readable_file(messy_folder):
   assert masks.sum() == 7 and sorted(labels) == [0, 0, 1, 1, 1, 1, 1]  # good + gray cats; five dogs
 
 
+def test_jpeg_decoding_equals_pil(china):
+  """JPEGs decode with libjpeg's accurate integer IDCT: PIL's pixels exactly, for colour (4:2:0 and 4:4:4),
+  progressive, grayscale and CMYK JPEGs, eagerly and in tf.data; TF's default IDCT is off by about a level."""
+  from sklearn.datasets import load_sample_image
+
+  photo = load_sample_image('china.jpg')
+  encoded = [
+    _jpeg(photo),
+    _jpeg(photo, quality=95, subsampling=0),
+    _jpeg(china, progressive=True),
+    _jpeg(china[..., 0]),
+  ]
+  buf = io.BytesIO()
+  Image.fromarray(china).convert('CMYK').save(buf, format='JPEG')
+  encoded.append(buf.getvalue())
+  expected = [np.asarray(Image.open(io.BytesIO(data)).convert('RGB')) for data in encoded]
+  in_data = tf.data.Dataset.from_tensor_slices(encoded).map(sources.decode_image).as_numpy_iterator()
+  for data, want, from_data in zip(encoded, expected, in_data):
+    np.testing.assert_array_equal(sources.decode_image(tf.constant(data)).numpy(), want)
+    np.testing.assert_array_equal(from_data, want)
+  fast = tf.io.decode_image(encoded[0], channels=3).numpy()
+  assert np.abs(fast.astype(np.int32) - expected[0]).mean() > 0.3
+
+
+@pytest.fixture(scope='module')
+def pil_only_folder(tmp_path_factory, china):
+  """TIFF and Netpbm files (which TF cannot decode), some under a name that is not their format; the expected
+  uint8 RGB of each."""
+  root = tmp_path_factory.mktemp('pil_only')
+  crop = china[:20, :30]
+  grey = crop[..., 1]
+  grey_rgb = np.repeat(grey[..., None], 3, axis=-1)
+  deep = Image.fromarray(grey.astype(np.uint16) * 256 + 200)  # 16-bit: its high byte is grey
+  Image.fromarray(crop).save(root / 'rgb.tif')
+  Image.fromarray(crop).save(root / 'lzw.tiff', compression='tiff_lzw')
+  Image.fromarray(np.dstack([crop, np.full(crop.shape[:2], 9, np.uint8)])).save(root / 'rgba.tiff')
+  Image.fromarray(grey).save(root / 'grey.tif')
+  deep.save(root / 'deep.tif')
+  Image.fromarray(crop).save(root / 'pages.tif', save_all=True, append_images=[Image.fromarray(255 - crop)])
+  Image.fromarray(crop).save(root / 'colour.ppm')
+  Image.fromarray(grey).save(root / 'grey.pgm')
+  deep.save(root / 'deep.pgm')
+  (root / 'ascii.pgm').write_bytes(b'P2\n3 1\n255\n0 128 255\n')
+  Image.fromarray(crop).save(root / 'really_a_tiff.png', format='TIFF')
+  (root / 'really_a_jpeg.tif').write_bytes(_jpeg(crop))
+  (root / 'truncated.tif').write_bytes((root / 'rgb.tif').read_bytes()[:300])
+  expected = {
+    'rgb.tif': crop,
+    'lzw.tiff': crop,
+    'rgba.tiff': crop,
+    'grey.tif': grey_rgb,
+    'deep.tif': grey_rgb,
+    'pages.tif': crop,
+    'colour.ppm': crop,
+    'grey.pgm': grey_rgb,
+    'deep.pgm': grey_rgb,
+    'ascii.pgm': np.repeat(np.array([[[0], [128], [255]]], np.uint8), 3, axis=-1),
+    'really_a_tiff.png': crop,
+    'really_a_jpeg.tif': np.asarray(Image.open(root / 'really_a_jpeg.tif').convert('RGB')),
+  }
+  return root, expected
+
+
+def test_folder_decodes_tiff_and_netpbm_through_pil(pil_only_folder):
+  root, expected = pil_only_folder
+  source = sources.get_source(f'folder:{root}')
+  paths, _, _ = sources.list_image_files(str(root))
+  names = [os.path.basename(p) for p in paths]
+  assert sorted(names) == sorted(list(expected) + ['truncated.tif'])
+  in_data = tf.data.Dataset.range(len(paths)).map(source.load).ignore_errors().as_numpy_iterator()
+  decoded = [example['image'] for example in in_data]
+  readable = [name for name in names if name in expected]
+  assert len(decoded) == len(readable)
+  for name, image in zip(readable, decoded):
+    np.testing.assert_array_equal(image, expected[name], err_msg=name)
+    np.testing.assert_array_equal(source.load(names.index(name))['image'].numpy(), expected[name], err_msg=name)
+  with pytest.raises(tf.errors.OpError):  # an error tf.data can skip, as for the formats TF decodes
+    next(iter(tf.data.Dataset.from_tensors(names.index('truncated.tif')).map(source.load)))
+
+
 def test_bad_dataset_strings_name_the_culprit(tmp_path):
   with pytest.raises(ValueError, match='unknown source'):
     sources.get_source('imagenet')
@@ -186,3 +266,16 @@ def test_views_depend_on_the_example_only_not_the_batch_or_process_count():
   )
   for key in ('anchor', 'positive', 'small', 'label'):
     np.testing.assert_array_equal(first_of_two[key], single[key][0::2], err_msg=key)
+
+
+def test_blur_probability_zero_blurs_no_view():
+  """The MoCo CIFAR-10 Colab's chain has no blur (crops.blur_probability = 0); MoCo-v2's blurs half the views."""
+  uniforms = {
+    'anchor': tf.random.stateless_uniform([400, 20], (1, 2)),
+    'positive': tf.random.stateless_uniform([400, 20], (3, 4)),
+  }
+  for probability, expected in ((0.0, 0.0), (0.5, 0.5)):
+    spec = views.ViewSpec(large_size=32, small_size=16, num_small=0, blur_probability=probability)
+    records = views.augmentation_records(uniforms, spec)
+    for record in records.values():
+      assert abs(np.mean(record['blur_sigma'].numpy() > 0) - expected) < 0.1

@@ -26,3 +26,10 @@ def test_ema_momentum_constant_and_cosine_ramp():
   np.testing.assert_allclose([ramp(0), ramp(50), ramp(100)], [0.99, 0.995, 1.0], rtol=1e-6)
   with pytest.raises(ValueError, match='momentum_schedule'):
     schedules.ema_momentum(0.99, 100, 'linear')
+
+
+def test_per_epoch_cosine_is_the_moco_colabs():
+  """The MoCo CIFAR-10 Colab sets lr = lr0 * (1 + cos(pi e / E)) / 2 at the start of epoch e = 1..E."""
+  lr = schedules.learning_rate(0.03, 512, 0, total_steps=4 * 10, steps_per_epoch=10)
+  expected = [0.06 * 0.5 * (1 + math.cos(math.pi * (s // 10 + 1) / 4)) for s in range(40)]
+  np.testing.assert_allclose([float(lr(s)) for s in range(40)], expected, rtol=1e-6, atol=1e-9)

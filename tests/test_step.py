@@ -91,6 +91,7 @@ def assert_replicated(tree):
 @pytest.fixture
 def traced_once(monkeypatch):
   """The per-device step may be traced (so compiled) only once by the steps built in this test."""
+  chex.clear_trace_counter()  # chex counts per function, across tests
   monkeypatch.setattr(step_lib, 'train_step', chex.assert_max_traces(step_lib.train_step, n=1))
 
 
@@ -216,3 +217,51 @@ def test_no_implicit_host_device_transfers_inside_the_loop(make_config, batches,
   assert int(jax.device_get(state.step)) == 3
   with jax.transfer_guard('disallow'), pytest.raises(Exception, match='[Dd]isallowed'):
     jax.jit(lambda x: x + 1)(batches[0]['anchor'])  # the guard is live: a host NumPy array is an implicit transfer
+
+
+def two_crop(config_overrides, batches):
+  """A MoCo-v2 two-crop config and its batches (no small crops)."""
+  overrides = {'moco.nn_weight': 0.0, 'crops.num_small': 0, 'crops.aplus': False, **config_overrides}
+  return tiny_config(**overrides), [{k: v for k, v in b.items() if k != 'small'} for b in batches]
+
+
+def test_symmetric_loss_is_both_directions_summed_and_enqueues_both_crops(batches):
+  """The MoCo CIFAR-10 Colab's symmetric loss: loss(q = positive, k = anchor) + loss(q = anchor, k = positive), both
+  crops' keys enqueued ([positive keys, anchor keys]). On one device with one BN group the shuffle cannot change a
+  key (BN over the whole batch), so each direction equals the plain step on the batch or on its swap."""
+  config, two = two_crop({'moco.symmetric': True}, batches[:1])
+  plain_config, _ = two_crop({}, batches[:1])
+  one = jax.devices()[:1]
+  batch = two[0]
+  swapped = {'anchor': batch['positive'], 'positive': batch['anchor']}
+  (sym,), (m_sym,), _ = run(config, [batch], devices=one, keep_states=True)
+  (forward,), (m_forward,), _ = run(plain_config, [batch], devices=one, keep_states=True)
+  (backward,), (m_backward,), _ = run(plain_config, [swapped], devices=one, keep_states=True)
+  np.testing.assert_allclose(m_sym['loss_inst'], m_forward['loss_inst'] + m_backward['loss_inst'], rtol=1e-5)
+  np.testing.assert_allclose(m_sym['acc_inst'], (m_forward['acc_inst'] + m_backward['acc_inst']) / 2, atol=1e-6)
+  B = config.batch_size
+  assert int(sym.queue_ptr) == 2 * B and m_sym['queue_fill'] == pytest.approx(2 * B / config.moco.queue_size)
+  np.testing.assert_allclose(sym.queue_h[:B], backward.queue_h[:B], atol=1e-5)  # the positives' keys first
+  np.testing.assert_allclose(sym.queue_h[B : 2 * B], forward.queue_h[:B], atol=1e-5)
+
+
+def test_symmetric_loss_on_eight_devices_stays_replicated(batches):
+  config, two = two_crop({'moco.symmetric': True}, batches[:2])
+  state, metrics, _ = run(config, two)
+  assert_replicated(state)
+  assert int(state.queue_ptr) == 4 * config.batch_size and all(np.isfinite(list(metrics[-1].values())))
+
+
+@pytest.mark.parametrize(
+  'overrides',
+  [{}, {'moco.nn_weight': 0.0, 'crops.aplus': False}, {'crops.num_small': 0, 'moco.nn_weight': 0.0}],
+)
+def test_symmetric_loss_is_refused_where_it_is_not_defined(overrides):
+  with pytest.raises(validation.ConfigError, match=r'moco\.symmetric'):
+    validation.validate(tiny_config(**{'moco.symmetric': True, **overrides}), num_devices=8)
+
+
+def test_symmetric_loss_needs_room_for_both_crops_keys():
+  validation.validate(two_crop({'moco.symmetric': True}, [])[0], num_devices=8)
+  with pytest.raises(validation.ConfigError, match=r'moco\.queue_size.*both crops'):
+    validation.validate(two_crop({'moco.symmetric': True, 'moco.queue_size': 96}, [])[0], num_devices=8)

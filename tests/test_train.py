@@ -53,11 +53,17 @@ def test_end_to_end_with_knn_summary(make_config, tmp_path, capsys):
     assert 10.0 <= summary[key]['top1'] <= 100.0  # ten balanced classes: chance is 10 %
   assert summary['knn_after']['top1'] == reported[-1][1]['knn/top1']
   assert summary['epochs'] == round(4 / (10000 // 32), 2)
-  assert 'kNN top-1' in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert 'kNN top-1' in out
   assert os.path.isdir(tmp_path / 'checkpoints' / '4')
   assert json.load(open(tmp_path / 'config.json'))['moco']['queue_size'] == 256
   lines = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
-  assert [m['step'] for m in lines] == [2, 4] and all(np.isfinite(m['loss']) for m in lines)
+  training = [m for m in lines if 'loss' in m]
+  assert [m['step'] for m in training] == [2, 4] and all(np.isfinite(m['loss']) for m in training)
+  assert all(m['steps_per_second'] > 0 and m['images_per_second'] > 0 for m in training)
+  assert [m['step'] for m in lines if 'knn/top1' in m] == [0, 2, 4]
+  assert summary['curves'] == str(tmp_path / 'curves.png') and os.path.getsize(tmp_path / 'curves.png') > 0
+  assert 'learning curves:' in out
   assert any(name.startswith('events.out.tfevents') for name in os.listdir(tmp_path))
 
 
@@ -91,3 +97,19 @@ def test_non_finite_loss_stops_with_the_last_good_checkpoint(make_config, tmp_pa
   metrics = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
   assert saved and all(np.isfinite(m['loss']) for m in metrics)
   assert max(saved) == metrics[-1]['step']  # nothing after the last finite step was written
+
+
+def test_curves_draw_the_panels_the_metrics_have(tmp_path):
+  from PIL import Image
+
+  from jax_moco import curves
+
+  path = tmp_path / 'metrics.jsonl'
+  rows = [{'step': 0, 'knn/top1': 60.0}, {'step': 50, 'loss': 5.0, 'loss_inst': 4.0, 'acc_inst': 0.1, 'lr': 0.03}]
+  path.write_text(''.join(json.dumps(r) + '\n' for r in rows))
+  panels = curves.plot(str(path), str(tmp_path / 'curves.png'))
+  assert panels == ['loss', 'instance accuracy', 'learning rate', 'kNN top-1 (%)']
+  assert Image.open(tmp_path / 'curves.png').size == (1600, 320)
+  assert curves.read_metrics(str(path))['loss'] == ([50], [5.0])
+  path.write_text(json.dumps(rows[1]) + '\n')  # no kNN monitor: no kNN panel
+  assert 'kNN top-1 (%)' not in curves.plot(str(path), str(tmp_path / 'curves.png'))

@@ -1,7 +1,8 @@
-"""The MoCo encoder f = h(g(x)): ResNet backbone g and projection MLP h (hidden-ReLU-out, no BN, as MoCo-v2).
+"""The MoCo encoder f = h(g(x)): ResNet backbone g and projection head h, either MoCo-v2's MLP (hidden-ReLU-out, no
+BN) or one linear layer (MoCo v1 and the MoCo CIFAR-10 Colab: ResNet-18's `fc`, 512 -> 128).
 
 Returns both the pooled backbone feature (the NN loss mines neighbours on it) and the L2-normalised projection.
-Head layers are named fc_0 / fc_2 after the official MoCo checkpoint's `fc.0` / `fc.2`.
+Head layers are named after the official MoCo checkpoints: fc_0 / fc_2 for the MLP's `fc.0` / `fc.2`, fc for `fc`.
 """
 
 import flax.linen as nn
@@ -23,27 +24,31 @@ def l2_normalize(x, axis=-1, eps=1e-12):
   return x * (1.0 / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), eps))
 
 
+HEADS = ('mlp', 'linear')
+
+
 class Encoder(nn.Module):
   backbone: ResNet
   projection_dim: int = 128
   hidden_dim: int = 0  # 0: the backbone's feature width, as MoCo-v2 (2048-2048-128 for ResNet-50).
+  head: str = 'mlp'  # or 'linear'
+
+  def _dense(self, width, fan_in, name):
+    return nn.Dense(
+      width,
+      kernel_init=torch_linear_kernel_init,
+      bias_init=torch_linear_bias_init(fan_in),
+      dtype=self.backbone.dtype,
+      name=name,
+    )
 
   @nn.compact
   def __call__(self, images, train: bool):
     features = self.backbone(images, train)
-    hidden = self.hidden_dim or self.backbone.num_features
-    h = nn.Dense(
-      hidden,
-      kernel_init=torch_linear_kernel_init,
-      bias_init=torch_linear_bias_init(features.shape[-1]),
-      dtype=self.backbone.dtype,
-      name='fc_0',
-    )(features)
-    z = nn.Dense(
-      self.projection_dim,
-      kernel_init=torch_linear_kernel_init,
-      bias_init=torch_linear_bias_init(hidden),
-      dtype=self.backbone.dtype,
-      name='fc_2',
-    )(nn.relu(h))
+    width = features.shape[-1]
+    if self.head == 'linear':
+      z = self._dense(self.projection_dim, width, 'fc')(features)
+    else:
+      hidden = self.hidden_dim or self.backbone.num_features
+      z = self._dense(self.projection_dim, hidden, 'fc_2')(nn.relu(self._dense(hidden, width, 'fc_0')(features)))
     return features, l2_normalize(z.astype(jnp.float32))
