@@ -81,10 +81,11 @@ def time_point(config, num_devices, steps):
 
 
 def run(base_kwargs, sweeps, steps=5, log=print):
-  """Times every point of every sweep; returns rows {sweep, value, step_s, images_per_s, relative, compile_s}."""
+  """Times every point of every sweep given (a subset of SWEEPS); returns rows {sweep, value, step_s, images_per_s,
+  relative, compile_s}."""
   rows = []
   for sweep in SWEEPS:
-    for value in sweeps[sweep]:
+    for value in sweeps.get(sweep, ()):
       point = {**BASE, sweep: value}
       if point['devices'] > jax.device_count():
         log(f'skipping devices={point["devices"]}: only {jax.device_count()} devices')
