@@ -44,13 +44,12 @@ def median_ms(fn, repeats):
 
 def xla_ops(x, w, stride, compiler_options=None):
   """Forward, dx and dw of one conv (padding 1) as three jitted functions of (x, w, g)."""
-  conv = lambda x, w: lax.conv_general_dilated(
-    x,
-    w,
-    (stride, stride),
-    ((1, 1), (1, 1)),  # noqa: E731
-    dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-  )
+
+  def conv(x, w):
+    return lax.conv_general_dilated(
+      x, w, (stride, stride), ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+    )
+
   ops = (
     lambda x, w, g: conv(x, w),
     lambda x, w, g: jax.vjp(lambda x: conv(x, w), x)[1](g)[0],

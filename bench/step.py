@@ -148,7 +148,8 @@ def run(config, steps=5, rounds=3, torch_compile=False, channels_last=True, log=
   torch_batch = {k: torch.from_numpy(v) for k, v in batch.items()}
   device_batch = jax.device_put(batch, jax.devices()[0])
   runners, compile_s = {}, {}
-  for setting, name in (('on', 'YNNPACK convolutions'), ('off', 'own convolutions')):
+  names = {'on': 'jax_moco (XLA, YNNPACK convolutions)', 'off': 'jax_moco (XLA, own convolutions)'}
+  for setting, name in names.items():
     fn, state, lr = jax_step(config, ynnpack_convolutions=setting)
     if setting == 'on':
       model, optimizer = torch_reference(config, state, lr, channels_last)
@@ -156,9 +157,8 @@ def run(config, steps=5, rounds=3, torch_compile=False, channels_last=True, log=
     compiled = fn.lower(state, device_batch).compile()
     compile_s[setting] = time.perf_counter() - start
     flops = (compiled.cost_analysis() or {}).get('flops', float('nan'))
-    runners[f'jax_moco (XLA, {name})'] = functools.partial(_run_compiled, compiled, {'state': state}, device_batch)
-  chosen = 'on' if xla_cpu.ynnpack_convolutions(config.cpu_ynnpack_convolutions) else 'off'
-  ours = [name for name in runners if name.startswith('jax_moco')][chosen == 'off']
+    runners[name] = functools.partial(_run_compiled, compiled, {'state': state}, device_batch)
+  ours = names['on' if xla_cpu.ynnpack_convolutions(config.cpu_ynnpack_convolutions) else 'off']
   runners['PyTorch reference (eager)'] = lambda: ref.train_step(model, optimizer, torch_batch)
   if torch_compile:
     compiled_model = torch.compile(model)

@@ -82,9 +82,6 @@ def extract_features(feature_fn, variables, dataset, mesh, description=None):
   )
 
 
-FEATURES = ('backbone', 'head')
-
-
 class KnnMonitor:
   """Weighted kNN accuracy of the online encoder's backbone features (knn.feature = 'backbone') or normalised
   projections ('head'): bank = training images (un-augmented), queries = eval set."""
@@ -100,8 +97,10 @@ class KnnMonitor:
     statistics, options = config.model.normalization, xla_cpu.compiler_options(config.cpu_ynnpack_convolutions)
     if config.knn.feature == 'head':
       self.feature_fn = make_feature_fn(mesh, encoder, statistics, lambda out: out[1], options)
+      self.variables = lambda params, batch_stats: {'params': params, 'batch_stats': batch_stats}
     else:
       self.feature_fn = make_feature_fn(mesh, encoder.backbone, statistics, compiler_options=options)
+      self.variables = backbone_variables
     logging.info(
       'kNN monitor: bank %s (%d), queries %s (%d)',
       self.bank.name,
@@ -128,10 +127,7 @@ class KnnMonitor:
     )
 
   def run(self, params, batch_stats):
-    if self.config.knn.feature == 'head':
-      variables = {'params': params, 'batch_stats': batch_stats}
-    else:
-      variables = backbone_variables(params, batch_stats)
+    variables = self.variables(params, batch_stats)
     return self._classify(lambda ds: extract_features(self.feature_fn, variables, ds, self.mesh))
 
   def run_raw_pixels(self):
