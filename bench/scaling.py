@@ -3,6 +3,9 @@ device count, each varied alone from one base setting; a table (stdout, Markdown
 
   python bench/scaling.py --out=bench/scaling   # CPU: ResNet-18 at width 0.25, CIFAR stem, 32 + 16 px, batch 64
 
+The base point (K = 4096, 2 small crops, top-20, 1 device) is what the other sweeps hold fixed; `--base_queue`,
+`--base_num_small` and `--base_topk` move it (e.g. to a run's own setting, so the K and top-k sweeps pass through it).
+
 On CPU the device sweep uses 8 emulated devices (set here when XLA_FLAGS does not say otherwise) with the global
 batch fixed, so it shows the overhead of the collectives (shuffle gathers, gradient and BN pmeans), not a speed-up.
 `--topks` value 0 means the NN loss off (plain multi-crop MoCo): the difference to the others is the NN mining.
@@ -20,8 +23,6 @@ if 'xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', '')
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 import jax  # noqa: E402
-from jax.sharding import NamedSharding  # noqa: E402
-from jax.sharding import PartitionSpec as P  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -33,6 +34,7 @@ from jax_moco.monitor import shard_batch  # noqa: E402
 
 FLAGS = flags.FLAGS
 SWEEPS = ('queue', 'num_small', 'topk', 'devices')
+BASE = dict(queue=4096, num_small=2, topk=20, devices=1)
 
 
 def define_flags():
@@ -49,9 +51,9 @@ def define_flags():
   flags.DEFINE_list('topks', ['0', '1', '5', '20', '50'], 'NN top-k (0: NN loss off).')
   flags.DEFINE_list('devices', ['1', '2', '4', '8'], 'Device counts (the global batch stays the same).')
   flags.DEFINE_string('out', '', 'Write OUT.json and OUT.png (default: print only).')
-
-
-BASE = dict(queue=4096, num_small=2, topk=20, devices=1)
+  flags.DEFINE_integer('base_queue', BASE['queue'], 'Queue size K of the base point.')
+  flags.DEFINE_integer('base_num_small', BASE['num_small'], 'Small crops of the base point.')
+  flags.DEFINE_integer('base_topk', BASE['topk'], 'NN top-k of the base point (0: NN loss off).')
 
 
 def point_config(base_kwargs, queue, num_small, topk):
@@ -65,7 +67,6 @@ def time_point(config, num_devices, steps):
   """(median seconds per step, compile seconds) of the step on the first `num_devices` devices."""
   fn, state, _ = bench_step.jax_step(config, num_devices=num_devices)
   mesh = step_lib.create_mesh(jax.devices()[:num_devices])
-  state = jax.device_put(state, NamedSharding(mesh, P()))
   batch = shard_batch(mesh, bench_step.synthetic_batch(config))
   start = time.perf_counter()
   compiled = fn.lower(state, batch).compile()
@@ -80,13 +81,13 @@ def time_point(config, num_devices, steps):
   return bench_step.median_step_seconds(one_step, steps), compile_s
 
 
-def run(base_kwargs, sweeps, steps=5, log=print):
-  """Times every point of every sweep given (a subset of SWEEPS); returns rows {sweep, value, step_s, images_per_s,
-  relative, compile_s}."""
+def run(base_kwargs, sweeps, steps=5, log=print, base=BASE):
+  """Times every point of every sweep given (a subset of SWEEPS), each varied alone from `base`; returns rows
+  {sweep, value, step_s, images_per_s, relative, compile_s}."""
   rows = []
   for sweep in SWEEPS:
     for value in sweeps.get(sweep, ()):
-      point = {**BASE, sweep: value}
+      point = {**base, sweep: value}
       if point['devices'] > jax.device_count():
         log(f'skipping devices={point["devices"]}: only {jax.device_count()} devices')
         continue
@@ -96,7 +97,7 @@ def run(base_kwargs, sweeps, steps=5, log=print):
         dict(
           sweep=sweep,
           value=value,
-          is_base=point == BASE,
+          is_base=point == base,
           step_s=step_s,
           images_per_s=config.batch_size / step_s,
           compile_s=compile_s,
@@ -110,11 +111,11 @@ def run(base_kwargs, sweeps, steps=5, log=print):
   return rows
 
 
-def table(rows, base_kwargs) -> str:
+def table(rows, base_kwargs, base=BASE) -> str:
   lines = [
     f'{base_kwargs["arch"]} (width {base_kwargs["width"]}, {base_kwargs["stem"]} stem), global batch '
     f'{base_kwargs["batch"]}, {base_kwargs["large"]} px + small crops of {base_kwargs["small"]} px, '
-    f'{base_kwargs["dtype"]}, {jax.devices()[0].platform}; base point {BASE}; one parameter varied at a time',
+    f'{base_kwargs["dtype"]}, {jax.devices()[0].platform}; base point {base}; one parameter varied at a time',
     '',
     '| varied | value | ms / step | images / s | vs base | compile s |',
     '| --- | --- | --- | --- | --- | --- |',
@@ -166,13 +167,14 @@ def main(argv):
     small=FLAGS.small,
     dtype=FLAGS.dtype,
   )
+  base = dict(BASE, queue=FLAGS.base_queue, num_small=FLAGS.base_num_small, topk=FLAGS.base_topk)
   sweeps = {'queue': FLAGS.queues, 'num_small': FLAGS.num_smalls, 'topk': FLAGS.topks, 'devices': FLAGS.devices}
-  rows = run(base_kwargs, {k: [int(v) for v in values] for k, values in sweeps.items()}, FLAGS.steps)
-  print(table(rows, base_kwargs))
+  rows = run(base_kwargs, {k: [int(v) for v in values] for k, values in sweeps.items()}, FLAGS.steps, base=base)
+  print(table(rows, base_kwargs, base))
   if FLAGS.out:
     with open(FLAGS.out + '.json', 'w') as f:
       json.dump(
-        {'base': BASE, 'setting': base_kwargs, 'platform': jax.devices()[0].platform, 'rows': rows}, f, indent=2
+        {'base': base, 'setting': base_kwargs, 'platform': jax.devices()[0].platform, 'rows': rows}, f, indent=2
       )
     plot(rows, FLAGS.out + '.png')
     print(f'wrote {FLAGS.out}.json and {FLAGS.out}.png')

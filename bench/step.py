@@ -4,10 +4,11 @@ batch, crops and queue, on the same device, alternating rounds; medians and thei
 
   python bench/step.py                      # CPU demo scale: ResNet-18, CIFAR stem, 32 px + 2 x 16 px, batch 64
   python bench/step.py --arch=resnet50 --stem=imagenet --large=160 --small=96 --num_small=4 --batch=256 \\
-      --queue=65536 --dtype=bfloat16        # the GPU setting (PyTorch reference then in float32 eager)
+      --queue=65536 --dtype=bfloat16        # the GPU setting (PyTorch reference then with AMP in bfloat16)
 
 Also prints XLA's compile time, the model FLOPs per step from XLA's cost analysis, achieved FLOP/s and peak host RSS.
-One device, one BN group (the reference has no split BN).
+One device, one BN group (the reference has no split BN). The reference runs on the GPU when JAX does (and PyTorch
+sees one), with autocast to bfloat16 when --dtype=bfloat16. On CPU both of XLA:CPU's convolution paths are timed.
 """
 
 import functools
@@ -20,6 +21,8 @@ import time
 from absl import app
 from absl import flags
 import jax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -80,7 +83,10 @@ def jax_step(config, seed=0, num_devices=1, ynnpack_convolutions=None):
   encoder = state_lib.create_encoder(config)
   lr = config.optim.base_lr * config.batch_size / 256
   tx = state_lib.sgd(lr, config.optim.momentum, config.optim.weight_decay)
-  state = state_lib.create_train_state(config, encoder, tx, jax.random.key(seed))
+  # Replicated over the mesh as the step returns it: the calls after the first find their program compiled.
+  state = jax.device_put(
+    state_lib.create_train_state(config, encoder, tx, jax.random.key(seed)), NamedSharding(mesh, P())
+  )
   fn = step_lib.make_train_step(
     mesh,
     encoder,
@@ -93,8 +99,8 @@ def jax_step(config, seed=0, num_devices=1, ynnpack_convolutions=None):
   return fn, state, lr
 
 
-def torch_reference(config, state, lr, channels_last=False):
-  """The PyTorch reference holding exactly `state`'s encoders and queues."""
+def torch_reference(config, state, lr, channels_last=False, device='cpu'):
+  """The PyTorch reference holding exactly `state`'s encoders and queues, on `device`, in `config`'s dtype."""
   import torch
   import torch_reference_step as ref
 
@@ -110,6 +116,7 @@ def torch_reference(config, state, lr, channels_last=False):
     m.nn_weight,
     m.nn_order,
     channels_last,
+    torch.bfloat16 if config.model.dtype == 'bfloat16' else None,
   )
   for name, params, stats in (
     ('encoder_q', state.params, state.batch_stats),
@@ -117,7 +124,7 @@ def torch_reference(config, state, lr, channels_last=False):
   ):
     arrays = torch_layout.to_state_dict(torch_layout.encoder_tree(jax.device_get(params), jax.device_get(stats)))
     getattr(model, name).load_state_dict({k: torch.from_numpy(v) for k, v in arrays.items()})
-  model.to(memory_format=model.memory_format)
+  model.to(device, memory_format=model.memory_format)
   with torch.no_grad():
     model.queue.copy_(torch.from_numpy(np.array(state.queue_h)))
     model.queue_backbone.copy_(torch.from_numpy(np.array(state.queue_g)))
@@ -144,21 +151,26 @@ def run(config, steps=5, rounds=3, torch_compile=False, channels_last=True, log=
   import torch
   import torch_reference_step as ref
 
+  on_cpu = jax.default_backend() == 'cpu'
+  device = 'cuda' if not on_cpu and torch.cuda.is_available() else 'cpu'
+  torch.backends.cudnn.benchmark = True  # cuDNN picks its convolution algorithms as XLA autotunes (no-op on CPU)
   batch = synthetic_batch(config)
-  torch_batch = {k: torch.from_numpy(v) for k, v in batch.items()}
+  torch_batch = {k: torch.from_numpy(v).to(device) for k, v in batch.items()}
   device_batch = jax.device_put(batch, jax.devices()[0])
   runners, compile_s = {}, {}
+  ours_setting = 'on' if xla_cpu.ynnpack_convolutions(config.cpu_ynnpack_convolutions) else 'off'
   names = {'on': 'jax_moco (XLA, YNNPACK convolutions)', 'off': 'jax_moco (XLA, own convolutions)'}
+  if not on_cpu:  # the setting is XLA:CPU's alone: one program elsewhere
+    names = {ours_setting: 'jax_moco (XLA)'}
   for setting, name in names.items():
     fn, state, lr = jax_step(config, ynnpack_convolutions=setting)
-    if setting == 'on':
-      model, optimizer = torch_reference(config, state, lr, channels_last)
     start = time.perf_counter()
     compiled = fn.lower(state, device_batch).compile()
-    compile_s[setting] = time.perf_counter() - start
+    compile_s[name] = time.perf_counter() - start
     flops = (compiled.cost_analysis() or {}).get('flops', float('nan'))
     runners[name] = functools.partial(_run_compiled, compiled, {'state': state}, device_batch)
-  ours = names['on' if xla_cpu.ynnpack_convolutions(config.cpu_ynnpack_convolutions) else 'off']
+  model, optimizer = torch_reference(config, state, lr, channels_last, device)  # the same initial state (seed 0)
+  ours = names[ours_setting]
   runners['PyTorch reference (eager)'] = lambda: ref.train_step(model, optimizer, torch_batch)
   if torch_compile:
     compiled_model = torch.compile(model)
@@ -175,14 +187,17 @@ def run(config, steps=5, rounds=3, torch_compile=False, channels_last=True, log=
   log(
     f'\n{config.model.arch} ({config.model.stem} stem), batch {config.batch_size}, {config.crops.large_size} px + '
     f'{config.crops.num_small} x {config.crops.small_size} px, K = {config.moco.queue_size}, {config.model.dtype}, '
-    f'{jax.devices()[0].platform}, torch threads {torch.get_num_threads()}, median of {rounds} rounds:'
+    f'{jax.devices()[0].platform}, reference on {device} ({model.amp_dtype or torch.float32}), torch threads '
+    f'{torch.get_num_threads()}, median of {rounds} rounds:'
   )
-  log(f'  ours = {ours}, the setting cpu_ynnpack_convolutions={config.cpu_ynnpack_convolutions!r} picks')
+  if on_cpu:
+    log(f'  ours = {ours}, the setting cpu_ynnpack_convolutions={config.cpu_ynnpack_convolutions!r} picks')
   for name, value in medians.items():
     log(f'  {name:44s} {value:8.1f} images/s   ours / this: {ours_rate / value:.2f}x')
   log(
-    f'  XLA compile {compile_s["on"]:.1f} s (YNNPACK) / {compile_s["off"]:.1f} s (own); model FLOPs per step '
-    f'{flops / 1e9:.1f} G '
+    '  XLA compile '
+    + ' / '.join(f'{seconds:.1f} s ({name})' for name, seconds in compile_s.items())
+    + f'; model FLOPs per step {flops / 1e9:.1f} G '
     f'({flops * ours_rate / config.batch_size / 1e9:.1f} GFLOP/s achieved); '
     f'peak host RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB'
   )

@@ -1,8 +1,9 @@
 """A PyTorch reference of the kNN-MoCo training step, written from Algorithm 2 of paper 001 (and the authors'
 builder): online and momentum torchvision ResNets with MoCo's MLP head, the key batch shuffled (shuffling BN on one
 device), multi-crop InfoNCE on Q_h, the NN loss with neighbours mined in Q_g, SGD with momentum and coupled weight
-decay, then the enqueue. One device, one BN group. Used by bench/step.py and by the test that checks it computes
-our step's losses on the same weights and inputs.
+decay, then the enqueue. One device (the CPU or a GPU), one BN group; with `amp_dtype` the forward pass runs
+under autocast (PyTorch's mixed precision). Used by bench/step.py and by the test that checks it computes our
+step's losses on the same weights and inputs.
 """
 
 import torch
@@ -34,7 +35,18 @@ def encode(model, images):
 
 class KnnMoco(torch.nn.Module):
   def __init__(
-    self, arch, stem, dim, queue_size, temperature, momentum, nn_topk, nn_weight, nn_order, channels_last=False
+    self,
+    arch,
+    stem,
+    dim,
+    queue_size,
+    temperature,
+    momentum,
+    nn_topk,
+    nn_weight,
+    nn_order,
+    channels_last=False,
+    amp_dtype=None,
   ):
     super().__init__()
     self.encoder_q = make_encoder(arch, stem, dim)
@@ -46,20 +58,22 @@ class KnnMoco(torch.nn.Module):
     self.register_buffer('queue', F.normalize(torch.randn(queue_size, dim), dim=1))  # rows, as Q_h
     self.register_buffer('queue_backbone', F.normalize(torch.randn(queue_size, features), dim=1))
     self.register_buffer('queue_ptr', torch.zeros(1, dtype=torch.long))
+    self.register_buffer('mean', IMAGENET_MEAN, persistent=False)  # buffers: they follow the model's device
+    self.register_buffer('std', IMAGENET_STD, persistent=False)
     self.temperature, self.momentum, self.nn_topk, self.nn_weight = temperature, momentum, nn_topk, nn_weight
-    self.nn_order = nn_order
+    self.nn_order, self.amp_dtype = nn_order, amp_dtype
     self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
     self.to(memory_format=self.memory_format)
 
   def _prepare(self, images_uint8_nhwc):
     x = images_uint8_nhwc.permute(0, 3, 1, 2).float()
-    return ((x - IMAGENET_MEAN) / IMAGENET_STD).contiguous(memory_format=self.memory_format)
+    return ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format)
 
   @torch.no_grad()
   def _keys(self, anchors):
     for q, k in zip(self.encoder_q.parameters(), self.encoder_k.parameters()):
       k.mul_(self.momentum).add_(q.detach(), alpha=1.0 - self.momentum)
-    shuffle = torch.randperm(anchors.shape[0])
+    shuffle = torch.randperm(anchors.shape[0], device=anchors.device)
     features, keys = encode(self.encoder_k, anchors[shuffle])
     unshuffle = torch.argsort(shuffle)
     return features[unshuffle], keys[unshuffle]
@@ -67,9 +81,10 @@ class KnnMoco(torch.nn.Module):
   @torch.no_grad()
   def _enqueue(self, keys, features):
     # Tensor row indices, not a Python int pointer: no graph break (and no stale saved queue) under torch.compile.
-    rows = (self.queue_ptr + torch.arange(keys.shape[0])) % self.queue.shape[0]
-    self.queue.index_copy_(0, rows, keys)
-    self.queue_backbone.index_copy_(0, rows, F.normalize(features, dim=1))
+    rows = (self.queue_ptr + torch.arange(keys.shape[0], device=keys.device)) % self.queue.shape[0]
+    # float32 queues, as ours: under autocast the keys and features come in its lower precision.
+    self.queue.index_copy_(0, rows, keys.float())
+    self.queue_backbone.index_copy_(0, rows, F.normalize(features, dim=1).float())
     self.queue_ptr.copy_((self.queue_ptr + keys.shape[0]) % self.queue.shape[0])
 
   def forward(self, batch):
@@ -89,7 +104,7 @@ class KnnMoco(torch.nn.Module):
     l_pos = (projs * keys[:, None]).sum(-1).reshape(-1, 1)
     l_neg = projs.reshape(b * views, -1) @ queue_before.T
     logits = torch.cat([l_pos, l_neg], dim=1) / self.temperature
-    loss_inst = F.cross_entropy(logits, torch.zeros(b * views, dtype=torch.long))
+    loss_inst = F.cross_entropy(logits, torch.zeros(b * views, dtype=torch.long, device=logits.device))
     if self.nn_order == 'loss_then_enqueue':
       mine_in = self.queue_backbone.clone()
       self._enqueue(keys, key_features)
@@ -108,7 +123,8 @@ def make_optimizer(model, lr, momentum, weight_decay):
 
 
 def train_step(model, optimizer, batch):
-  losses = model(batch)
+  with torch.autocast(model.queue.device.type, model.amp_dtype, enabled=model.amp_dtype is not None):
+    losses = model(batch)
   optimizer.zero_grad(set_to_none=True)
   losses['loss'].backward()
   optimizer.step()

@@ -76,6 +76,7 @@ def get_config():
   c.knn.temperature = 0.1
   c.knn.batch_size = 500
   c.knn.max_bank_examples = 10000  # bounds the monitor's time on the full Debian set; 0 = the whole bank
+  c.knn.max_query_examples = 0  # eval examples the monitor scores (the first ones); 0 = the whole eval set
   c.knn.every_epochs = 0.0  # also evaluate during training every this many epochs; 0 = before and after only
   c.knn.feature = 'backbone'  # or 'head': the normalised projection, as the MoCo CIFAR-10 Colab's monitor
 

@@ -11,8 +11,6 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 from tqdm import tqdm
 
-from input_pipeline import pipeline
-from input_pipeline import sources
 from jax_moco import knn
 from jax_moco import xla_cpu
 from jax_moco.step import AXIS
@@ -87,6 +85,9 @@ class KnnMonitor:
   projections ('head'): bank = training images (un-augmented), queries = eval set."""
 
   def __init__(self, config, mesh, encoder):
+    # TensorFlow only here, not at import: bench/scaling.py takes shard_batch on GPU machines without it.
+    from input_pipeline import sources
+
     self.config, self.mesh = config, mesh
     self.bank = sources.get_source(config.knn_bank_dataset or config.dataset, config.data_dir)
     self.test = sources.get_source(config.eval_dataset, config.data_dir, default_split='test')
@@ -110,6 +111,8 @@ class KnnMonitor:
     )
 
   def _dataset(self, source, max_examples=None):
+    from input_pipeline import pipeline
+
     return pipeline.eval_dataset(
       source,
       self.config.crops.large_size,
@@ -121,7 +124,7 @@ class KnnMonitor:
 
   def _classify(self, extract):
     bank_x, bank_y = extract(self._dataset(self.bank, self.config.knn.max_bank_examples or None))
-    test_x, test_y = extract(self._dataset(self.test))
+    test_x, test_y = extract(self._dataset(self.test, self.config.knn.max_query_examples or None))
     return knn.knn_classify(
       bank_x, bank_y, test_x, test_y, self.config.knn.k, self.config.knn.temperature, self.bank.num_classes
     )

@@ -44,7 +44,7 @@ def validate(config, num_devices: int = 1, process_count: int = 1):
   only), temperature, EMA momentum, the NN loss, the model (arch, stem, dtype, width, head, input normalisation),
   crop sizes and scales, the constrained multi-crop threshold, the blur probability, the optimiser (positive
   learning rate, momentum in [0, 1), non-negative weight decay and warm-up, the decay unit), the schedule length
-  and the kNN monitor (k, temperature, frequency, feature)."""
+  and the kNN monitor (k, temperature, frequency, feature, non-negative bank and query caps)."""
   b, m, cr = config.batch_size, config.moco, config.crops
   _require(b > 0, 'batch_size', f'must be positive, got {b}')
   _require(b % num_devices == 0, 'batch_size', f'{b} is not divisible by the {num_devices} devices')
@@ -123,6 +123,9 @@ def validate(config, num_devices: int = 1, process_count: int = 1):
   )
   _require(config.num_train_steps > 0 or config.num_epochs > 0, 'num_epochs', 'set num_epochs or num_train_steps')
   _require(config.knn.k > 0 and config.knn.temperature > 0, 'knn.k', 'k and temperature must be positive')
+  for field in ('max_bank_examples', 'max_query_examples'):
+    value = config.knn[field]
+    _require(value >= 0, f'knn.{field}', f'must be >= 0 (0: all), got {value}')
   _require(config.knn.every_epochs >= 0, 'knn.every_epochs', f'must be >= 0, got {config.knn.every_epochs}')
   _require(config.knn.feature in ('backbone', 'head'), 'knn.feature', f'{config.knn.feature!r}: use backbone or head')
   _require(

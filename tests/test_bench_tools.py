@@ -1,6 +1,6 @@
-"""The benchmark tools run at a tiny size (so they cannot rot): bench/scaling.py (every sweep point timed, table and
-plot), bench/conv_ops.py (XLA and PyTorch compute the same convolution and gradients), bench/input_wait.py and
-bench/device_augment.py."""
+"""The benchmark tools compute what they claim to time, at a tiny size: bench/conv_ops.py (XLA and PyTorch compute the
+same convolution and gradients), bench/input_wait.py and bench/device_augment.py (the same step either way). Their
+command lines, bench/scaling.py's and bench/step.py's run in tests/test_bench_gpu.py."""
 
 import importlib.util
 import os
@@ -24,21 +24,8 @@ def load(name):
   return module
 
 
-scaling, conv_ops, input_wait = load('scaling'), load('conv_ops'), load('input_wait')
+conv_ops, input_wait = load('conv_ops'), load('input_wait')
 device_augment = load('device_augment')
-
-
-def test_scaling_sweeps_run_at_a_tiny_size(tmp_path):
-  base = dict(arch='resnet18', width=0.125, stem='cifar', batch=16, large=32, small=16, dtype='float32')
-  sweeps = {'queue': [256], 'devices': [1, 2]}  # every sweep shares the code path; each point is a compile
-  rows = scaling.run(base, sweeps, steps=1, log=lambda line: None)
-  assert [(r['sweep'], r['value']) for r in rows] == [(k, v) for k, values in sweeps.items() for v in values]
-  base_rows = [r for r in rows if r['is_base']]  # devices=1 is the base point (K 4096, 2 small crops, top-20)
-  assert len(base_rows) == 1 and base_rows[0]['relative'] == 1.0 and all(r['step_s'] > 0 for r in rows)
-  text = scaling.table(rows, base)
-  assert text.count('\n| ') == len(rows) + 2 and '| devices | 2 |' in text  # + header and separator
-  scaling.plot(rows, str(tmp_path / 'scaling.png'))
-  assert (tmp_path / 'scaling.png').stat().st_size > 1000
 
 
 def test_conv_ops_compares_the_same_forward_and_gradients():

@@ -113,6 +113,7 @@ def test_coco800_warms_the_nn_loss_up_for_20_epochs():
     ('model.head', 'transformer'),
     ('model.normalization', 'mnist'),
     ('knn.feature', 'logits'),
+    ('knn.max_query_examples', -1),
     ('optim.lr_decay_every', 'week'),
   ],
 )

@@ -1,0 +1,164 @@
+"""The paper's ablation in miniature (Van Gansbeke et al. 2021, Sec. 4): MoCo-v2, + constrained multi-crop, + A+,
++ the NN loss (the full method), each trained at one equal budget (the same steps and batch) with every seed in its
+own work directory, then scored by kNN top-1 (the training's monitor, before and after) and by jax_moco.evaluate's
+linear probe; the random-init network is the baseline row.
+
+  python scripts/ablation.py --out=runs/ablation [--steps=N] [--seeds=0,1] [--rows=mocov2,knn]
+      [--override=FIELD=VALUE ...] [--probe_max_examples=N]
+
+Resumable (scripts/runs.py): a finished run is read, not rerun, a half-done one resumes from its checkpoint, and
+each linear probe is cached in its run's work directory. The table (Markdown) is printed and written to
+OUT/table.md.
+"""
+
+import ast
+import os
+import statistics
+import sys
+
+from absl import app
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from jax_moco import evaluate  # noqa: E402
+from scripts import runs  # noqa: E402
+
+# Each row adds one thing to the one above: (label, configs/<method>.py, dotted overrides of its demo).
+ROWS = {
+  'mocov2': ('MoCo-v2', 'mocov2', {}),
+  'multicrop': ('+ constrained multi-crop', 'multicrop', {}),
+  'aplus': ('+ A+', 'multicrop', {'crops.aplus': True}),
+  'knn': ('+ NN loss (kNN-MoCo)', 'knn', {}),
+}
+
+HEADER = ['method', 'config', 'kNN top-1 %', 'linear probe %', 'steps', 'batch', 'train s']
+
+
+def parse_override(text):
+  """'FIELD=VALUE' -> (FIELD, VALUE): a Python literal where VALUE is one (0.125, 32, True, (0.1, 0.35)), else the
+  string itself (resnet_tiny, embedded_subset:test)."""
+  name, sep, value = text.partition('=')
+  if not sep or not name:
+    raise ValueError(f'--override={text}: use FIELD=VALUE, e.g. model.arch=resnet_tiny')
+  try:
+    return name, ast.literal_eval(value)
+  except (ValueError, SyntaxError):
+    return name, value
+
+
+def linear_probe(workdir, max_examples, random_init=False):
+  """The linear_probe protocol as `python -m jax_moco.evaluate --protocol=linear_probe` runs it, cached in the run's
+  work directory."""
+  name = 'linear_probe_random_init' if random_init else 'linear_probe'
+  path = os.path.join(workdir, name + (f'_max{max_examples}' if max_examples else '') + '.json')
+  return runs.cached_json(
+    path,
+    lambda: evaluate.evaluate(workdir, 'linear_probe', max_examples=max_examples, random_init=random_init),
+  )
+
+
+def _cell(values):
+  """The mean over seeds, each seed's value in brackets; 'n/a' where nothing was measured (no kNN monitor)."""
+  if not values:
+    return 'n/a'
+  if len(values) == 1:
+    return f'{values[0]:.2f}'
+  return f'{statistics.mean(values):.2f} ({" / ".join(f"{v:.2f}" for v in values)})'
+
+
+def _probe_score(result):
+  return result[result['metric']]  # top-1, or mAP on multi-label data
+
+
+def row_config(name, seed, steps=None, overrides=None):
+  """The config of row `name` trained with `seed`: its method's demo, the row's and then the common overrides."""
+  _, method, row_overrides = ROWS[name]
+  return runs.config(method, {**row_overrides, **(overrides or {}), 'seed': seed}, steps)
+
+
+def run_ablation(out, rows, seeds, steps=None, overrides=None, probe_max_examples=None):
+  """Trains and scores every row with every seed in OUT/<row>_seed<seed>; shows the table after each row and
+  returns it."""
+  done, random_probes = {}, []
+  for name in rows:
+    done[name] = []
+    for seed in seeds:
+      config = row_config(name, seed, steps, overrides)
+      workdir = os.path.join(out, f'{name}_seed{seed}')
+      summary, _ = runs.train_once(config, workdir)
+      probe = linear_probe(workdir, probe_max_examples)
+      done[name].append(dict(seed=seed, workdir=workdir, batch=config.batch_size, summary=summary, probe=probe))
+    if not random_probes:
+      # At a seed the untrained network is the same whatever the method: probed once, in the first row's workdir.
+      random_probes = [linear_probe(run['workdir'], probe_max_examples, random_init=True) for run in done[name]]
+    text = table(done, seeds, random_probes)
+    runs.show_table(out, text)
+  return text
+
+
+def table(done, seeds, random_probes):
+  """The random-init baseline, then one row per method of `done` ({row: [run, ...]}, a run a dict)."""
+  knn_before = {}  # any run's of the seed: a resumed run has none
+  for run in (run for row in done.values() for run in row):
+    if 'knn_before' in run['summary']:
+      knn_before.setdefault(run['seed'], run['summary']['knn_before']['top1'])
+  before = _cell([knn_before[s] for s in seeds if s in knn_before])
+  body = [['random init', '-', before, _cell([_probe_score(p) for p in random_probes]), 0, '-', '-']]
+  for name, row in done.items():
+    label, method, row_overrides = ROWS[name]
+    shown = f'configs/{method}.py' + ''.join(f' {k}={v}' for k, v in row_overrides.items())
+    after = _cell([run['summary']['knn_after']['top1'] for run in row if 'knn_after' in run['summary']])
+    probe = _cell([_probe_score(run['probe']) for run in row])
+    seconds = statistics.mean(run['summary']['train_seconds'] for run in row)
+    body.append([label, shown, after, probe, row[0]['summary']['steps'], row[0]['batch'], f'{seconds:.0f}'])
+  summary, probe = next(iter(done.values()))[0]['summary'], random_probes[0]
+  which = f'Mean over seeds {", ".join(map(str, seeds))} (each seed in brackets)' if seeds[1:] else f'Seed {seeds[0]}'
+  note = (
+    f'{which}. kNN: k = {summary["knn_k"]}, T = {summary["knn_temperature"]} (the training monitor); linear probe: '
+    f'jax_moco.evaluate --protocol=linear_probe ({probe["num_train"]} train / {probe["num_test"]} test images, '
+    f'{probe["metric"]}).'
+  )
+  return runs.markdown_table(HEADER, body) + '\n\n' + note
+
+
+def define_flags():
+  """Command-line flags, defined only when run as a program (so the module imports cleanly anywhere)."""
+  flags.DEFINE_string('out', 'runs/ablation', 'One work directory per row and seed under here.')
+  flags.DEFINE_integer('steps', None, "Training steps of every run (default: the demo's num_train_steps).")
+  flags.DEFINE_list('seeds', ['0', '1'], 'Seeds; every row trains once with each.')
+  flags.DEFINE_list('rows', [], f'Rows to run, in order (default: all of {", ".join(ROWS)}).')
+  flags.DEFINE_multi_string(
+    'override', [], 'FIELD=VALUE, a dotted config override applied to every row (repeat the flag for several).'
+  )
+  flags.DEFINE_integer(
+    'probe_max_examples',
+    None,
+    "Linear probe: at most this many images of each set (evaluate's --max_examples; default: all).",
+  )
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  f = flags.FLAGS
+  rows = f.rows or list(ROWS)
+  unknown = [r for r in rows if r not in ROWS]
+  if unknown:
+    raise app.UsageError(f'unknown rows {unknown}; choose from {list(ROWS)}')
+  try:
+    overrides = dict(parse_override(o) for o in f.override)
+    seeds = [int(s) for s in f.seeds]
+    if not seeds:
+      raise ValueError('--seeds: give at least one')
+    # A misspelt field or a value of the wrong type, before anything trains.
+    row_config(rows[0], seeds[0], f.steps, overrides)
+  except (ValueError, KeyError, AttributeError, TypeError) as e:
+    raise app.UsageError(str(e)) from e
+  runs.tensorflow_on_cpu_only()
+  run_ablation(f.out, rows, seeds, f.steps, overrides, f.probe_max_examples)
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)

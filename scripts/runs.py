@@ -1,0 +1,108 @@
+"""What the demo scripts (sweep_demo.py, ablation.py) share: a config trained once in its own work directory
+(read when finished, resumed from its checkpoint when half done), results cached as JSON next to it, and the
+Markdown table they print and write."""
+
+import json
+import os
+import time
+
+import jax
+
+from configs import presets
+from jax_moco import train
+from jax_moco import validation
+
+
+def config(method, overrides, steps=None):
+  """The demo config of `method` (a key of presets.METHODS) with dotted `overrides`; `steps`, if given, sets
+  num_train_steps. Locked first, so a misspelt field is refused instead of added."""
+  c = presets.config(method)
+  c.lock()
+  presets.override(c, overrides)
+  if steps:
+    c.num_train_steps = steps
+  return c
+
+
+def train_once(config, workdir):
+  """(summary, wall seconds) of `config` trained in `workdir`: a finished run is read, not rerun, and a half-done
+  one resumes from its newest checkpoint. A work directory holding another config is refused, naming the fields."""
+  _refuse_another_config(config, workdir)
+  summary_path = os.path.join(workdir, 'summary.json')
+  wall_path = os.path.join(workdir, 'wall_seconds.txt')
+  if not _finished(summary_path):
+    started = time.time()
+    train.train_and_evaluate(config, workdir)
+    if not _finished(summary_path):  # SIGTERM / Ctrl-C: checkpointed, and the next row must not start
+      raise SystemExit(f'{workdir}: stopped before its last step; run the same command again to resume')
+    with open(wall_path, 'w') as f:
+      f.write(f'{time.time() - started:.0f}\n')
+  with open(summary_path) as f, open(wall_path) as w:
+    return json.load(f), w.read().strip()
+
+
+def _finished(summary_path):
+  """A stopped run writes its summary too, with fewer steps than it planned."""
+  if not os.path.exists(summary_path):
+    return False
+  with open(summary_path) as f:
+    summary = json.load(f)
+  return summary['steps'] == summary['total_steps']
+
+
+def flat_fields(tree, prefix=''):
+  """(dotted name, value) of every leaf of a nested dict."""
+  for name, value in tree.items():
+    if isinstance(value, dict):
+      yield from flat_fields(value, f'{prefix}{name}.')
+    else:
+      yield prefix + name, value
+
+
+def _refuse_another_config(config, workdir):
+  """Compares with the config.json an earlier run wrote (as JSON reads it back: tuples are lists), field by field
+  where both have the field: one added to the schema since does not orphan finished runs."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    recorded = dict(flat_fields(json.load(f)))
+  resolved = validation.with_resolved_bn_groups(config, jax.device_count()).to_dict()
+  expected = dict(flat_fields(json.loads(json.dumps(resolved))))
+  differing = sorted(k for k in recorded.keys() & expected.keys() if recorded[k] != expected[k])
+  if differing:
+    raise SystemExit(
+      f'{workdir} holds a run of another config ({", ".join(differing)} differ): choose another --out or remove it'
+    )
+
+
+def cached_json(path, compute):
+  """compute()'s result dict, read from `path` when an earlier invocation wrote it there (whole or not at all)."""
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  result = compute()
+  with open(path + '.tmp', 'w') as f:
+    json.dump(result, f, indent=2)
+  os.replace(path + '.tmp', path)
+  return result
+
+
+def markdown_table(header, rows):
+  lines = [header, ['---'] * len(header), *rows]
+  return '\n'.join('| ' + ' | '.join(str(cell) for cell in line) + ' |' for line in lines)
+
+
+def show_table(out, text):
+  """Prints the table and writes it to OUT/table.md (after every row: an interrupted script leaves what it has)."""
+  print(text, flush=True)
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, 'table.md'), 'w') as f:
+    f.write(text + '\n')
+
+
+def tensorflow_on_cpu_only():
+  """TensorFlow only reads data: hide the accelerators from it so JAX has them all (before TF initialises them)."""
+  import tensorflow as tf
+
+  tf.config.set_visible_devices([], 'GPU')
