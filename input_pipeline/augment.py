@@ -33,7 +33,16 @@ JITTER_OPS = (ops.adjust_brightness, ops.adjust_contrast, ops.adjust_saturation,
 #   jitter_op [V, 4] int32: the JITTER_OPS index applied at each of the four positions (NO_OP: none), with
 #   jitter_factor [V, 4] float32 (brightness, contrast, saturation factors and the hue shift, by op index);
 #   grayscale [V] bool; blur_sigma [V] float32 (0: no blur).
-PARAM_KEYS = ('flip', 'autoaugment_op', 'autoaugment_arg', 'jitter_op', 'jitter_factor', 'grayscale', 'blur_sigma')
+RECORD_SPEC = {
+  'flip': tf.TensorSpec([None], tf.bool),
+  'autoaugment_op': tf.TensorSpec([None, 2], tf.int32),
+  'autoaugment_arg': tf.TensorSpec([None, 2], tf.float32),
+  'jitter_op': tf.TensorSpec([None, 4], tf.int32),
+  'jitter_factor': tf.TensorSpec([None, 4], tf.float32),
+  'grayscale': tf.TensorSpec([None], tf.bool),
+  'blur_sigma': tf.TensorSpec([None], tf.float32),
+}
+PARAM_KEYS = tuple(RECORD_SPEC)
 
 
 # Every random choice of a view is a function of UNIFORMS_PER_VIEW uniforms in [0, 1): the pipeline draws them per
@@ -92,15 +101,6 @@ def aplus_record(uniforms, image_size, blur_sigma=BLUR_SIGMA, blur_probability=P
 # pipeline takes a fraction of the time it took with the chain traced and inlined per view kind and slot.
 _VIEWS = tf.TensorSpec([None, None, None, 3], tf.uint8)
 _OUT_OF_LINE = {'_noinline': True}
-_RECORD_SIGNATURE = {
-  'flip': tf.TensorSpec([None], tf.bool),
-  'autoaugment_op': tf.TensorSpec([None, 2], tf.int32),
-  'autoaugment_arg': tf.TensorSpec([None, 2], tf.float32),
-  'jitter_op': tf.TensorSpec([None, 4], tf.int32),
-  'jitter_factor': tf.TensorSpec([None, 4], tf.float32),
-  'grayscale': tf.TensorSpec([None], tf.bool),
-  'blur_sigma': tf.TensorSpec([None], tf.float32),
-}
 
 
 @tf.function(
@@ -122,7 +122,7 @@ def _jitter_position(images, op, factors):
   return ops.apply_switch(op, JITTER_OPS, images, factor)
 
 
-@tf.function(input_signature=[_VIEWS, _RECORD_SIGNATURE], autograph=False, experimental_attributes=_OUT_OF_LINE)
+@tf.function(input_signature=[_VIEWS, RECORD_SPEC], autograph=False, experimental_attributes=_OUT_OF_LINE)
 def apply(images, params):
   """Applies a parameter record to uint8 views [V, H, W, 3]; each op runs only on the views it changes."""
   images = ops.apply_where(params['flip'], ops.flip_left_right, images)

@@ -231,9 +231,9 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not flags.FLAGS.workdir:
     raise app.UsageError('--workdir is required')
-  import tensorflow as tf
+  import input_pipeline
 
-  tf.config.set_visible_devices([], 'GPU')  # TensorFlow only reads data
+  input_pipeline.tensorflow_on_cpu_only()
   f = flags.FLAGS
   try:
     result = evaluate(

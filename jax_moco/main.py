@@ -38,10 +38,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_quiet_orbax)
-  # TensorFlow only feeds data: hide accelerators from it so JAX has them all.
-  import tensorflow as tf
+  import input_pipeline
 
-  tf.config.set_visible_devices([], 'GPU')
+  input_pipeline.tensorflow_on_cpu_only()
   import jax
 
   if FLAGS.distributed or FLAGS.coordinator_address:  # before anything starts the XLA backend

@@ -99,10 +99,3 @@ def show_table(out, text):
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, 'table.md'), 'w') as f:
     f.write(text + '\n')
-
-
-def tensorflow_on_cpu_only():
-  """TensorFlow only reads data: hide the accelerators from it so JAX has them all (before TF initialises them)."""
-  import tensorflow as tf
-
-  tf.config.set_visible_devices([], 'GPU')

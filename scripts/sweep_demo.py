@@ -15,6 +15,7 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import input_pipeline  # noqa: E402
 from scripts import runs  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -76,7 +77,7 @@ def main(argv):
   unknown = [n for n in names if n not in VARIANTS]
   if unknown:
     raise app.UsageError(f'unknown variants {unknown}; choose from {list(VARIANTS)}')
-  runs.tensorflow_on_cpu_only()
+  input_pipeline.tensorflow_on_cpu_only()
   rows = []
   for name in names:
     summary, wall = run_variant(name, VARIANTS[name], FLAGS.steps, FLAGS.out)

@@ -18,9 +18,9 @@ from tests.helpers import tiny_config  # noqa: E402
 
 
 def main(address, num_processes, process_id, workdir):
-  import tensorflow as tf
+  import input_pipeline
 
-  tf.config.set_visible_devices([], 'GPU')
+  input_pipeline.tensorflow_on_cpu_only()
   jax.distributed.initialize(address, int(num_processes), int(process_id))
   from jax_moco import train
 
