@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The figures of bench/RESULTS.md's "Still to measure: the GPU settings", in that order, in one call of under
-# 8 minutes on one H200: bench/step.py, bench/scaling.py, bench/device_augment.py, then bench/input_wait.py with the
-# pixel work on the host and on the device. Each stage's stdout (its table) goes to OUTDIR/<stage>.txt, scaling's
+# The figures of bench/RESULTS.md's "Still to measure: the GPU settings", in that order, in one call budgeted at
+# 8 minutes on one H200 (the budgets below are estimates; it has not run on one yet): bench/step.py,
+# bench/scaling.py, bench/device_augment.py, then bench/input_wait.py with the pixel work on the host and on the
+# device. Each stage's stdout (its table) goes to OUTDIR/<stage>.txt, scaling's
 # plot and data to OUTDIR/scaling.png and .json, what ran where to OUTDIR/env.txt: 8 files, all the device tool
 # brings back.
 #

@@ -1,6 +1,7 @@
-"""bench/gpu.sh, the one call that measures bench/RESULTS.md's GPU settings, runs every stage at toy sizes on CPU (so
-it cannot rot between the rare sessions lent a GPU): each stage's file holds its table. The benchmarks themselves
-are tested in test_bench_step.py and test_bench_tools.py; this checks the script's plumbing."""
+"""bench/gpu.sh, the one call that measures bench/RESULTS.md's GPU settings, runs its stages at toy sizes on CPU (so it
+cannot rot between the rare sessions lent a GPU; input_wait_device, input_wait with one more flag, is left out): each
+stage's file holds its table. The benchmarks themselves are tested in test_bench_step.py and test_bench_tools.py;
+this checks the script's plumbing."""
 
 import os
 import subprocess
