@@ -50,11 +50,11 @@ if $tiny; then
   export JAX_DISABLE_MOST_OPTIMIZATIONS=1  # toy sizes measure nothing: compile fast
   step_size=(--arch=resnet18 --stem=cifar --large=16 --small=8 --num_small=0 --batch=2 --queue=16 --steps=1
     --rounds=1)
-  augment_size=(--arch=resnet_tiny --large=16 --small=8 --num_small=1 --batch=2 --queue=16 --steps=1 --rounds=1)
-  scaling_size=(--arch=resnet_tiny --width=0.125 --stem=cifar --large=16 --small=8 --batch=2 --steps=1
+  augment_size=(--arch=resnet10 --large=16 --small=8 --num_small=1 --batch=2 --queue=16 --steps=1 --rounds=1)
+  scaling_size=(--arch=resnet10 --width=0.125 --stem=cifar --large=16 --small=8 --batch=2 --steps=1
     --base_queue=16 --base_num_small=0 --base_topk=4 --queues=16 --topks= --num_smalls= --devices=)
   input_size=(--config=configs/knn.py --jpegs=4 --config.batch_size=2 --config.bn_groups=1 --config.moco.queue_size=16
-    --config.moco.nn_topk=4 --config.model.arch=resnet_tiny --config.model.width=0.125 --config.crops.large_size=16
+    --config.moco.nn_topk=4 --config.model.arch=resnet10 --config.model.width=0.125 --config.crops.large_size=16
     --config.crops.small_size=8 --config.crops.num_small=1 --steps=1 --rounds=1)
 else
   total=460

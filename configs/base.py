@@ -16,15 +16,17 @@ def get_config():
   c.data_dir = ml_collections.FieldReference(None, field_type=str)  # TFDS data dir
 
   c.num_epochs = 20
-  c.num_train_steps = 500  # > 0 overrides num_epochs
-  c.batch_size = 128  # global
+  c.num_train_steps = 1000  # > 0 overrides num_epochs
+  # The demo's scale, chosen by scripts/sweep_demo.py (bench/RESULTS.md): at a fixed CPU budget, more and smaller
+  # steps of a shallower network learn more than fewer large ones.
+  c.batch_size = 64  # global
   # Split-BN groups per device: the keys are shuffled over devices x bn_groups BN groups, which must be >= 2.
   # 0 = auto: one group per device on several devices, groups of 128 images (>= 2) on one device.
-  c.bn_groups = 2  # 64 images a group in the demo
+  c.bn_groups = 2  # 32 images a group in the demo
   c.seed = 0
 
   c.model = ml_collections.ConfigDict()
-  c.model.arch = 'resnet18'
+  c.model.arch = 'resnet10'
   c.model.width = 0.25  # multiplier of the 64-256-512 channel widths
   c.model.stem = 'cifar'  # 'imagenet' (7x7/2 + max-pool) or 'cifar' (3x3/1, for 32-96 px)
   c.model.dilate_last = False
@@ -36,7 +38,7 @@ def get_config():
   c.model.normalization = 'imagenet'  # input mean/std: 'imagenet' or 'cifar10' (jax_moco.step.NORMALIZATION)
 
   c.moco = ml_collections.ConfigDict()
-  c.moco.queue_size = 4096  # K, a multiple of batch_size
+  c.moco.queue_size = 1024  # K, a multiple of batch_size (16 steps of keys in the demo)
   c.moco.temperature = 0.1  # the MoCo CIFAR-10 demo's; the paper presets use 0.2
   c.moco.momentum = 0.99
   c.moco.momentum_schedule = 'constant'  # or 'cosine' (ramp to 1)
@@ -64,7 +66,7 @@ def get_config():
   c.crops.augment_on_device = False
 
   c.optim = ml_collections.ConfigDict()
-  c.optim.base_lr = 0.06  # at batch 256, scaled linearly; the paper presets use 0.3
+  c.optim.base_lr = 0.12  # at batch 256, scaled linearly (0.03 for the demo's 64); the paper presets use 0.3
   c.optim.momentum = 0.9
   c.optim.weight_decay = 5e-4
   c.optim.warmup_epochs = 0.0

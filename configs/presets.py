@@ -21,7 +21,8 @@ METHODS = {
   },
 }
 
-# The demo: the schema's defaults (ResNet-18 x 0.25 at 32 px on the embedded Fashion-MNIST, 500 steps) plus these.
+# The demo: the schema's defaults (ResNet-10 x 0.25 at 32 px on the embedded Fashion-MNIST, batch 64, 1000 steps) plus
+# these.
 DEMO = {
   # 2 small crops of 16 px covering 10-35 % of the image: the paper's 4 crops of 5-14 % leave 7-12 px patches of a
   # 32 px image, which measurably slowed learning here.

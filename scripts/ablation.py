@@ -38,10 +38,10 @@ HEADER = ['method', 'config', 'kNN top-1 %', 'linear probe %', 'steps', 'batch',
 
 def parse_override(text):
   """'FIELD=VALUE' -> (FIELD, VALUE): a Python literal where VALUE is one (0.125, 32, True, (0.1, 0.35)), else the
-  string itself (resnet_tiny, embedded_subset:test)."""
+  string itself (resnet10, embedded_subset:test)."""
   name, sep, value = text.partition('=')
   if not sep or not name:
-    raise ValueError(f'--override={text}: use FIELD=VALUE, e.g. model.arch=resnet_tiny')
+    raise ValueError(f'--override={text}: use FIELD=VALUE, e.g. model.arch=resnet10')
   try:
     return name, ast.literal_eval(value)
   except (ValueError, SyntaxError):

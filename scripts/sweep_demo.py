@@ -1,7 +1,7 @@
 """Sweeps the demo's scale and recipe: each variant of `configs/knn.py` (the full method) trains for the same number
 of steps in its own work directory, and one table gives kNN top-1 before and after, raw pixels and the time.
 
-  python scripts/sweep_demo.py --out=runs/sweep --steps=300 [--variants=default,px28,...]
+  python scripts/sweep_demo.py --out=runs/sweep --steps=1000 [--variants=default,resnet18,...]
 
 Resumable (scripts/runs.py): a finished variant is read, not rerun, and a half-done one resumes from its checkpoint.
 The table (Markdown) is printed and written to OUT/table.md.
@@ -24,24 +24,29 @@ FLAGS = flags.FLAGS
 def define_flags():
   """Command-line flags, defined only when run as a program (so the module imports cleanly anywhere)."""
   flags.DEFINE_string('out', 'runs/sweep', 'One work directory per variant under here.')
-  flags.DEFINE_integer('steps', 300, 'Training steps of every variant.')
+  flags.DEFINE_integer('steps', 1000, 'Training steps of every variant.')
   flags.DEFINE_list('variants', [], 'Variants to run (default: all).')
 
 
-# Dotted config overrides of configs/knn.py's demo, one entry per variant.
+# Dotted config overrides of configs/knn.py's demo, one entry per variant. The demo is ResNet-10 x 0.25, batch 64,
+# K = 1024, base lr 0.12; the `before` variants are the demo before this sweep (ResNet-18 x 0.25, batch 128, K = 4096,
+# base lr 0.06) and what was tried on top of it.
+BEFORE = {'model.arch': 'resnet18', 'batch_size': 128, 'moco.queue_size': 4096, 'optim.base_lr': 0.06}
 VARIANTS = {
   'default': {},
-  'px28': {'crops.large_size': 28, 'crops.small_size': 14},
-  'lr0.12_warmup': {'optim.base_lr': 0.12, 'optim.warmup_epochs': 0.5},
-  'tau0.2': {'moco.temperature': 0.2},
-  'queue1024': {'moco.queue_size': 1024},
-  'm0.95': {'moco.momentum': 0.95},
-  'batch64': {'batch_size': 64, 'bn_groups': 2},
-  'px28_m0.95_q1024': {
-    'crops.large_size': 28,
-    'crops.small_size': 14,
-    'moco.momentum': 0.95,
+  'resnet18': {'model.arch': 'resnet18'},
+  'resnet18_lr0.06': {'model.arch': 'resnet18', 'optim.base_lr': 0.06},
+  'before': BEFORE,
+  'before_px28': {**BEFORE, 'crops.large_size': 28, 'crops.small_size': 14},
+  'before_queue1024': {**BEFORE, 'moco.queue_size': 1024},
+  'before_batch64': {**BEFORE, 'batch_size': 64},
+  'before_lr0.24_warmup': {**BEFORE, 'optim.base_lr': 0.24, 'optim.warmup_epochs': 0.5},
+  'before_q1024_m0.95_lr0.24': {
+    **BEFORE,
     'moco.queue_size': 1024,
+    'moco.momentum': 0.95,
+    'optim.base_lr': 0.24,
+    'optim.warmup_epochs': 0.5,
   },
 }
 

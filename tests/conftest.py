@@ -23,6 +23,31 @@ import pytest  # noqa: E402
 import torchvision  # noqa: E402, F401
 
 
+def pytest_configure(config):
+  config.addinivalue_line('markers', 'heavy(seconds): a test that runs for about this long on 2 CPU cores')
+
+
+def _seconds(item):
+  marker = item.get_closest_marker('heavy')
+  return marker.args[0] if marker else 0
+
+
+def pytest_collection_modifyitems(session, config, items):
+  """Heavy tests first, in two balanced runs of equal length: pytest-xdist's worksteal scheduler hands the first half
+  of the collection to one worker and the second half to the other, and steals from the ends of the queues, so each
+  worker starts with its share of the long tests and the short ones even out the finish. Collected in file order,
+  the heavy tests (multi-process runs, the notebook) came last and often ran alone on one worker at the end."""
+  heavy = sorted((i for i in items if _seconds(i)), key=_seconds, reverse=True)
+  light = [i for i in items if not _seconds(i)]
+  halves, load = ([], []), [0, 0]
+  for item in heavy:  # longest first, each to the half with less work so far
+    lighter = load.index(min(load))
+    halves[lighter].append(item)
+    load[lighter] += _seconds(item)
+  first_light = max(len(items) // 2 - len(halves[0]), 0)
+  items[:] = halves[0] + light[:first_light] + halves[1] + light[first_light:]
+
+
 @pytest.fixture(scope='session')
 def china():
   """A real photograph (scikit-learn ships it), downscaled for speed: uint8 [96, 144, 3]."""

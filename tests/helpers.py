@@ -18,7 +18,7 @@ def tiny_config(**overrides):
   """The full kNN-MoCo config at test scale: a tiny ResNet, 32 px, small queues. Overrides: dotted names."""
   c = knn.get_config()
   c.dataset, c.eval_dataset = 'embedded_subset', 'embedded_subset:test'
-  c.model.arch, c.model.width = 'resnet_tiny', 0.125
+  c.model.arch, c.model.width = 'resnet10', 0.125
   c.batch_size, c.bn_groups, c.moco.queue_size = 32, 1, 256
   c.crops.num_small, c.crops.small_size = 2, 16
   c.moco.nn_warmup_epochs = 0.0

@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Lines of each stage's table. scaling's one point is its base: K = 16, no small crops, top-4. On CPU step.py times
 # both of XLA:CPU's convolution paths. (These CLI runs are the benchmarks' "runs at a tiny size" tests; what each one
@@ -25,6 +27,7 @@ TABLES = {
 }
 
 
+@pytest.mark.heavy(250)  # seconds on 2 cores, for the order of tests/conftest.py
 def test_gpu_script_runs_every_stage_at_a_tiny_size(tmp_path):
   result = subprocess.run(
     ['bash', os.path.join(ROOT, 'bench', 'gpu.sh'), '--tiny', str(tmp_path)],

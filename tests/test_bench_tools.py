@@ -9,6 +9,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jax_moco import xla_cpu
 from tests.helpers import loss_atol
@@ -62,6 +63,7 @@ def test_ynnpack_setting_takes_only_the_convolutions_out_of_ynnpack():
   assert xla_cpu.ynnpack_convolutions('auto') == xla_cpu.ynnpack_convolutions('off')
 
 
+@pytest.mark.heavy(50)  # seconds on 2 cores, for the order of tests/conftest.py
 def test_input_wait_compares_real_and_synthetic_input(make_config):
   lines = []
   config = make_config()
@@ -71,8 +73,9 @@ def test_input_wait_compares_real_and_synthetic_input(make_config):
   assert any('waiting for input' in line for line in lines)
 
 
+@pytest.mark.heavy(75)  # seconds on 2 cores, for the order of tests/conftest.py
 def test_device_augment_times_both_sides_and_trains_the_same():
-  config = device_augment.step_bench.bench_config(arch='resnet_tiny', batch=8, width=0.125, num_small=1, queue=64)
+  config = device_augment.step_bench.bench_config(arch='resnet10', batch=8, width=0.125, num_small=1, queue=64)
   result = device_augment.run(config, steps=1, rounds=1, log=lambda line: None)
   assert all(result[k] > 0 for k in ('step', 'step_augmenting', 'device_augment', 'host_augment'))
   # One step from the same state, fed tf.data-augmented views or crops + records (A+, small crops): the same loss.

@@ -71,7 +71,7 @@ def test_cli_refuses_an_invalid_field_before_compiling(tmp_path):
     env=dict(os.environ, XLA_FLAGS=''),
   )
   assert result.returncode != 0
-  assert 'moco.queue_size: K=1000 must be a positive multiple of the global batch_size=128' in result.stderr
+  assert 'moco.queue_size: K=1000 must be a positive multiple of the global batch_size=64' in result.stderr
   assert not os.path.exists(tmp_path / 'checkpoints')
 
 

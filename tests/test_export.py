@@ -102,6 +102,7 @@ def to_nchw(x):
   return torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
 
 
+@pytest.mark.heavy(50)  # seconds on 2 cores, for the order of tests/conftest.py
 @pytest.mark.parametrize('arch,stem', [('resnet18', 'cifar'), ('resnet50', 'imagenet')])
 def test_torchvision_export_computes_the_same_features(tmp_path, arch, stem):
   config = run_config(arch, stem)
@@ -217,10 +218,10 @@ def test_round_trip_jax_torch_jax_is_exact(tmp_path):
 def test_clear_errors(tmp_path):
   with pytest.raises(checkpointing.NotARunError, match='no checkpoints'):
     export.export(str(tmp_path), 'torchvision', str(tmp_path / 'x.pth'))
-  config = tiny_config()  # resnet_tiny at width 0.125
+  config = tiny_config()  # resnet10 at width 0.125
   _, state = perturbed_state(config)
   save_run(tmp_path / 'tiny', config, state)
-  with pytest.raises(ValueError, match="model.arch='resnet_tiny'"):
+  with pytest.raises(ValueError, match="model.arch='resnet10'"):
     export.export(str(tmp_path / 'tiny'), 'torchvision', str(tmp_path / 'x.pth'))
   cifar = run_config('resnet18', 'cifar')
   save_run(tmp_path / 'cifar', cifar, perturbed_state(cifar)[1])

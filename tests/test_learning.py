@@ -5,12 +5,14 @@ import math
 
 import jax
 import numpy as np
+import pytest
 
 from jax_moco.monitor import shard_batch
 from tests.helpers import build
 from tests.helpers import real_batches
 
 
+@pytest.mark.heavy(150)  # seconds on 2 cores, for the order of tests/conftest.py
 def test_tiny_resnet_learns_on_embedded_data(make_config):
   config = make_config(
     batch_size=64,

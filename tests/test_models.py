@@ -47,7 +47,7 @@ def test_resnet18_cifar_stem_width_and_dilation():
 
 
 def test_zero_init_residual_zeroes_the_last_bn_of_each_block():
-  model = resnet.create_resnet('resnet_tiny', zero_init_residual=True, width=0.25)
+  model = resnet.create_resnet('resnet10', zero_init_residual=True, width=0.25)
   params = model.init(jax.random.key(0), jnp.zeros((2, 32, 32, 3)), train=True)['params']
   assert np.all(params['layer2_0']['bn2']['scale'] == 0) and np.all(params['layer2_0']['bn1']['scale'] == 1)
 

@@ -19,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
   'dataset=embedded_subset',
   'eval_dataset=embedded_subset:test',
-  'model.arch=resnet_tiny',
+  'model.arch=resnet10',
   'model.width=0.125',
   'batch_size=32',
   'bn_groups=1',
@@ -46,11 +46,12 @@ def test_ablation_rows_add_one_thing_each_at_an_equal_budget():
     ['crops.aplus'],
     ['method', 'moco.nn_order', 'moco.nn_weight'],
   ]
-  assert all(c['num_train_steps'] == 7 and c['seed'] == 1 and c['batch_size'] == 128 for c in configs)
+  assert all(c['num_train_steps'] == 7 and c['seed'] == 1 and c['batch_size'] == 64 for c in configs)
   with pytest.raises(KeyError, match='archh'):
-    ablation.row_config('mocov2', 0, overrides={'model.archh': 'resnet_tiny'})
+    ablation.row_config('mocov2', 0, overrides={'model.archh': 'resnet10'})
 
 
+@pytest.mark.heavy(50)  # seconds on 2 cores, for the order of tests/conftest.py
 def test_ablation_trains_scores_tabulates_and_reads_back(tmp_path):
   # One row and seed keeps it cheap; the rows' configs are the test above.
   out, workdir = str(tmp_path), tmp_path / 'mocov2_seed0'

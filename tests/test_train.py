@@ -36,6 +36,7 @@ def interrupt_after(monkeypatch, batches):
   monkeypatch.setattr(train.pipeline, 'train_dataset', train_dataset)
 
 
+@pytest.mark.heavy(50)  # seconds on 2 cores, for the order of tests/conftest.py
 def test_end_to_end_with_knn_summary(make_config, tmp_path, capsys):
   config = make_config(num_train_steps=4, **{'knn.every_epochs': 2 / (10000 // 32)})  # kNN every 2 steps
   reported = []
@@ -67,6 +68,7 @@ def test_end_to_end_with_knn_summary(make_config, tmp_path, capsys):
   assert any(name.startswith('events.out.tfevents') for name in os.listdir(tmp_path))
 
 
+@pytest.mark.heavy(75)  # seconds on 2 cores, for the order of tests/conftest.py
 def test_interrupted_and_resumed_run_equals_uninterrupted(make_config, tmp_path, monkeypatch):
   config = make_config(num_train_steps=5, eval_dataset='', checkpoint_every_steps=100)
   uninterrupted = train.train_and_evaluate(config, str(tmp_path / 'straight'))
@@ -81,6 +83,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(make_config, tmp_path,
   leaves_equal(resumed, uninterrupted)  # bit for bit: parameters, queues, optimiser state, BN statistics
 
 
+@pytest.mark.heavy(50)  # seconds on 2 cores, for the order of tests/conftest.py
 def test_resuming_with_another_config_is_refused(make_config, tmp_path):
   train.train_and_evaluate(make_config(num_train_steps=2, eval_dataset=''), str(tmp_path))
   with pytest.raises(checkpointing.ConfigMismatchError, match=r'model: checkpoint .*width.* vs now'):

@@ -167,7 +167,7 @@ class ResNet(nn.Module):
 
 
 ARCHS = {
-  'resnet_tiny': ([1, 1, 1, 1], BasicBlock),  # Test-only: one block a stage.
+  'resnet10': ([1, 1, 1, 1], BasicBlock),  # One block a stage: the CPU demo's and the tests' network.
   'resnet18': ([2, 2, 2, 2], BasicBlock),
   'resnet34': ([3, 4, 6, 3], BasicBlock),
   'resnet50': ([3, 4, 6, 3], Bottleneck),
