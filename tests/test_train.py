@@ -80,6 +80,24 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(make_config, tmp_path,
   assert int(resumed.step) == 5
   leaves_equal(resumed, uninterrupted)  # bit for bit: parameters, queues, optimiser state, BN statistics
 
+  # The newest checkpoint damaged (random bytes over a file of its config): the rerun resumes from step 3, keeps
+  # the damaged one under another name and ends equal again.
+  checkpoints = tmp_path / 'resumed' / 'checkpoints'
+  damaged = os.urandom(200)
+  (checkpoints / '5' / 'config' / 'metadata').write_bytes(damaged)
+  assert checkpointing.load_run(str(tmp_path / 'resumed'))[2] == 3  # evaluation and export fall back too
+  rerun = train.train_and_evaluate(config, str(tmp_path / 'resumed'))
+  leaves_equal(rerun, uninterrupted)
+  (kept,) = [d for d in os.listdir(checkpoints) if d.startswith('5.unreadable-')]
+  assert (checkpoints / kept / 'config' / 'metadata').read_bytes() == damaged
+  # None restores: refused naming the directory, and nothing is renamed or deleted.
+  for step in ('3', '5'):
+    (checkpoints / step / 'config' / 'metadata').write_bytes(damaged)
+  before = sorted(os.listdir(checkpoints))
+  with pytest.raises(checkpointing.UnreadableCheckpointsError, match=f'no checkpoint in {checkpoints} restores'):
+    train.train_and_evaluate(config, str(tmp_path / 'resumed'))
+  assert sorted(os.listdir(checkpoints)) == before
+
 
 def test_resuming_with_another_config_is_refused(make_config, tmp_path):
   train.train_and_evaluate(make_config(num_train_steps=2, eval_dataset=''), str(tmp_path))
