@@ -154,15 +154,18 @@ def train_and_evaluate(config, workdir: str, on_metrics=None) -> state_lib.Train
     if knn_every and step % knn_every == 0 and step < total_steps:
       evaluate_knn(step, state)
 
-  data = pipeline.train_dataset(
-    source,
-    pipeline.view_spec(config.crops),
-    config.batch_size,
-    config.seed,
-    start_step,
-    jax.process_index(),
-    jax.process_count(),
-  ).as_numpy_iterator()
+  unreadable = pipeline.UnreadableFiles(source)
+  data = unreadable.watch(
+    pipeline.train_dataset(
+      source,
+      pipeline.view_spec(config.crops),
+      config.batch_size,
+      config.seed,
+      start_step,
+      jax.process_index(),
+      jax.process_count(),
+    ).as_numpy_iterator()
+  )
   started = time.time()
   try:
     state = _train_loop(config, state, train_step, data, mesh, checkpointer, total_steps, is_chief, after_step)
@@ -176,6 +179,7 @@ def train_and_evaluate(config, workdir: str, on_metrics=None) -> state_lib.Train
     epochs=round(int(state.step) / steps_per_epoch, 2),
     train_seconds=round(time.time() - started, 1),
     checkpoint_dir=checkpointer.directory,
+    unreadable_files=unreadable.count,
   )
   if monitor and int(state.step) == total_steps:
     summary['knn_after'] = evaluate_knn(int(state.step), state)
@@ -240,6 +244,8 @@ def format_summary(summary) -> str:
     )
   if 'curves' in summary:
     lines.append(f'learning curves: {summary["curves"]}')
+  if summary.get('unreadable_files'):
+    lines.append(f'unreadable files left out or replaced: {summary["unreadable_files"]} (named in the log)')
   lines.append(f'checkpoints: {summary["checkpoint_dir"]}')
   lines.append(f'TensorBoard: tensorboard --logdir {summary["workdir"]}')
   return '\n'.join(lines)

@@ -6,6 +6,7 @@ import signal
 
 import jax
 import numpy as np
+from PIL import Image
 import pytest
 
 from jax_moco import checkpointing
@@ -34,6 +35,21 @@ def interrupt_after(monkeypatch, batches):
     return Interrupting()
 
   monkeypatch.setattr(train.pipeline, 'train_dataset', train_dataset)
+
+
+@pytest.fixture(scope='module')
+def folder_with_bad_files(tmp_path_factory):
+  """40 small images (JPEG, grayscale, RGBA and 16-bit PNG) and three files that are none: a truncated JPEG (which
+  passes the scan and fails to decode in the stream), an empty file and a text named .jpg."""
+  root = tmp_path_factory.mktemp('folder')
+  pixels = np.random.default_rng(0).integers(0, 256, (40, 36, 40, 3), np.uint8)
+  modes = [lambda a: a, lambda a: a[..., 0], lambda a: np.dstack([a, a[..., :1]]), lambda a: a[..., 0] * np.uint16(257)]
+  for i, image in enumerate(pixels):
+    Image.fromarray(modes[i % 4](image)).save(root / f'{i}.{"png" if i % 4 else "jpg"}')
+  (root / 'truncated.jpg').write_bytes((root / '0.jpg').read_bytes()[:300])
+  (root / 'empty.jpg').write_bytes(b'')
+  (root / 'text.jpg').write_text('not an image')
+  return root
 
 
 def test_end_to_end_with_knn_summary(make_config, tmp_path, capsys):
@@ -67,8 +83,11 @@ def test_end_to_end_with_knn_summary(make_config, tmp_path, capsys):
   assert any(name.startswith('events.out.tfevents') for name in os.listdir(tmp_path))
 
 
-def test_interrupted_and_resumed_run_equals_uninterrupted(make_config, tmp_path, monkeypatch):
-  config = make_config(num_train_steps=5, eval_dataset='', checkpoint_every_steps=100)
+def test_interrupted_and_resumed_run_equals_uninterrupted(make_config, tmp_path, monkeypatch, folder_with_bad_files):
+  # On a folder with bad files (left out by the scan, or replaced when they fail to decode), so resuming at
+  # step * batch is tested where examples are dropped.
+  dataset = f'folder:{folder_with_bad_files}'
+  config = make_config(num_train_steps=5, eval_dataset='', checkpoint_every_steps=100, dataset=dataset)
   uninterrupted = train.train_and_evaluate(config, str(tmp_path / 'straight'))
 
   with monkeypatch.context() as patch:
@@ -76,6 +95,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(make_config, tmp_path,
     stopped = train.train_and_evaluate(config, str(tmp_path / 'resumed'))
   assert int(stopped.step) == 3  # the step in flight finishes, is checkpointed, and the run stops
   assert os.path.isdir(tmp_path / 'resumed' / 'checkpoints' / '3')
+  assert json.load(open(tmp_path / 'resumed' / 'summary.json'))['unreadable_files'] == 3
   resumed = train.train_and_evaluate(config, str(tmp_path / 'resumed'))
   assert int(resumed.step) == 5
   leaves_equal(resumed, uninterrupted)  # bit for bit: parameters, queues, optimiser state, BN statistics
