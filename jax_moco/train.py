@@ -6,7 +6,9 @@ import json
 import logging
 import math
 import os
+import queue
 import signal
+import threading
 import time
 
 from clu import metric_writers
@@ -52,6 +54,41 @@ def stop_requests():
   finally:
     for s, h in previous.items():
       signal.signal(s, h)
+
+
+def until_stopped(batches, stop, poll_seconds=0.5):
+  """Yields from `batches`, read on a thread, until they end or `stop` holds a request: a signal handler only runs
+  between bytecodes, so a stop must not wait on an input that blocks (a stalled file system)."""
+  ready, done = queue.Queue(maxsize=1), threading.Event()
+
+  def put(item):
+    while not done.is_set():
+      with contextlib.suppress(queue.Full):
+        ready.put(item, timeout=poll_seconds)
+        return True
+    return False  # the consumer is gone
+
+  def read():
+    try:
+      for batch in batches:
+        if not put((batch, None)):
+          return
+      put((None, None))
+    except Exception as e:  # raised where the batch was wanted
+      put((None, e))
+
+  threading.Thread(target=read, name='until_stopped', daemon=True).start()
+  try:
+    while not stop:
+      with contextlib.suppress(queue.Empty):
+        batch, error = ready.get(timeout=poll_seconds)
+        if error is not None:
+          raise error
+        if batch is None:
+          return
+        yield batch
+  finally:
+    done.set()  # lets the reader (and the tf.data iterator it holds) go
 
 
 def _check_finite(metrics, step, checkpoint_dir):
@@ -203,8 +240,14 @@ def _train_loop(config, state, train_step, data, mesh, checkpointer, total_steps
       total=total_steps, initial=start_step, disable=not is_chief, unit='step', dynamic_ncols=True, mininterval=2.0
     ) as progress,
   ):
+    data = until_stopped(data, stop)
     for step in range(start_step + 1, total_steps + 1):
-      batch = next(data)
+      batch = next(data, None)
+      if batch is None:  # a stop while waiting for input (the stream is endless): the caller saves the last step
+        logging.warning(
+          '%s received at step %d while waiting for input: stopping; run the same command to resume.', stop[0], step - 1
+        )
+        break
       state, metrics = train_step(state, shard_batch(mesh, step_inputs(batch)))
       progress.update(1)
       log_now = step % config.log_every_steps == 0 or step == total_steps

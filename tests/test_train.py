@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import threading
 
 import jax
 import numpy as np
@@ -18,23 +19,28 @@ def leaves_equal(a, b):
     np.testing.assert_array_equal(x, y)
 
 
-def interrupt_after(monkeypatch, batches):
-  """Delivers SIGTERM to this process after `batches` training batches, as a scheduler preempting the job."""
-  make = train.pipeline.train_dataset
+def stall_after(monkeypatch, batches, logged):
+  """After `batches` training batches the input stalls (as a hung file system would) and, once the step after them
+  is logged (`logged` set), the process gets a real SIGTERM, as a scheduler preempting the job. Returns the event
+  that ends the stall."""
+  make, stalled = train.pipeline.train_dataset, threading.Event()
 
   def train_dataset(*args, **kwargs):
     dataset = make(*args, **kwargs)
 
-    class Interrupting:
+    class Stalling:
       def as_numpy_iterator(self):
         for i, batch in enumerate(dataset.as_numpy_iterator()):
           if i == batches:
-            signal.raise_signal(signal.SIGTERM)
+            logged.wait()
+            os.kill(os.getpid(), signal.SIGTERM)
+            stalled.wait()
           yield batch
 
-    return Interrupting()
+    return Stalling()
 
   monkeypatch.setattr(train.pipeline, 'train_dataset', train_dataset)
+  return stalled
 
 
 @pytest.fixture(scope='module')
@@ -91,27 +97,31 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(make_config, tmp_path,
   uninterrupted = train.train_and_evaluate(config, str(tmp_path / 'straight'))
 
   with monkeypatch.context() as patch:
-    interrupt_after(patch, 2)
-    stopped = train.train_and_evaluate(config, str(tmp_path / 'resumed'))
-  assert int(stopped.step) == 3  # the step in flight finishes, is checkpointed, and the run stops
-  assert os.path.isdir(tmp_path / 'resumed' / 'checkpoints' / '3')
+    logged = threading.Event()
+    stalled = stall_after(patch, 2, logged)
+    stopped = train.train_and_evaluate(
+      config, str(tmp_path / 'resumed'), on_metrics=lambda step, _: step == 2 and logged.set()
+    )
+    stalled.set()
+  assert int(stopped.step) == 2  # a stop request ends a run that waits on its input, with a checkpoint
+  assert os.path.isdir(tmp_path / 'resumed' / 'checkpoints' / '2')
   assert json.load(open(tmp_path / 'resumed' / 'summary.json'))['unreadable_files'] == 3
   resumed = train.train_and_evaluate(config, str(tmp_path / 'resumed'))
   assert int(resumed.step) == 5
   leaves_equal(resumed, uninterrupted)  # bit for bit: parameters, queues, optimiser state, BN statistics
 
-  # The newest checkpoint damaged (random bytes over a file of its config): the rerun resumes from step 3, keeps
+  # The newest checkpoint damaged (random bytes over a file of its config): the rerun resumes from step 2, keeps
   # the damaged one under another name and ends equal again.
   checkpoints = tmp_path / 'resumed' / 'checkpoints'
   damaged = os.urandom(200)
   (checkpoints / '5' / 'config' / 'metadata').write_bytes(damaged)
-  assert checkpointing.load_run(str(tmp_path / 'resumed'))[2] == 3  # evaluation and export fall back too
+  assert checkpointing.load_run(str(tmp_path / 'resumed'))[2] == 2  # evaluation and export fall back too
   rerun = train.train_and_evaluate(config, str(tmp_path / 'resumed'))
   leaves_equal(rerun, uninterrupted)
   (kept,) = [d for d in os.listdir(checkpoints) if d.startswith('5.unreadable-')]
   assert (checkpoints / kept / 'config' / 'metadata').read_bytes() == damaged
   # None restores: refused naming the directory, and nothing is renamed or deleted.
-  for step in ('3', '5'):
+  for step in ('2', '5'):
     (checkpoints / step / 'config' / 'metadata').write_bytes(damaged)
   before = sorted(os.listdir(checkpoints))
   with pytest.raises(checkpointing.UnreadableCheckpointsError, match=f'no checkpoint in {checkpoints} restores'):
