@@ -91,11 +91,15 @@ def until_stopped(batches, stop, poll_seconds=0.5):
     done.set()  # lets the reader (and the tf.data iterator it holds) go
 
 
-def _check_finite(metrics, step, checkpoint_dir):
-  if not all(math.isfinite(float(v)) for v in metrics.values()):
+def _check_finite(metrics, step, checkpointer):
+  bad = [f'{name} = {value}' for name, value in metrics.items() if not math.isfinite(value)]
+  if bad:
+    resumes = checkpointer.latest_step()
+    resumes = f'the checkpoint at step {resumes}' if resumes is not None else 'step 0 (none saved yet)'
     raise NonFiniteLossError(
-      f'non-finite loss at step {step} ({metrics}); the last good checkpoint in '
-      f'{checkpoint_dir} is intact and nothing after it was saved'
+      f'non-finite loss at step {step}: {", ".join(bad)}, at learning rate {metrics["lr"]:.4g}.\n'
+      f'Nothing after the last good checkpoint was saved: the same command resumes from {resumes} in '
+      f'{checkpointer.directory} (a lower --config.optim.base_lr may be needed).'
     )
 
 
@@ -253,7 +257,7 @@ def _train_loop(config, state, train_step, data, mesh, checkpointer, total_steps
       log_now = step % config.log_every_steps == 0 or step == total_steps
       if log_now or stop or checkpointer.manager.should_save(step):
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        _check_finite(metrics, step, checkpointer.directory)  # before saving: a bad state is never written
+        _check_finite(metrics, step, checkpointer)  # before saving: a bad state is never written
         checkpointer.save(step, state, force=bool(stop))
       if log_now:
         # Since the last log line, so the first window includes the step's compilation (as flax's examples log it).

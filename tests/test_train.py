@@ -139,12 +139,16 @@ def test_non_finite_loss_stops_with_the_last_good_checkpoint(make_config, tmp_pa
   config = make_config(
     num_train_steps=8, eval_dataset='', log_every_steps=1, checkpoint_every_steps=1, **{'optim.base_lr': 1e30}
   )
-  with pytest.raises(train.NonFiniteLossError, match='non-finite loss at step'):
+  with pytest.raises(train.NonFiniteLossError, match='non-finite loss at step') as error:
     train.train_and_evaluate(config, str(tmp_path))
   saved = sorted(int(d) for d in os.listdir(tmp_path / 'checkpoints') if d.isdigit())
   metrics = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
   assert saved and all(np.isfinite(m['loss']) for m in metrics)
   assert max(saved) == metrics[-1]['step']  # nothing after the last finite step was written
+  # The message says which losses, the learning rate and where a rerun resumes, not the whole metrics dict.
+  first, second = str(error.value).splitlines()
+  assert first.startswith(f'non-finite loss at step {max(saved) + 1}: loss = nan') and 'learning rate ' in first
+  assert 'acc_inst' not in first and f'resumes from the checkpoint at step {max(saved)} in {tmp_path}' in second
 
 
 def test_curves_draw_the_panels_the_metrics_have(tmp_path):
