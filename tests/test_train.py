@@ -3,15 +3,34 @@
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 
 import jax
 import numpy as np
-from PIL import Image
 import pytest
 
 from jax_moco import checkpointing
 from jax_moco import train
+from tests.helpers import write_folder_with_bad_files
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Lines a researcher should not see by default: TensorFlow's C++ log, other libraries' INFO lines, the parameter
+# table, AutoGraph's complaints.
+CHATTER = (
+  'absl::InitializeLog',
+  'oneDNN',
+  'cpu_feature_guard',
+  "Unable to initialize backend 'tpu'",
+  'AutoGraph',
+  'Premature end of JPEG data',
+  'fontManager',
+  '| Name ',
+  'parameter_overview',
+  'I0000',
+  'E0000',
+)
 
 
 def leaves_equal(a, b):
@@ -45,17 +64,7 @@ def stall_after(monkeypatch, batches, logged):
 
 @pytest.fixture(scope='module')
 def folder_with_bad_files(tmp_path_factory):
-  """40 small images (JPEG, grayscale, RGBA and 16-bit PNG) and three files that are none: a truncated JPEG (which
-  passes the scan and fails to decode in the stream), an empty file and a text named .jpg."""
-  root = tmp_path_factory.mktemp('folder')
-  pixels = np.random.default_rng(0).integers(0, 256, (40, 36, 40, 3), np.uint8)
-  modes = [lambda a: a, lambda a: a[..., 0], lambda a: np.dstack([a, a[..., :1]]), lambda a: a[..., 0] * np.uint16(257)]
-  for i, image in enumerate(pixels):
-    Image.fromarray(modes[i % 4](image)).save(root / f'{i}.{"png" if i % 4 else "jpg"}')
-  (root / 'truncated.jpg').write_bytes((root / '0.jpg').read_bytes()[:300])
-  (root / 'empty.jpg').write_bytes(b'')
-  (root / 'text.jpg').write_text('not an image')
-  return root
+  return write_folder_with_bad_files(tmp_path_factory.mktemp('folder'))
 
 
 def test_end_to_end_with_knn_summary(make_config, tmp_path, capsys):
@@ -165,3 +174,50 @@ def test_curves_draw_the_panels_the_metrics_have(tmp_path):
   assert curves.read_metrics(str(path))['loss'] == ([50], [5.0])
   path.write_text(json.dumps(rows[1]) + '\n')  # no kNN monitor: no kNN panel
   assert 'kNN top-1 (%)' not in curves.plot(str(path), str(tmp_path / 'curves.png'))
+
+
+def test_the_default_console_shows_the_run_and_none_of_the_chatter(tmp_path):
+  """The CLI as a user runs it (TensorFlow's log level unset, one device), on a folder with bad files, with a kNN
+  monitor: the work directory, the run, the files left out, the progress, the log lines and the summary."""
+  (tmp_path / 'folder').mkdir()
+  write_folder_with_bad_files(tmp_path / 'folder')
+  overrides = {
+    'dataset': f'folder:{tmp_path / "folder"}',
+    'knn_bank_dataset': 'embedded_subset',
+    'eval_dataset': 'embedded_subset:test',
+    'model.arch': 'resnet_tiny',
+    'model.width': 0.125,
+    'batch_size': 16,
+    'bn_groups': 2,
+    'moco.queue_size': 64,
+    'crops.num_small': 1,
+    'crops.small_size': 16,
+    'num_train_steps': 3,  # 48 examples: every file of the folder is met
+    'log_every_steps': 1,
+    'knn.max_bank_examples': 200,
+    'knn.max_query_examples': 200,
+  }
+  env = {k: v for k, v in os.environ.items() if k != 'TF_CPP_MIN_LOG_LEVEL'}
+  result = subprocess.run(
+    [sys.executable, '-m', 'jax_moco.main', '--config=configs/knn.py', f'--workdir={tmp_path / "run"}']
+    + [f'--config.{k}={v}' for k, v in overrides.items()],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env=dict(env, XLA_FLAGS=''),
+  )
+  console = result.stdout + result.stderr
+  assert result.returncode == 0, console[-4000:]
+  assert [line for line in console.splitlines() if any(c in line for c in CHATTER)] == []
+  assert result.stdout.startswith(f'workdir: {tmp_path / "run"}\n')
+  for shown in (
+    'knn-moco on folder:',  # steps, epochs, devices
+    'files left out:\n  ' + str(tmp_path / 'folder' / 'empty.jpg') + ': empty file',
+    'truncated.jpg does not decode: replaced by the next file of the stream',
+    '3/3',  # the progress bar
+    'images_per_second=',  # a log line
+    'kNN top-1 (k=200, T=0.1)',
+    'unreadable files left out or replaced: 3',
+  ):
+    assert shown in console, (shown, console[-4000:])
