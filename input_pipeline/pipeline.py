@@ -5,11 +5,15 @@ index_shuffle(c mod N, seed=(seed, c div N)) of the source (a fresh permutation 
 repeat); its crops and its augmentation parameters are drawn with RNGs seeded by (seed, c), so an example's views
 depend on nothing else (not the batch, the batch size or the process count). Each process takes every
 process_count-th counter, so resuming at step s is starting the counter at s * global_batch: exact and free.
+A file that does not decode is replaced by the next counter's file (its views still drawn from its own counter), so
+every counter yields one example and that position stays exact when files are bad.
 """
 
+import logging
 import math
 from typing import Optional
 
+import numpy as np
 import tensorflow as tf
 
 from input_pipeline import crops
@@ -17,6 +21,8 @@ from input_pipeline import sources
 from input_pipeline import views
 
 AUTOTUNE = tf.data.AUTOTUNE
+# Files in a row that may fail to decode before the stream stops, naming the source, instead of skipping on forever.
+DECODE_TRIES = 16
 
 
 def view_spec(crops_config) -> views.ViewSpec:
@@ -62,6 +68,31 @@ def example_index(counter, num_examples, seed):
   return tf.random.experimental.index_shuffle(position, tf.stack([tf.cast(seed, tf.int64), epoch]), num_examples - 1)
 
 
+def _decodable_examples(source: sources.Source, seed: int):
+  """counter -> a dataset of one (counter, example): the counter's own example, or when its file does not decode,
+  the first of the next DECODE_TRIES - 1 counters' files that does, with 'replaced' = the source index that failed
+  (-1: none)."""
+  n = source.num_examples
+
+  def candidates(counter):
+    first = example_index(counter, n, seed)
+
+    def load(t):
+      return t, source.load(example_index(counter + t, n, seed))
+
+    def give_up(_):
+      message = f'{source.name}: {DECODE_TRIES} files in a row do not decode, the first of them index'
+      with tf.control_dependencies([tf.debugging.Assert(False, [message, first])]):
+        return load(tf.constant(0, tf.int64))
+
+    tries = tf.data.Dataset.range(DECODE_TRIES).map(graph_code(load)).ignore_errors()
+    chosen = tries.concatenate(tf.data.Dataset.range(1).map(graph_code(give_up))).take(1)
+    mark = lambda t, example: (counter, {**example, 'replaced': tf.cast(tf.where(t > 0, first, -1), tf.int32)})  # noqa: E731
+    return chosen.map(graph_code(mark))
+
+  return candidates
+
+
 def _counter_batches(
   source: sources.Source,
   global_batch: int,
@@ -72,18 +103,49 @@ def _counter_batches(
   make_example,
 ) -> tf.data.Dataset:
   """This process's batches of the endless counter stream from start_step * global_batch: make_example(example,
-  counter) for the source example each counter selects; unreadable files are skipped (and logged), never fatal."""
+  counter) for the source example each counter selects, plus 'replaced' (see _decodable_examples)."""
   batch = local_batch_size(global_batch, process_count)
   n = source.num_examples
-
-  def load(counter):
-    return make_example(source.load(example_index(counter, n, seed)), counter)
-
   counters = tf.data.Dataset.range(start_step * global_batch, 2**62).shard(process_count, process_index)
-  ds = counters.map(graph_code(load), num_parallel_calls=AUTOTUNE)
   if source.may_fail:
-    ds = ds.ignore_errors(log_warning=True)
+    # One example per counter, in counter order: each inner dataset yields exactly one element.
+    ds = counters.interleave(_decodable_examples(source, seed), num_parallel_calls=AUTOTUNE, deterministic=True)
+  else:
+    ds = counters.map(graph_code(lambda c: (c, {**source.load(example_index(c, n, seed)), 'replaced': -1})))
+
+  def make(counter, example):
+    return {**make_example(example, counter), 'replaced': example['replaced']}
+
+  ds = ds.map(graph_code(make), num_parallel_calls=AUTOTUNE)
   return ds.batch(batch, drop_remainder=True)
+
+
+class UnreadableFiles:
+  """The files of a source that training cannot use: those its scan left out (source.unreadable) and those met in
+  the stream that do not decode (the batches' 'replaced'), of which the first sources.REPORTED_FILES are logged."""
+
+  def __init__(self, source: sources.Source):
+    self.source, self.failed = source, set()
+
+  @property
+  def count(self) -> int:
+    return len(self.source.unreadable) + len(self.failed)
+
+  def watch(self, batches):
+    """Yields `batches`, noting the files each one replaced."""
+    for batch in batches:
+      for index in np.unique(batch['replaced'][batch['replaced'] >= 0]).tolist():
+        self._failed(index)
+      yield batch
+
+  def _failed(self, index):
+    if index in self.failed:
+      return
+    self.failed.add(index)
+    if len(self.failed) <= sources.REPORTED_FILES:
+      logging.warning('%s does not decode: replaced by the next file of the stream', self.source.files[index])
+    elif len(self.failed) == sources.REPORTED_FILES + 1:
+      logging.warning('%s: more files do not decode; summary.json counts them', self.source.name)
 
 
 def train_dataset(
@@ -164,7 +226,7 @@ def eval_dataset(
 ) -> tf.data.Dataset:
   """Every example exactly once, in order, un-augmented, in whole batches: the tail is padded with mask = False.
 
-  Unreadable files (folder sources) are skipped and logged; the batch they leave short is padded like the tail.
+  Files that do not decode (folder sources) are skipped; the batch they leave short is padded like the tail.
   """
   batch = local_batch_size(global_batch, process_count)
   n = min(source.num_examples, max_examples or source.num_examples)

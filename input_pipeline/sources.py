@@ -7,11 +7,13 @@ A source is random access: `load(index)` returns {'image': uint8 [H, W, 3], 'lab
 0 absent, -1 present only as objects marked difficult (ignored by the VOC07 protocol).
 """
 
+import concurrent.futures
 import dataclasses
 import gzip
 import io
 import logging
 import os
+import stat
 from typing import Callable
 from typing import Optional
 
@@ -24,6 +26,11 @@ DEBIAN_FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff', '.ppm', '.pgm')
 # Formats TF cannot decode (TIFF, Netpbm), recognised by their first bytes and decoded through PIL.
 _PIL_ONLY_MAGIC = {4: (b'II*\x00', b'MM\x00*'), 2: tuple(b'P%d' % i for i in range(1, 7))}
+# The first bytes of every format decode_image reads (WebP: RIFF, then WEBP at byte 8).
+IMAGE_MAGIC = (b'\xff\xd8\xff', b'\x89PNG\r\n\x1a\n', b'BM', b'GIF87a', b'GIF89a', b'RIFF') + sum(
+  _PIL_ONLY_MAGIC.values(), ()
+)
+REPORTED_FILES = 5  # unreadable files named in the log; the rest are counted
 MAX_IN_MEMORY_BYTES = 4 << 30  # TFDS splits are held decoded in memory; bigger ones should use `folder:`.
 
 
@@ -33,8 +40,10 @@ class Source:
   num_examples: int
   num_classes: Optional[int]
   load: Callable[[tf.Tensor], dict]  # index -> {'image': uint8 [H, W, 3], 'label': int32 or int32 [num_classes]}
-  may_fail: bool = False  # True when decoding can fail (files): the pipeline then skips bad examples.
+  may_fail: bool = False  # True when decoding can fail (files): the pipeline then replaces bad examples.
   multi_label: bool = False  # label is a target vector over num_classes (see the module docstring)
+  files: tuple = ()  # a folder source's path of each index
+  unreadable: tuple = ()  # (path, reason) of the files a folder's scan left out
 
 
 def _array_source(name, images, labels, num_classes):
@@ -201,8 +210,46 @@ def _decode_with_pil(data):
     return np.asarray(image.convert('RGB'))
 
 
+def sniff(path) -> Optional[str]:
+  """Why the file at `path` cannot be an image, or None when its first bytes are those of a format decode_image
+  reads. One open and a 12-byte read: a file cut short or damaged further in passes and is caught when decoded."""
+  try:
+    if not stat.S_ISREG(os.stat(path).st_mode):
+      return 'not a regular file'
+    with open(path, 'rb') as f:
+      head = f.read(12)
+  except OSError as e:
+    return f'cannot be read ({e.strerror})'
+  if not head:
+    return 'empty file'
+  if not head.startswith(IMAGE_MAGIC) or (head.startswith(b'RIFF') and head[8:12] != b'WEBP'):
+    return f'not an image (starts with {head[:8]!r})'
+  return None
+
+
+def scan(paths, threads=32):
+  """sniff() of every path, on threads: the reads wait on storage, not on the CPU."""
+  with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+    return list(pool.map(sniff, paths, chunksize=256))
+
+
+def listing(unreadable) -> str:
+  """The first REPORTED_FILES (path, reason) pairs, one a line, and how many more."""
+  lines = [f'\n  {path}: {reason}' for path, reason in unreadable[:REPORTED_FILES]]
+  more = len(unreadable) - REPORTED_FILES
+  return ''.join(lines) + (f'\n  ... and {more} more' if more > 0 else '')
+
+
 def _folder(root):
   paths, labels, classes = list_image_files(root)
+  reasons = scan(paths)
+  unreadable = tuple((p, r) for p, r in zip(paths, reasons) if r)
+  if len(unreadable) == len(paths):
+    raise ValueError(f'folder:{root}: none of its {len(paths)} image files holds an image:{listing(unreadable)}')
+  if unreadable:
+    logging.warning('folder:%s: %d of %d files left out:%s', root, len(unreadable), len(paths), listing(unreadable))
+  keep = [i for i, r in enumerate(reasons) if r is None]
+  paths, labels = [paths[i] for i in keep], [labels[i] for i in keep]
   paths_t = tf.constant(paths)
   labels_t = tf.constant(labels, tf.int32)
   logging.info('folder:%s: %d images, %s', root, len(paths), f'{len(classes)} classes' if classes else 'unlabelled')
@@ -210,7 +257,8 @@ def _folder(root):
   def load(index):
     return {'image': decode_image(tf.io.read_file(tf.gather(paths_t, index))), 'label': tf.gather(labels_t, index)}
 
-  return Source(f'folder:{root}', len(paths), len(classes) if classes else None, load, may_fail=True)
+  num_classes = len(classes) if classes else None
+  return Source(f'folder:{root}', len(paths), num_classes, load, True, files=tuple(paths), unreadable=unreadable)
 
 
 def get_source(spec: str, data_dir: Optional[str] = None, default_split: str = 'train') -> Source:

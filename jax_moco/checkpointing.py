@@ -1,11 +1,14 @@
 """Orbax checkpoints of the whole train state plus the resolved config (the only module that imports Orbax).
 
 The data position needs no item of its own: the pipeline resumes from `state.step * batch_size` examples.
+A checkpoint that does not restore (a file cut short or overwritten) is skipped for the newest one that does, and
+kept under another name, never deleted.
 """
 
 import json
 import logging
 import os
+import time
 
 import jax
 import orbax.checkpoint as ocp
@@ -54,6 +57,32 @@ def check_compatible(saved: dict, current: dict, directory: str):
     )
 
 
+class NotARunError(FileNotFoundError):
+  pass
+
+
+class UnreadableCheckpointsError(NotARunError):
+  pass
+
+
+def newest_restorable(steps, restore, directory):
+  """(step, restore(step), skipped) for the newest of `steps` that restores; skipped: the newer ones that did not,
+  each logged with its error. A config mismatch is no damage and is raised at once."""
+  errors = []
+  for step in sorted(steps, reverse=True):
+    try:
+      return step, restore(step), [s for s, _ in errors]
+    except ConfigMismatchError:
+      raise
+    except Exception as e:  # what a damaged file makes Orbax raise varies: UnicodeDecodeError, ValueError, ...
+      errors.append((step, f'{type(e).__name__}: {str(e)[:300]}'))
+      logging.warning('Checkpoint %d in %s does not restore, skipping it: %s', step, directory, errors[-1][1])
+  raise UnreadableCheckpointsError(
+    f'no checkpoint in {directory} restores (damaged, or not written by jax_moco):\n'
+    + '\n'.join(f'  step {s}: {e}' for s, e in errors)
+  )
+
+
 class Checkpointer:
   """Saves every `every_steps`, keeps the newest `keep`, and restores the latest."""
 
@@ -77,27 +106,42 @@ class Checkpointer:
       logging.info('Saving checkpoint at step %d to %s', step, self.directory)
     return saved
 
-  def restore(self, target_state, step=None):
-    """Restores into the structure, shapes and shardings of `target_state` (the latest step by default)."""
-    step = self.latest_step() if step is None else step
-    saved_config = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))['config']
-    check_compatible(saved_config, self.config_dict, self.directory)
+  def restore(self, target_state):
+    """Restores the newest checkpoint that restores into the structure, shapes and shardings of `target_state`.
+
+    Newer ones that do not restore are renamed STEP.unreadable-TIME (Orbax ignores the name, so the run saves that
+    step again and the preservation policy never deletes them), and the run resumes from the good one."""
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target_state)
-    restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+
+    def restore(step):
+      saved_config = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))['config']
+      check_compatible(saved_config, self.config_dict, self.directory)
+      return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))['state']
+
+    step, state, skipped = newest_restorable(self.manager.all_steps(), restore, self.directory)
+    if skipped:
+      self._set_aside(skipped, step)
     logging.info('Restored checkpoint at step %d from %s', step, self.directory)
-    return restored['state']
+    return state
+
+  def _set_aside(self, steps, restored_step):
+    suffix = time.strftime('%Y%m%d-%H%M%S')
+    if jax.process_index() == 0:
+      for step in steps:
+        kept = os.path.join(self.directory, f'{step}.unreadable-{suffix}')
+        os.rename(os.path.join(self.directory, str(step)), kept)
+        logging.warning('Kept the unreadable checkpoint %d as %s; resuming from step %d', step, kept, restored_step)
+    ocp.multihost.sync_global_processes('jax_moco_set_aside_unreadable_checkpoints')
+    self.manager.reload()
 
   def close(self):
     self.manager.wait_until_finished()
     self.manager.close()
 
 
-class NotARunError(FileNotFoundError):
-  pass
-
-
 def load_run(workdir: str, step=None):
-  """(config, state, step) of a training run's checkpoint (the latest by default), for evaluation and export.
+  """(config, state, step) of a training run's checkpoint (by default the newest that restores), for evaluation and
+  export.
 
   The config is the one saved with the checkpoint, so the state's shapes are rebuilt exactly as they were trained.
   """
@@ -108,22 +152,21 @@ def load_run(workdir: str, step=None):
   steps = manager.all_steps()
   if not steps:
     raise NotARunError(f'{directory} holds no checkpoint')
-  step = max(steps) if step is None else step
-  if step not in steps:
+  if step is not None and step not in steps:
     raise ValueError(f'step={step}: no checkpoint at that step in {directory}; saved steps: {sorted(steps)}')
-  try:
-    saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))['config']
-  except Exception as e:  # a foreign Orbax checkpoint: no config item
-    raise NotARunError(f'{directory} step {step} has no jax_moco config: not a jax_moco checkpoint ({e})') from e
-  # Fields added to the schema since the run was saved take their defaults, which are what such runs used.
-  config = base.get_config()
-  config.update(saved)
   # Replicated over this process's devices, whatever topology wrote it (e.g. several hosts).
   replicated = jax.sharding.NamedSharding(step_lib.create_mesh(), jax.sharding.PartitionSpec())
-  abstract = jax.tree.map(
-    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-    jax.eval_shape(lambda: state_lib.initial_state(config, seed=0)),
-  )
-  state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))['state']
+
+  def restore(step):
+    # Fields added to the schema since the run was saved take their defaults, which are what such runs used.
+    config = base.get_config()
+    config.update(manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))['config'])
+    abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+      jax.eval_shape(lambda: state_lib.initial_state(config, seed=0)),
+    )
+    return config, manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))['state']
+
+  step, (config, state), _ = newest_restorable(steps if step is None else [step], restore, directory)
   manager.close()
   return config, state, step

@@ -1,5 +1,7 @@
 """Command line: `python -m jax_moco.main --config=configs/knn.py [--workdir=DIR] [--config.FIELD=VALUE ...]`.
 
+`--verbosity=1` (absl's flag) brings back what the console leaves out by default (see jax_moco/console.py).
+
 Several hosts (JAX's multi-controller runtime: one process per host, all running the same command):
 `--distributed` lets `jax.distributed.initialize()` find the cluster itself (TPU pods, SLURM, Open MPI, or the
 JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID variables); `--coordinator_address=HOST:PORT
@@ -7,7 +9,6 @@ JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID variables); `--coor
 """
 
 import datetime
-import logging as std_logging
 import os
 
 from absl import app
@@ -29,18 +30,12 @@ flags.DEFINE_integer('process_id', None, "This process's index (with --coordinat
 flags.mark_flags_as_required(['config'])
 
 
-def _quiet_orbax(record):
-  """Orbax logs every file it writes at INFO; keep its warnings, drop the chatter."""
-  return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  logging.get_absl_handler().addFilter(_quiet_orbax)
-  import input_pipeline
+  from jax_moco import console
 
-  input_pipeline.tensorflow_on_cpu_only()
+  console.import_tensorflow(FLAGS.verbosity)
   import jax
 
   if FLAGS.distributed or FLAGS.coordinator_address:  # before anything starts the XLA backend

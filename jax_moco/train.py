@@ -6,7 +6,9 @@ import json
 import logging
 import math
 import os
+import queue
 import signal
+import threading
 import time
 
 from clu import metric_writers
@@ -54,11 +56,50 @@ def stop_requests():
       signal.signal(s, h)
 
 
-def _check_finite(metrics, step, checkpoint_dir):
-  if not all(math.isfinite(float(v)) for v in metrics.values()):
+def until_stopped(batches, stop, poll_seconds=0.5):
+  """Yields from `batches`, read on a thread, until they end or `stop` holds a request: a signal handler only runs
+  between bytecodes, so a stop must not wait on an input that blocks (a stalled file system)."""
+  ready, done = queue.Queue(maxsize=1), threading.Event()
+
+  def put(item):
+    while not done.is_set():
+      with contextlib.suppress(queue.Full):
+        ready.put(item, timeout=poll_seconds)
+        return True
+    return False  # the consumer is gone
+
+  def read():
+    try:
+      for batch in batches:
+        if not put((batch, None)):
+          return
+      put((None, None))
+    except Exception as e:  # raised where the batch was wanted
+      put((None, e))
+
+  threading.Thread(target=read, name='until_stopped', daemon=True).start()
+  try:
+    while not stop:
+      with contextlib.suppress(queue.Empty):
+        batch, error = ready.get(timeout=poll_seconds)
+        if error is not None:
+          raise error
+        if batch is None:
+          return
+        yield batch
+  finally:
+    done.set()  # lets the reader (and the tf.data iterator it holds) go
+
+
+def _check_finite(metrics, step, checkpointer):
+  bad = [f'{name} = {value}' for name, value in metrics.items() if not math.isfinite(value)]
+  if bad:
+    resumes = checkpointer.latest_step()
+    resumes = f'the checkpoint at step {resumes}' if resumes is not None else 'step 0 (none saved yet)'
     raise NonFiniteLossError(
-      f'non-finite loss at step {step} ({metrics}); the last good checkpoint in '
-      f'{checkpoint_dir} is intact and nothing after it was saved'
+      f'non-finite loss at step {step}: {", ".join(bad)}, at learning rate {metrics["lr"]:.4g}.\n'
+      f'Nothing after the last good checkpoint was saved: the same command resumes from {resumes} in '
+      f'{checkpointer.directory} (a lower --config.optim.base_lr may be needed).'
     )
 
 
@@ -154,15 +195,18 @@ def train_and_evaluate(config, workdir: str, on_metrics=None) -> state_lib.Train
     if knn_every and step % knn_every == 0 and step < total_steps:
       evaluate_knn(step, state)
 
-  data = pipeline.train_dataset(
-    source,
-    pipeline.view_spec(config.crops),
-    config.batch_size,
-    config.seed,
-    start_step,
-    jax.process_index(),
-    jax.process_count(),
-  ).as_numpy_iterator()
+  unreadable = pipeline.UnreadableFiles(source)
+  data = unreadable.watch(
+    pipeline.train_dataset(
+      source,
+      pipeline.view_spec(config.crops),
+      config.batch_size,
+      config.seed,
+      start_step,
+      jax.process_index(),
+      jax.process_count(),
+    ).as_numpy_iterator()
+  )
   started = time.time()
   try:
     state = _train_loop(config, state, train_step, data, mesh, checkpointer, total_steps, is_chief, after_step)
@@ -176,6 +220,7 @@ def train_and_evaluate(config, workdir: str, on_metrics=None) -> state_lib.Train
     epochs=round(int(state.step) / steps_per_epoch, 2),
     train_seconds=round(time.time() - started, 1),
     checkpoint_dir=checkpointer.directory,
+    unreadable_files=unreadable.count,
   )
   if monitor and int(state.step) == total_steps:
     summary['knn_after'] = evaluate_knn(int(state.step), state)
@@ -199,14 +244,20 @@ def _train_loop(config, state, train_step, data, mesh, checkpointer, total_steps
       total=total_steps, initial=start_step, disable=not is_chief, unit='step', dynamic_ncols=True, mininterval=2.0
     ) as progress,
   ):
+    data = until_stopped(data, stop)
     for step in range(start_step + 1, total_steps + 1):
-      batch = next(data)
+      batch = next(data, None)
+      if batch is None:  # a stop while waiting for input (the stream is endless): the caller saves the last step
+        logging.warning(
+          '%s received at step %d while waiting for input: stopping; run the same command to resume.', stop[0], step - 1
+        )
+        break
       state, metrics = train_step(state, shard_batch(mesh, step_inputs(batch)))
       progress.update(1)
       log_now = step % config.log_every_steps == 0 or step == total_steps
       if log_now or stop or checkpointer.manager.should_save(step):
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        _check_finite(metrics, step, checkpointer.directory)  # before saving: a bad state is never written
+        _check_finite(metrics, step, checkpointer)  # before saving: a bad state is never written
         checkpointer.save(step, state, force=bool(stop))
       if log_now:
         # Since the last log line, so the first window includes the step's compilation (as flax's examples log it).
@@ -240,6 +291,8 @@ def format_summary(summary) -> str:
     )
   if 'curves' in summary:
     lines.append(f'learning curves: {summary["curves"]}')
+  if summary.get('unreadable_files'):
+    lines.append(f'unreadable files left out or replaced: {summary["unreadable_files"]} (named in the log)')
   lines.append(f'checkpoints: {summary["checkpoint_dir"]}')
   lines.append(f'TensorBoard: tensorboard --logdir {summary["workdir"]}')
   return '\n'.join(lines)

@@ -1,9 +1,11 @@
-"""Shared test helpers: the tiny config, building a step on a mesh, and real batches from the pipeline."""
+"""Shared test helpers: the tiny config, building a step on a mesh, real batches from the pipeline, and a folder
+with bad files."""
 
 import jax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import numpy as np
+from PIL import Image
 
 from configs import knn
 from configs import presets
@@ -58,3 +60,16 @@ def real_batches(config, n):
   source = sources.get_source(config.dataset)
   ds = pipeline.train_dataset(source, pipeline.view_spec(config.crops), config.batch_size, config.seed)
   return [{k: v for k, v in b.items() if k != 'label'} for b in ds.take(n).as_numpy_iterator()]
+
+
+def write_folder_with_bad_files(root):
+  """40 small images (JPEG, grayscale, RGBA and 16-bit PNG) and three files that are none: a truncated JPEG (which
+  passes the scan and fails to decode in the stream), an empty file and a text named .jpg."""
+  pixels = np.random.default_rng(0).integers(0, 256, (40, 36, 40, 3), np.uint8)
+  modes = [lambda a: a, lambda a: a[..., 0], lambda a: np.dstack([a, a[..., :1]]), lambda a: a[..., 0] * np.uint16(257)]
+  for i, image in enumerate(pixels):
+    Image.fromarray(modes[i % 4](image)).save(root / f'{i}.{"png" if i % 4 else "jpg"}')
+  (root / 'truncated.jpg').write_bytes((root / '0.jpg').read_bytes()[:300])
+  (root / 'empty.jpg').write_bytes(b'')
+  (root / 'text.jpg').write_text('not an image')
+  return root

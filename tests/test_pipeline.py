@@ -2,6 +2,8 @@
 
 import io
 import os
+import re
+import shutil
 
 import numpy as np
 from PIL import Image
@@ -147,15 +149,38 @@ def messy_folder(tmp_path_factory, china):
   return root
 
 
-def test_folder_source_skips_bad_files_and_converts_modes(messy_folder):
+def test_folder_source_leaves_out_and_replaces_bad_files_and_converts_modes(messy_folder):
   source = sources.get_source(f'folder:{messy_folder}')
-  assert source.num_examples == 10 and source.num_classes == 2
+  # The scan leaves out the empty file and the text; the truncated JPEG passes it and fails to decode in the stream.
+  assert source.num_examples == 8 and source.num_classes == 2
+  reasons = sorted((os.path.basename(path), reason) for path, reason in source.unreadable)
+  assert reasons == [('empty.jpg', 'empty file'), ('text.jpg', "not an image (starts with b'not an i')")]
   spec = views.ViewSpec(large_size=32, small_size=16, num_small=2, min_overlap=0.2)
-  ds = pipeline.train_dataset(source, spec, 1, seed=0)
-  batches = list(ds.take(12).as_numpy_iterator())  # 7 readable of 10 a pass; runs on without crashing
-  assert len(batches) == 12
+  batches = list(pipeline.train_dataset(source, spec, 1, seed=0).take(16).as_numpy_iterator())  # two passes
   for b in batches:
     assert b['anchor'].shape == (1, 32, 32, 3) and b['small'].shape == (1, 2, 16, 16, 3)
+  truncated = source.files.index(str(messy_folder / 'cats' / 'truncated.jpg'))
+  replaced = [int(b['replaced'][0]) for b in batches]
+  assert sorted(replaced)[-3:] == [-1, truncated, truncated]  # once a pass, by the next file of the stream
+  # Every counter still yields one example, so resuming at step * batch is exact with bad files in the folder.
+  resumed = pipeline.train_dataset(source, spec, 1, seed=0, start_step=5).take(11).as_numpy_iterator()
+  for a, b in zip(batches[5:], resumed):
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_a_folder_without_a_decodable_image_stops_at_once_naming_it(tmp_path, messy_folder):
+  for name in ('empty.jpg', 'text.jpg'):
+    shutil.copy(messy_folder / 'cats' / name, tmp_path / name)
+  with pytest.raises(ValueError, match=re.escape(f'folder:{tmp_path}: none of its 2 image files holds an image')):
+    sources.get_source(f'folder:{tmp_path}')
+  # A file that passes the scan but does not decode: the stream stops at its first batch, naming the folder.
+  shutil.copy(messy_folder / 'cats' / 'truncated.jpg', tmp_path / 'truncated.jpg')
+  source = sources.get_source(f'folder:{tmp_path}')
+  spec = views.ViewSpec(large_size=32, small_size=16, num_small=0)
+  message = re.escape(f'folder:{tmp_path}: {pipeline.DECODE_TRIES} files in a row do not decode')
+  with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+    next(pipeline.train_dataset(source, spec, 2, seed=0).as_numpy_iterator())
 
 
 def test_folder_eval_keeps_every_readable_file(messy_folder):

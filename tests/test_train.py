@@ -3,6 +3,9 @@
 import json
 import os
 import signal
+import subprocess
+import sys
+import threading
 
 import jax
 import numpy as np
@@ -10,6 +13,24 @@ import pytest
 
 from jax_moco import checkpointing
 from jax_moco import train
+from tests.helpers import write_folder_with_bad_files
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Lines a researcher should not see by default: TensorFlow's C++ log, other libraries' INFO lines, the parameter
+# table, AutoGraph's complaints.
+CHATTER = (
+  'absl::InitializeLog',
+  'oneDNN',
+  'cpu_feature_guard',
+  "Unable to initialize backend 'tpu'",
+  'AutoGraph',
+  'Premature end of JPEG data',
+  'fontManager',
+  '| Name ',
+  'parameter_overview',
+  'I0000',
+  'E0000',
+)
 
 
 def leaves_equal(a, b):
@@ -17,23 +38,33 @@ def leaves_equal(a, b):
     np.testing.assert_array_equal(x, y)
 
 
-def interrupt_after(monkeypatch, batches):
-  """Delivers SIGTERM to this process after `batches` training batches, as a scheduler preempting the job."""
-  make = train.pipeline.train_dataset
+def stall_after(monkeypatch, batches, logged):
+  """After `batches` training batches the input stalls (as a hung file system would) and, once the step after them
+  is logged (`logged` set), the process gets a real SIGTERM, as a scheduler preempting the job. Returns the event
+  that ends the stall."""
+  make, stalled = train.pipeline.train_dataset, threading.Event()
 
   def train_dataset(*args, **kwargs):
     dataset = make(*args, **kwargs)
 
-    class Interrupting:
+    class Stalling:
       def as_numpy_iterator(self):
         for i, batch in enumerate(dataset.as_numpy_iterator()):
           if i == batches:
-            signal.raise_signal(signal.SIGTERM)
+            logged.wait()
+            os.kill(os.getpid(), signal.SIGTERM)
+            stalled.wait()
           yield batch
 
-    return Interrupting()
+    return Stalling()
 
   monkeypatch.setattr(train.pipeline, 'train_dataset', train_dataset)
+  return stalled
+
+
+@pytest.fixture(scope='module')
+def folder_with_bad_files(tmp_path_factory):
+  return write_folder_with_bad_files(tmp_path_factory.mktemp('folder'))
 
 
 @pytest.mark.heavy(50)  # seconds on 2 cores, for the order of tests/conftest.py
@@ -69,18 +100,44 @@ def test_end_to_end_with_knn_summary(make_config, tmp_path, capsys):
 
 
 @pytest.mark.heavy(75)  # seconds on 2 cores, for the order of tests/conftest.py
-def test_interrupted_and_resumed_run_equals_uninterrupted(make_config, tmp_path, monkeypatch):
-  config = make_config(num_train_steps=5, eval_dataset='', checkpoint_every_steps=100)
+def test_interrupted_and_resumed_run_equals_uninterrupted(make_config, tmp_path, monkeypatch, folder_with_bad_files):
+  # On a folder with bad files (left out by the scan, or replaced when they fail to decode), so resuming at
+  # step * batch is tested where examples are dropped.
+  dataset = f'folder:{folder_with_bad_files}'
+  config = make_config(num_train_steps=5, eval_dataset='', checkpoint_every_steps=100, dataset=dataset)
   uninterrupted = train.train_and_evaluate(config, str(tmp_path / 'straight'))
 
   with monkeypatch.context() as patch:
-    interrupt_after(patch, 2)
-    stopped = train.train_and_evaluate(config, str(tmp_path / 'resumed'))
-  assert int(stopped.step) == 3  # the step in flight finishes, is checkpointed, and the run stops
-  assert os.path.isdir(tmp_path / 'resumed' / 'checkpoints' / '3')
+    logged = threading.Event()
+    stalled = stall_after(patch, 2, logged)
+    stopped = train.train_and_evaluate(
+      config, str(tmp_path / 'resumed'), on_metrics=lambda step, _: step == 2 and logged.set()
+    )
+    stalled.set()
+  assert int(stopped.step) == 2  # a stop request ends a run that waits on its input, with a checkpoint
+  assert os.path.isdir(tmp_path / 'resumed' / 'checkpoints' / '2')
+  assert json.load(open(tmp_path / 'resumed' / 'summary.json'))['unreadable_files'] == 3
   resumed = train.train_and_evaluate(config, str(tmp_path / 'resumed'))
   assert int(resumed.step) == 5
   leaves_equal(resumed, uninterrupted)  # bit for bit: parameters, queues, optimiser state, BN statistics
+
+  # The newest checkpoint damaged (random bytes over a file of its config): the rerun resumes from step 2, keeps
+  # the damaged one under another name and ends equal again.
+  checkpoints = tmp_path / 'resumed' / 'checkpoints'
+  damaged = os.urandom(200)
+  (checkpoints / '5' / 'config' / 'metadata').write_bytes(damaged)
+  assert checkpointing.load_run(str(tmp_path / 'resumed'))[2] == 2  # evaluation and export fall back too
+  rerun = train.train_and_evaluate(config, str(tmp_path / 'resumed'))
+  leaves_equal(rerun, uninterrupted)
+  (kept,) = [d for d in os.listdir(checkpoints) if d.startswith('5.unreadable-')]
+  assert (checkpoints / kept / 'config' / 'metadata').read_bytes() == damaged
+  # None restores: refused naming the directory, and nothing is renamed or deleted.
+  for step in ('2', '5'):
+    (checkpoints / step / 'config' / 'metadata').write_bytes(damaged)
+  before = sorted(os.listdir(checkpoints))
+  with pytest.raises(checkpointing.UnreadableCheckpointsError, match=f'no checkpoint in {checkpoints} restores'):
+    train.train_and_evaluate(config, str(tmp_path / 'resumed'))
+  assert sorted(os.listdir(checkpoints)) == before
 
 
 @pytest.mark.heavy(50)  # seconds on 2 cores, for the order of tests/conftest.py
@@ -94,12 +151,16 @@ def test_non_finite_loss_stops_with_the_last_good_checkpoint(make_config, tmp_pa
   config = make_config(
     num_train_steps=8, eval_dataset='', log_every_steps=1, checkpoint_every_steps=1, **{'optim.base_lr': 1e30}
   )
-  with pytest.raises(train.NonFiniteLossError, match='non-finite loss at step'):
+  with pytest.raises(train.NonFiniteLossError, match='non-finite loss at step') as error:
     train.train_and_evaluate(config, str(tmp_path))
   saved = sorted(int(d) for d in os.listdir(tmp_path / 'checkpoints') if d.isdigit())
   metrics = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
   assert saved and all(np.isfinite(m['loss']) for m in metrics)
   assert max(saved) == metrics[-1]['step']  # nothing after the last finite step was written
+  # The message says which losses, the learning rate and where a rerun resumes, not the whole metrics dict.
+  first, second = str(error.value).splitlines()
+  assert first.startswith(f'non-finite loss at step {max(saved) + 1}: loss = nan') and 'learning rate ' in first
+  assert 'acc_inst' not in first and f'resumes from the checkpoint at step {max(saved)} in {tmp_path}' in second
 
 
 def test_curves_draw_the_panels_the_metrics_have(tmp_path):
@@ -116,3 +177,50 @@ def test_curves_draw_the_panels_the_metrics_have(tmp_path):
   assert curves.read_metrics(str(path))['loss'] == ([50], [5.0])
   path.write_text(json.dumps(rows[1]) + '\n')  # no kNN monitor: no kNN panel
   assert 'kNN top-1 (%)' not in curves.plot(str(path), str(tmp_path / 'curves.png'))
+
+
+def test_the_default_console_shows_the_run_and_none_of_the_chatter(tmp_path):
+  """The CLI as a user runs it (TensorFlow's log level unset, one device), on a folder with bad files, with a kNN
+  monitor: the work directory, the run, the files left out, the progress, the log lines and the summary."""
+  (tmp_path / 'folder').mkdir()
+  write_folder_with_bad_files(tmp_path / 'folder')
+  overrides = {
+    'dataset': f'folder:{tmp_path / "folder"}',
+    'knn_bank_dataset': 'embedded_subset',
+    'eval_dataset': 'embedded_subset:test',
+    'model.arch': 'resnet10',
+    'model.width': 0.125,
+    'batch_size': 16,
+    'bn_groups': 2,
+    'moco.queue_size': 64,
+    'crops.num_small': 1,
+    'crops.small_size': 16,
+    'num_train_steps': 3,  # 48 examples: every file of the folder is met
+    'log_every_steps': 1,
+    'knn.max_bank_examples': 200,
+    'knn.max_query_examples': 200,
+  }
+  env = {k: v for k, v in os.environ.items() if k != 'TF_CPP_MIN_LOG_LEVEL'}
+  result = subprocess.run(
+    [sys.executable, '-m', 'jax_moco.main', '--config=configs/knn.py', f'--workdir={tmp_path / "run"}']
+    + [f'--config.{k}={v}' for k, v in overrides.items()],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env=dict(env, XLA_FLAGS=''),
+  )
+  console = result.stdout + result.stderr
+  assert result.returncode == 0, console[-4000:]
+  assert [line for line in console.splitlines() if any(c in line for c in CHATTER)] == []
+  assert result.stdout.startswith(f'workdir: {tmp_path / "run"}\n')
+  for shown in (
+    'knn-moco on folder:',  # steps, epochs, devices
+    'files left out:\n  ' + str(tmp_path / 'folder' / 'empty.jpg') + ': empty file',
+    'truncated.jpg does not decode: replaced by the next file of the stream',
+    '3/3',  # the progress bar
+    'images_per_second=',  # a log line
+    'kNN top-1 (k=200, T=0.1)',
+    'unreadable files left out or replaced: 3',
+  ):
+    assert shown in console, (shown, console[-4000:])

@@ -1,0 +1,53 @@
+"""What the command line prints: by default jax_moco's own log lines, the metric writer's periodic lines and every
+warning; TensorFlow's C++ start-up notices and log, and other libraries' INFO chatter (JAX probing for a TPU, Orbax
+file by file, the parameter table, matplotlib's font cache) only with absl's `--verbosity=1` (`-v 1`) or more."""
+
+import contextlib
+import importlib.util
+import logging
+import os
+
+from absl import logging as absl_logging
+
+import input_pipeline
+import jax_moco
+
+
+def _roots():
+  clu = importlib.util.find_spec('clu').submodule_search_locations[0]
+  packages = (jax_moco.__file__, input_pipeline.__file__, os.path.join(clu, 'metric_writers', '__init__.py'))
+  return tuple(os.path.dirname(path) + os.sep for path in packages)
+
+
+def quiet_filter():
+  """A logging filter that keeps warnings and errors, and INFO only from jax_moco, input_pipeline and clu's
+  metric writers."""
+  roots = _roots()
+  return lambda record: record.levelno >= logging.WARNING or record.pathname.startswith(roots)
+
+
+@contextlib.contextmanager
+def _stderr_silenced():
+  """Sends file descriptor 2 to /dev/null: TensorFlow's C++ libraries log through absl before anything can set
+  their level (TF_CPP_MIN_LOG_LEVEL does not reach those lines), so the import is the only place to catch them."""
+  saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+  os.dup2(null, 2)
+  try:
+    yield
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+    os.close(null)
+
+
+def import_tensorflow(verbosity: int):
+  """Imports TensorFlow for the input pipeline (hidden from the accelerators); below verbosity 1 without its C++
+  notices (start-up, oneDNN, libjpeg's warnings on a bad file, which jax_moco reports itself), and keeps other
+  libraries' INFO lines off the console."""
+  if verbosity >= 1:
+    input_pipeline.tensorflow_on_cpu_only()
+    return
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+  absl_logging.get_absl_handler().addFilter(quiet_filter())
+  with _stderr_silenced():
+    input_pipeline.tensorflow_on_cpu_only()
