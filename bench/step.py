@@ -21,8 +21,6 @@ import time
 from absl import app
 from absl import flags
 import jax
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -30,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from configs import knn  # noqa: E402
 from jax_moco import schedules  # noqa: E402
+from jax_moco import sharding  # noqa: E402
 from jax_moco import state as state_lib  # noqa: E402
 from jax_moco import step as step_lib  # noqa: E402
 from jax_moco import torch_layout  # noqa: E402
@@ -79,13 +78,13 @@ def synthetic_batch(config, seed=0):
 def jax_step(config, seed=0, num_devices=1, ynnpack_convolutions=None):
   """(train step on the first `num_devices` devices, initial state, constant learning rate) for `config`, with
   XLA:CPU's convolutions as `ynnpack_convolutions` ('on' / 'off') or the config's setting."""
-  mesh = step_lib.create_mesh(jax.devices()[:num_devices])
+  mesh = sharding.create_mesh(jax.devices()[:num_devices])
   encoder = state_lib.create_encoder(config)
   lr = config.optim.base_lr * config.batch_size / 256
   tx = state_lib.sgd(lr, config.optim.momentum, config.optim.weight_decay)
   # Replicated over the mesh as the step returns it: the calls after the first find their program compiled.
   state = jax.device_put(
-    state_lib.create_train_state(config, encoder, tx, jax.random.key(seed)), NamedSharding(mesh, P())
+    state_lib.create_train_state(config, encoder, tx, jax.random.key(seed)), sharding.replicated(mesh)
   )
   fn = step_lib.make_train_step(
     mesh,

@@ -6,7 +6,7 @@ import math
 import jax
 import numpy as np
 
-from jax_moco.monitor import shard_batch
+from jax_moco.sharding import shard_batch
 from tests.helpers import build
 from tests.helpers import real_batches
 
