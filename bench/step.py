@@ -75,6 +75,11 @@ def synthetic_batch(config, seed=0):
   return batch
 
 
+def on_mesh(batch, num_devices=1):
+  """`batch` on the devices of jax_step's mesh, split over them as the step's explicit mesh axis requires."""
+  return jax.device_put(batch, sharding.batch_sharded(sharding.create_mesh(jax.devices()[:num_devices])))
+
+
 def jax_step(config, seed=0, num_devices=1, ynnpack_convolutions=None):
   """(train step on the first `num_devices` devices, initial state, constant learning rate) for `config`, with
   XLA:CPU's convolutions as `ynnpack_convolutions` ('on' / 'off') or the config's setting."""
@@ -155,7 +160,7 @@ def run(config, steps=5, rounds=3, torch_compile=False, channels_last=True, log=
   torch.backends.cudnn.benchmark = True  # cuDNN picks its convolution algorithms as XLA autotunes (no-op on CPU)
   batch = synthetic_batch(config)
   torch_batch = {k: torch.from_numpy(v).to(device) for k, v in batch.items()}
-  device_batch = jax.device_put(batch, jax.devices()[0])
+  device_batch = on_mesh(batch)
   runners, compile_s = {}, {}
   ours_setting = 'on' if xla_cpu.ynnpack_convolutions(config.cpu_ynnpack_convolutions) else 'off'
   names = {'on': 'jax_moco (XLA, YNNPACK convolutions)', 'off': 'jax_moco (XLA, own convolutions)'}
