@@ -56,9 +56,11 @@ def run(config, steps=5, rounds=3, log=print):
   augmented = {k: v.numpy() for k, v in host_apply({**crops, 'augment': records}).items()}
   fn, state, _ = step_bench.jax_step(config)
   device = jax.devices()[0]
-  plain = jax.device_put(augmented, device)
-  with_records = jax.device_put({**crops, 'augment': records}, device)
+  plain = step_bench.on_mesh(augmented)
+  with_records = step_bench.on_mesh({**crops, 'augment': records})
   device_apply = jax.jit(augment.apply_to_batch)
+  # The augmentation alone runs outside the step's shard_map, on arrays without a mesh axis in their type.
+  device_records = jax.device_put({**crops, 'augment': records}, device)
   # One step from the same state on each input (also compiling both): the two ways must train the same.
   first_losses = [float(fn(jax.tree.map(jnp.copy, state), batch)[1]['loss']) for batch in (plain, with_records)]
   holder = {'state': state}
@@ -73,7 +75,7 @@ def run(config, steps=5, rounds=3, log=print):
   runners = {
     'step': step_on(plain),
     'step_augmenting': step_on(with_records),
-    'device_augment': lambda: jax.block_until_ready(device_apply(with_records)),
+    'device_augment': lambda: jax.block_until_ready(device_apply(device_records)),
     'host_augment': lambda: host_apply({**crops, 'augment': records}),
   }
   runners['device_augment']()  # compiles

@@ -20,8 +20,6 @@ import time
 from absl import app
 from absl import flags
 import jax
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
 import numpy as np
 
@@ -32,10 +30,10 @@ from make_jpegs import make_jpegs  # noqa: E402
 
 from input_pipeline import pipeline  # noqa: E402
 from input_pipeline import sources  # noqa: E402
+from jax_moco import sharding  # noqa: E402
 from jax_moco import state as state_lib  # noqa: E402
-from jax_moco import step as step_lib  # noqa: E402
 from jax_moco import train  # noqa: E402
-from jax_moco.monitor import shard_batch  # noqa: E402
+from jax_moco.sharding import shard_batch  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -56,14 +54,14 @@ def synthetic_like(batch, seed=0):
 
 def run(config, steps=50, rounds=3, log=print):
   """Returns {'real_s', 'synthetic_s' (median seconds per step), 'wait_fraction'} and prints them."""
-  mesh = step_lib.create_mesh()
+  mesh = sharding.create_mesh()
   source = sources.get_source(config.dataset, config.data_dir)
   steps_per_epoch = max(source.num_examples // config.batch_size, 1)
   total = (steps + 1) * rounds + 1
   encoder = state_lib.create_encoder(config)
   tx = state_lib.create_optimizer(config, total, steps_per_epoch)
   state = jax.device_put(
-    state_lib.create_train_state(config, encoder, tx, jax.random.key(config.seed)), NamedSharding(mesh, P())
+    state_lib.create_train_state(config, encoder, tx, jax.random.key(config.seed)), sharding.replicated(mesh)
   )
   train_step = train.make_step(config, mesh, encoder, tx, total, steps_per_epoch)
   real = pipeline.train_dataset(

@@ -29,8 +29,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import step as bench_step  # noqa: E402
 
-from jax_moco import step as step_lib  # noqa: E402
-from jax_moco.monitor import shard_batch  # noqa: E402
+from jax_moco import sharding  # noqa: E402
+from jax_moco.sharding import shard_batch  # noqa: E402
 
 FLAGS = flags.FLAGS
 SWEEPS = ('queue', 'num_small', 'topk', 'devices')
@@ -66,7 +66,7 @@ def point_config(base_kwargs, queue, num_small, topk):
 def time_point(config, num_devices, steps):
   """(median seconds per step, compile seconds) of the step on the first `num_devices` devices."""
   fn, state, _ = bench_step.jax_step(config, num_devices=num_devices)
-  mesh = step_lib.create_mesh(jax.devices()[:num_devices])
+  mesh = sharding.create_mesh(jax.devices()[:num_devices])
   batch = shard_batch(mesh, bench_step.synthetic_batch(config))
   start = time.perf_counter()
   compiled = fn.lower(state, batch).compile()

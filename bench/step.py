@@ -21,8 +21,6 @@ import time
 from absl import app
 from absl import flags
 import jax
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -30,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from configs import knn  # noqa: E402
 from jax_moco import schedules  # noqa: E402
+from jax_moco import sharding  # noqa: E402
 from jax_moco import state as state_lib  # noqa: E402
 from jax_moco import step as step_lib  # noqa: E402
 from jax_moco import torch_layout  # noqa: E402
@@ -76,16 +75,21 @@ def synthetic_batch(config, seed=0):
   return batch
 
 
+def on_mesh(batch, num_devices=1):
+  """`batch` on the devices of jax_step's mesh, split over them as the step's explicit mesh axis requires."""
+  return jax.device_put(batch, sharding.batch_sharded(sharding.create_mesh(jax.devices()[:num_devices])))
+
+
 def jax_step(config, seed=0, num_devices=1, ynnpack_convolutions=None):
   """(train step on the first `num_devices` devices, initial state, constant learning rate) for `config`, with
   XLA:CPU's convolutions as `ynnpack_convolutions` ('on' / 'off') or the config's setting."""
-  mesh = step_lib.create_mesh(jax.devices()[:num_devices])
+  mesh = sharding.create_mesh(jax.devices()[:num_devices])
   encoder = state_lib.create_encoder(config)
   lr = config.optim.base_lr * config.batch_size / 256
   tx = state_lib.sgd(lr, config.optim.momentum, config.optim.weight_decay)
   # Replicated over the mesh as the step returns it: the calls after the first find their program compiled.
   state = jax.device_put(
-    state_lib.create_train_state(config, encoder, tx, jax.random.key(seed)), NamedSharding(mesh, P())
+    state_lib.create_train_state(config, encoder, tx, jax.random.key(seed)), sharding.replicated(mesh)
   )
   fn = step_lib.make_train_step(
     mesh,
@@ -156,7 +160,7 @@ def run(config, steps=5, rounds=3, torch_compile=False, channels_last=True, log=
   torch.backends.cudnn.benchmark = True  # cuDNN picks its convolution algorithms as XLA autotunes (no-op on CPU)
   batch = synthetic_batch(config)
   torch_batch = {k: torch.from_numpy(v).to(device) for k, v in batch.items()}
-  device_batch = jax.device_put(batch, jax.devices()[0])
+  device_batch = on_mesh(batch)
   runners, compile_s = {}, {}
   ours_setting = 'on' if xla_cpu.ynnpack_convolutions(config.cpu_ynnpack_convolutions) else 'off'
   names = {'on': 'jax_moco (XLA, YNNPACK convolutions)', 'off': 'jax_moco (XLA, own convolutions)'}

@@ -14,8 +14,8 @@ import jax
 import orbax.checkpoint as ocp
 
 from configs import base
+from jax_moco import sharding
 from jax_moco import state as state_lib
-from jax_moco import step as step_lib
 
 # Fields that fix the state's shapes or the data stream: resuming with other values would crash or silently change
 # the run, so a mismatch is refused with the fields named.
@@ -41,9 +41,9 @@ def _lookup(config_dict, dotted):
   return config_dict
 
 
-def check_compatible(saved: dict, current: dict, directory: str):
+def check_compatible(saved: dict, current: dict, directory: str, fields=STATE_DEFINING_FIELDS):
   diffs = []
-  for field in STATE_DEFINING_FIELDS:
+  for field in fields:
     a, b = _lookup(saved, field), _lookup(current, field)
     if field == 'moco.nn_weight':
       a, b = a > 0, b > 0  # only whether Q_g exists matters for the state
@@ -84,11 +84,15 @@ def newest_restorable(steps, restore, directory):
 
 
 class Checkpointer:
-  """Saves every `every_steps`, keeps the newest `keep`, and restores the latest."""
+  """Saves every `every_steps`, keeps the newest `keep`, and restores the latest. `config_dict` is saved beside
+  each state; restoring refuses a checkpoint whose `defining_fields` differ (by default a training run's
+  STATE_DEFINING_FIELDS; linear classification passes its own settings)."""
 
-  def __init__(self, directory: str, config_dict: dict, every_steps: int, keep: int):
+  def __init__(
+    self, directory: str, config_dict: dict, every_steps: int, keep: int, defining_fields=STATE_DEFINING_FIELDS
+  ):
     self.directory = os.path.abspath(directory)
-    self.config_dict = config_dict
+    self.config_dict, self.defining_fields = config_dict, defining_fields
     options = ocp.CheckpointManagerOptions(
       save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(every_steps),
       preservation_policy=ocp.checkpoint_managers.LatestN(keep),
@@ -115,7 +119,7 @@ class Checkpointer:
 
     def restore(step):
       saved_config = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))['config']
-      check_compatible(saved_config, self.config_dict, self.directory)
+      check_compatible(saved_config, self.config_dict, self.directory, self.defining_fields)
       return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))['state']
 
     step, state, skipped = newest_restorable(self.manager.all_steps(), restore, self.directory)
@@ -155,7 +159,7 @@ def load_run(workdir: str, step=None):
   if step is not None and step not in steps:
     raise ValueError(f'step={step}: no checkpoint at that step in {directory}; saved steps: {sorted(steps)}')
   # Replicated over this process's devices, whatever topology wrote it (e.g. several hosts).
-  replicated = jax.sharding.NamedSharding(step_lib.create_mesh(), jax.sharding.PartitionSpec())
+  replicated = sharding.replicated(sharding.create_mesh())
 
   def restore(step):
     # Fields added to the schema since the run was saved take their defaults, which are what such runs used.

@@ -47,6 +47,11 @@ def create_encoder(config) -> encoder_lib.Encoder:
   return encoder_lib.Encoder(backbone, projection_dim=m.projection_dim, hidden_dim=m.hidden_dim, head=m.head)
 
 
+def backbone_variables(params, batch_stats):
+  """The backbone's own variables within the encoder's parameter and BN-statistics trees."""
+  return {'params': params['backbone'], 'batch_stats': batch_stats['backbone']}
+
+
 def learning_rate_fn(config, total_steps, steps_per_epoch):
   o = config.optim
   per_epoch = steps_per_epoch if o.lr_decay_every == 'epoch' else 0

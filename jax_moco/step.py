@@ -20,9 +20,9 @@ from jax_moco import losses
 from jax_moco import queue as queue_lib
 from jax_moco import shuffle
 from jax_moco.models.encoder import l2_normalize
+from jax_moco.sharding import AXIS
 from jax_moco.state import TrainState
 
-AXIS = 'data'
 # Per-channel (mean, std) of the input images in [0, 1] (`model.normalization`), applied on the accelerator.
 NORMALIZATION = {
   'imagenet': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
@@ -179,11 +179,6 @@ def train_step(state: TrainState, batch, *, encoder, tx, cfg: StepConfig, lr_fn:
     queue_ptr=queue_lib.advance(state.queue_ptr, enqueued, cfg.queue_size),
   )
   return new_state, jax.lax.pmean(metrics, AXIS)
-
-
-def create_mesh(devices=None) -> jax.sharding.Mesh:
-  devices = devices if devices is not None else jax.devices()
-  return jax.sharding.Mesh(devices, (AXIS,))
 
 
 def make_train_step(mesh, encoder, tx, cfg: StepConfig, lr_fn, momentum_fn, compiler_options=None):

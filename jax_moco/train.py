@@ -14,21 +14,19 @@ import time
 from clu import metric_writers
 from clu import parameter_overview
 import jax
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from input_pipeline import pipeline
 from input_pipeline import sources
 from jax_moco import checkpointing
+from jax_moco import config_checks
 from jax_moco import curves
 from jax_moco import schedules
+from jax_moco import sharding
 from jax_moco import state as state_lib
 from jax_moco import step as step_lib
-from jax_moco import validation
 from jax_moco import xla_cpu
 from jax_moco.monitor import KnnMonitor
-from jax_moco.monitor import shard_batch
 
 STEP_INPUTS = ('anchor', 'positive', 'small', 'augment')
 
@@ -127,11 +125,11 @@ def train_and_evaluate(config, workdir: str, on_metrics=None) -> state_lib.Train
   `on_metrics(step, scalars)`, if given, receives every logged scalar dict on process 0 (training metrics every
   `log_every_steps`, `knn/top1` and `knn/top5` at each kNN evaluation): live plots in a notebook, for example.
   """
-  config = validation.with_resolved_bn_groups(config, jax.device_count())
-  validation.validate(config, jax.device_count(), jax.process_count())
+  config = config_checks.with_resolved_bn_groups(config, jax.device_count())
+  config_checks.validate(config, jax.device_count(), jax.process_count())
   os.makedirs(workdir, exist_ok=True)
   is_chief = jax.process_index() == 0
-  mesh = step_lib.create_mesh()
+  mesh = sharding.create_mesh()
   source = sources.get_source(config.dataset, config.data_dir)
   steps_per_epoch = max(source.num_examples // config.batch_size, 1)
   total_steps = config.num_train_steps or int(config.num_epochs * steps_per_epoch)
@@ -148,7 +146,7 @@ def train_and_evaluate(config, workdir: str, on_metrics=None) -> state_lib.Train
   encoder = state_lib.create_encoder(config)
   tx = state_lib.create_optimizer(config, total_steps, steps_per_epoch)
   state = state_lib.create_train_state(config, encoder, tx, jax.random.key(config.seed))
-  state = jax.device_put(state, NamedSharding(mesh, P()))
+  state = jax.device_put(state, sharding.replicated(mesh))
   checkpointer = checkpointing.Checkpointer(
     os.path.join(workdir, 'checkpoints'), config.to_dict(), config.checkpoint_every_steps, config.keep_checkpoints
   )
@@ -252,7 +250,7 @@ def _train_loop(config, state, train_step, data, mesh, checkpointer, total_steps
           '%s received at step %d while waiting for input: stopping; run the same command to resume.', stop[0], step - 1
         )
         break
-      state, metrics = train_step(state, shard_batch(mesh, step_inputs(batch)))
+      state, metrics = train_step(state, sharding.shard_batch(mesh, step_inputs(batch)))
       progress.update(1)
       log_now = step % config.log_every_steps == 0 or step == total_steps
       if log_now or stop or checkpointer.manager.should_save(step):

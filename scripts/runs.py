@@ -9,8 +9,8 @@ import time
 import jax
 
 from configs import presets
+from jax_moco import config_checks
 from jax_moco import train
-from jax_moco import validation
 
 
 def config(method, overrides, steps=None):
@@ -67,7 +67,7 @@ def _refuse_another_config(config, workdir):
     return
   with open(path) as f:
     recorded = dict(flat_fields(json.load(f)))
-  resolved = validation.with_resolved_bn_groups(config, jax.device_count()).to_dict()
+  resolved = config_checks.with_resolved_bn_groups(config, jax.device_count()).to_dict()
   expected = dict(flat_fields(json.loads(json.dumps(resolved))))
   differing = sorted(k for k in recorded.keys() & expected.keys() if recorded[k] != expected[k])
   if differing:

@@ -2,8 +2,6 @@
 with bad files."""
 
 import jax
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 import numpy as np
 from PIL import Image
 
@@ -11,8 +9,8 @@ from configs import knn
 from configs import presets
 from input_pipeline import pipeline
 from input_pipeline import sources
+from jax_moco import sharding
 from jax_moco import state as state_lib
-from jax_moco import step as step_lib
 from jax_moco import train
 
 
@@ -48,11 +46,11 @@ def flat_state(state):
 
 
 def build(config, devices=None, steps_per_epoch=100, total_steps=100):
-  mesh = step_lib.create_mesh(devices)
+  mesh = sharding.create_mesh(devices)
   encoder = state_lib.create_encoder(config)
   tx = state_lib.create_optimizer(config, total_steps, steps_per_epoch)
   state = state_lib.create_train_state(config, encoder, tx, jax.random.key(0))
-  state = jax.device_put(state, NamedSharding(mesh, P()))
+  state = jax.device_put(state, sharding.replicated(mesh))
   return mesh, state, train.make_step(config, mesh, encoder, tx, total_steps, steps_per_epoch)
 
 

@@ -33,7 +33,7 @@ def test_reference_step_computes_our_step(order):
   fn, state, lr = bench_step.jax_step(config)
   model, optimizer = bench_step.torch_reference(config, state, lr, channels_last=True)
   batch = bench_step.synthetic_batch(config)
-  new_state, metrics = fn(state, batch)
+  new_state, metrics = fn(state, bench_step.on_mesh(batch))
   theirs = ref.train_step(model, optimizer, {k: torch.from_numpy(v) for k, v in batch.items()})
   atol = loss_atol(config.moco.temperature, config.model.projection_dim, terms=2)
   for name in ('loss', 'loss_inst', 'loss_nn'):

@@ -10,7 +10,7 @@ from configs import knn
 from configs import mocov2
 from configs import multicrop
 from configs import presets
-from jax_moco import validation
+from jax_moco import config_checks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,12 +20,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_every_config_and_preset_is_valid(module, preset):
   config = module.get_config(preset)
   for devices in (8, 1):
-    validation.validate(config, num_devices=devices)
-    groups = validation.bn_groups_for(config, devices)
+    config_checks.validate(config, num_devices=devices)
+    groups = config_checks.bn_groups_for(config, devices)
     assert devices * groups >= 2 and config.batch_size % (devices * groups) == 0
   if preset in ('coco', 'imagenet'):  # the authors' BN batch: 128 images a group on one device and on two
-    assert config.batch_size // validation.bn_groups_for(config, 1) == 128
-    assert config.batch_size // (2 * validation.bn_groups_for(config, 2)) == 128
+    assert config.batch_size // config_checks.bn_groups_for(config, 1) == 128
+    assert config.batch_size // (2 * config_checks.bn_groups_for(config, 2)) == 128
 
 
 def test_variants_differ_where_the_paper_says():
@@ -94,7 +94,7 @@ def test_cifar10_preset_is_the_moco_colabs_run():
   assert c.crops.num_small == 0 and not c.crops.aplus and c.moco.nn_weight == 0 and not c.moco.symmetric
   assert (c.model.normalization, c.knn.feature, c.knn.k, c.knn.temperature) == ('cifar10', 'head', 200, 0.1)
   c.moco.symmetric = True  # its --symmetric
-  validation.validate(c, num_devices=1)
+  config_checks.validate(c, num_devices=1)
 
 
 def test_coco800_warms_the_nn_loss_up_for_20_epochs():
@@ -121,5 +121,5 @@ def test_out_of_range_fields_are_refused(field, value):
   config = knn.get_config()
   section, name = field.split('.')
   config[section][name] = value
-  with pytest.raises(validation.ConfigError, match=field.replace('.', r'\.')):
-    validation.validate(config, num_devices=1)
+  with pytest.raises(config_checks.ConfigError, match=field.replace('.', r'\.')):
+    config_checks.validate(config, num_devices=1)

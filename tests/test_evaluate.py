@@ -15,11 +15,15 @@ from input_pipeline import pipeline
 from input_pipeline import sources
 from jax_moco import checkpointing
 from jax_moco import evaluate
-from jax_moco import knn
-from jax_moco import linear_probe
+from jax_moco import evaluators
 from jax_moco import monitor
+from jax_moco import sharding
 from jax_moco import state as state_lib
 from jax_moco import step as step_lib
+from jax_moco.evaluators import features as features_lib
+from jax_moco.evaluators import knn
+from jax_moco.evaluators import linear_classification
+from jax_moco.evaluators import linear_probe
 
 
 def clusters(n, num_classes=5, dim=16, spread=0.1, seed=0):
@@ -135,11 +139,10 @@ def test_padded_extraction_equals_one_image_at_a_time(make_config):
   config = make_config()
   encoder = state_lib.create_encoder(config)
   state = state_lib.initial_state(config, 0)
-  variables = monitor.backbone_variables(state.params, state.batch_stats)
-  mesh = step_lib.create_mesh()
+  variables = state_lib.backbone_variables(state.params, state.batch_stats)
   source = sources.get_source('embedded_subset:test')
-  ds = pipeline.eval_dataset(source, 32, 16, max_examples=37)  # 37 = 2 whole batches + 5, padded with masks
-  features, labels = monitor.extract_features(monitor.make_feature_fn(mesh, encoder.backbone), variables, ds, mesh)
+  extract = features_lib.Features(sharding.create_mesh(), encoder.backbone, 'imagenet', 32, 16)
+  features, labels = extract(variables, source, max_examples=37)  # 37 = 2 whole batches + 5, padded with masks
   assert features.shape[0] == 37
   for i in (0, 17, 36):
     image = pipeline.resize_for_eval(source.load(i)['image'], 32).numpy()[None]
@@ -157,14 +160,12 @@ def test_normalization_statistics_and_the_head_feature_monitor(make_config):
   config = make_config(**{'knn.feature': 'head', 'model.head': 'linear', 'model.normalization': 'cifar10'})
   encoder = state_lib.create_encoder(config)
   state = state_lib.initial_state(config, 0)
-  mesh = step_lib.create_mesh()
-  knn_monitor = monitor.KnnMonitor(config, mesh, encoder)
-  ds = pipeline.eval_dataset(knn_monitor.test, 32, 16, max_examples=16)
+  task = monitor.KnnMonitor(config, sharding.create_mesh(), encoder).knn.task
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
-  features, _ = monitor.extract_features(knn_monitor.feature_fn, variables, ds, mesh)
+  features, _ = task.features(variables, task.test, 16)
   assert features.shape == (16, 128)
   np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1.0, rtol=1e-5)
-  image = pipeline.resize_for_eval(knn_monitor.test.load(3)['image'], 32).numpy()[None]
+  image = pipeline.resize_for_eval(task.test.load(3)['image'], 32).numpy()[None]
   _, alone = encoder.apply(variables, step_lib.normalize(jnp.asarray(image), 'cifar10'), train=False)
   np.testing.assert_allclose(features[3], np.asarray(alone)[0], rtol=1e-4, atol=1e-5)
 
@@ -183,7 +184,7 @@ def test_evaluate_a_saved_run_writes_results_and_reuses_features(make_config, tm
   def no_network(*args, **kwargs):
     raise AssertionError('features should come from the cache')
 
-  monkeypatch.setattr(monitor, 'extract_features', no_network)
+  monkeypatch.setattr(features_lib.Features, 'extract', no_network)
   probe = evaluate.evaluate(str(tmp_path), 'linear_probe', max_examples=400, n_jobs=1)
   assert 10 <= probe['top1'] <= 100 and len(probe['validation_curve']) == 45
   assert 'linear probe' in evaluate.format_table(probe)
@@ -191,6 +192,12 @@ def test_evaluate_a_saved_run_writes_results_and_reuses_features(make_config, tm
   Image.new('RGB', (8, 8)).save(tmp_path / 'unlabelled' / 'a.png')
   with pytest.raises(ValueError, match='has no labels'):
     evaluate.evaluate(str(tmp_path), 'knn', dataset='folder:' + str(tmp_path / 'unlabelled'))
+  # One table of protocols, and each protocol's options only.
+  assert evaluators.PROTOCOLS == ('knn', 'linear_probe', 'linear_classification')
+  with pytest.raises(ValueError, match="protocol='linear': choose one of knn, linear_probe, linear_classification"):
+    evaluate.evaluate(str(tmp_path), 'linear')
+  with pytest.raises(ValueError, match='epochs: not an option of protocol=knn'):
+    evaluate.evaluate(str(tmp_path), 'knn', epochs=3)
 
 
 @pytest.mark.heavy(50)  # seconds on 2 cores, for the order of tests/conftest.py
@@ -202,10 +209,10 @@ def test_linear_classification_learns_and_resumes_exactly(make_config, tmp_path,
     checkpointer.save(0, state, force=True)
     checkpointer.close()
   settings = dict(dataset='embedded_subset:test', epochs=10, batch_size=400, lr=10.0)  # 2000 images: 5 steps an epoch
-  straight = evaluate.evaluate(str(tmp_path / 'straight'), 'linear', **settings)
+  straight = evaluate.evaluate(str(tmp_path / 'straight'), 'linear_classification', **settings)
   assert straight['steps'] == 50 and straight['top1'] > 20  # ten classes (chance 10 %): it learns
 
-  make = evaluate.linear_eval.pipeline.classification_dataset
+  make = linear_classification.pipeline.classification_dataset
 
   class Preempted(Exception):
     pass
@@ -220,9 +227,12 @@ def test_linear_classification_learns_and_resumes_exactly(make_config, tmp_path,
     return type('Stream', (), {'as_numpy_iterator': lambda self: batches()})()
 
   with monkeypatch.context() as patch:
-    patch.setattr(evaluate.linear_eval.pipeline, 'classification_dataset', stops_after_epoch_one)
+    patch.setattr(linear_classification.pipeline, 'classification_dataset', stops_after_epoch_one)
     with pytest.raises(Preempted):
-      evaluate.evaluate(str(tmp_path / 'resumed'), 'linear', **settings)
-  resumed = evaluate.evaluate(str(tmp_path / 'resumed'), 'linear', **settings)  # continues from the epoch-1 save
+      evaluate.evaluate(str(tmp_path / 'resumed'), 'linear_classification', **settings)
+  # Continues from the epoch-1 save; other settings are refused rather than resumed.
+  resumed = evaluate.evaluate(str(tmp_path / 'resumed'), 'linear_classification', **settings)
   assert resumed['top1'] == straight['top1']
   assert 'linear classification (10 epochs' in evaluate.format_table(resumed)
+  with pytest.raises(checkpointing.ConfigMismatchError, match=r'lr: checkpoint 10\.0 vs now 5\.0'):
+    evaluate.evaluate(str(tmp_path / 'resumed'), 'linear_classification', **{**settings, 'lr': 5.0})

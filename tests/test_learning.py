@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from jax_moco.monitor import shard_batch
+from jax_moco.sharding import shard_batch
 from tests.helpers import build
 from tests.helpers import real_batches
 

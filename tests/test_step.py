@@ -7,11 +7,12 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 import pytest
 
+from jax_moco import config_checks
 from jax_moco import queue as queue_lib
+from jax_moco import sharding
 from jax_moco import shuffle
 from jax_moco import step as step_lib
-from jax_moco import validation
-from jax_moco.monitor import shard_batch
+from jax_moco.sharding import shard_batch
 from tests.helpers import build
 from tests.helpers import loss_atol
 from tests.helpers import real_batches
@@ -43,9 +44,9 @@ def test_unshuffle_restores_the_order_and_every_device_draws_the_same_permutatio
   assert sorted(np.asarray(perm)) == list(range(40))
   x = jnp.arange(40) * 10
   np.testing.assert_array_equal(x[perm][shuffle.inverse_permutation(perm)], x)
-  mesh = step_lib.create_mesh()
+  mesh = sharding.create_mesh()
   per_device = jax.shard_map(
-    lambda key: shuffle.batch_permutation(key[0], 40)[None], mesh=mesh, in_specs=P(), out_specs=P(step_lib.AXIS)
+    lambda key: shuffle.batch_permutation(key[0], 40)[None], mesh=mesh, in_specs=P(), out_specs=P(sharding.AXIS)
   )
   rows = np.asarray(jax.jit(per_device)(jax.random.key(3)[None]))
   assert rows.shape == (8, 40)
@@ -186,19 +187,19 @@ def test_mocov2_has_no_backbone_queue(make_config, batches):
   ],
 )
 def test_invalid_configs_are_refused_naming_the_field(make_config, field, overrides):
-  with pytest.raises(validation.ConfigError, match=field.replace('.', r'\.')):
-    validation.validate(make_config(**overrides), num_devices=8)
+  with pytest.raises(config_checks.ConfigError, match=field.replace('.', r'\.')):
+    config_checks.validate(make_config(**overrides), num_devices=8)
 
 
 def test_one_bn_group_in_all_is_refused_and_auto_groups_resolve(make_config):
-  with pytest.raises(validation.ConfigError, match='bn_groups.*nothing to shuffle'):
-    validation.validate(make_config(bn_groups=1), num_devices=1)
-  validation.validate(make_config(bn_groups=1), num_devices=8)  # 8 devices are 8 groups
+  with pytest.raises(config_checks.ConfigError, match='bn_groups.*nothing to shuffle'):
+    config_checks.validate(make_config(bn_groups=1), num_devices=1)
+  config_checks.validate(make_config(bn_groups=1), num_devices=8)  # 8 devices are 8 groups
   auto = make_config(bn_groups=0, batch_size=256)
-  assert validation.bn_groups_for(auto, 1) == 2  # the authors' BN batch of 128
-  assert validation.bn_groups_for(auto, 8) == 1
-  assert validation.bn_groups_for(make_config(bn_groups=0, batch_size=64), 1) == 2
-  assert validation.with_resolved_bn_groups(auto, 1).bn_groups == 2 and auto.bn_groups == 0
+  assert config_checks.bn_groups_for(auto, 1) == 2  # the authors' BN batch of 128
+  assert config_checks.bn_groups_for(auto, 8) == 1
+  assert config_checks.bn_groups_for(make_config(bn_groups=0, batch_size=64), 1) == 2
+  assert config_checks.with_resolved_bn_groups(auto, 1).bn_groups == 2 and auto.bn_groups == 0
 
 
 def test_bfloat16_compute_keeps_float32_params(make_config, batches):
@@ -260,11 +261,11 @@ def test_symmetric_loss_on_eight_devices_stays_replicated(batches):
   [{}, {'moco.nn_weight': 0.0, 'crops.aplus': False}, {'crops.num_small': 0, 'moco.nn_weight': 0.0}],
 )
 def test_symmetric_loss_is_refused_where_it_is_not_defined(overrides):
-  with pytest.raises(validation.ConfigError, match=r'moco\.symmetric'):
-    validation.validate(tiny_config(**{'moco.symmetric': True, **overrides}), num_devices=8)
+  with pytest.raises(config_checks.ConfigError, match=r'moco\.symmetric'):
+    config_checks.validate(tiny_config(**{'moco.symmetric': True, **overrides}), num_devices=8)
 
 
 def test_symmetric_loss_needs_room_for_both_crops_keys():
-  validation.validate(two_crop({'moco.symmetric': True}, [])[0], num_devices=8)
-  with pytest.raises(validation.ConfigError, match=r'moco\.queue_size.*both crops'):
-    validation.validate(two_crop({'moco.symmetric': True, 'moco.queue_size': 96}, [])[0], num_devices=8)
+  config_checks.validate(two_crop({'moco.symmetric': True}, [])[0], num_devices=8)
+  with pytest.raises(config_checks.ConfigError, match=r'moco\.queue_size.*both crops'):
+    config_checks.validate(two_crop({'moco.symmetric': True, 'moco.queue_size': 96}, [])[0], num_devices=8)

@@ -65,7 +65,9 @@ def conv_small_maps_as_matmul(
 
 
 class ResidualBlock(nn.Module):
-  """Fields shared by both block types; `expansion` is the output width over `planes`."""
+  """Fields shared by both block types; `expansion` is the output width over `planes`. `dilation` is the stage's;
+  `first_dilation` that of the block's first 3x3 conv, the one that may stride (timm's convention: in the first
+  block of a dilated stage it keeps the previous stage's dilation, 1; torchvision's BasicBlock has no dilation)."""
 
   planes: int
   stride: int = 1
@@ -74,6 +76,7 @@ class ResidualBlock(nn.Module):
   zero_init_last: bool = False
   norm: functools.partial = SplitBatchNorm
   conv: functools.partial = nn.Conv
+  first_dilation: int = 1
 
 
 class BasicBlock(ResidualBlock):
@@ -81,9 +84,8 @@ class BasicBlock(ResidualBlock):
 
   @nn.compact
   def __call__(self, x, train):
-    out = self.conv(
-      self.planes, (3, 3), self.stride, padding=self.dilation, kernel_dilation=self.dilation, name='conv1'
-    )(x)
+    d = self.first_dilation
+    out = self.conv(self.planes, (3, 3), self.stride, padding=d, kernel_dilation=d, name='conv1')(x)
     out = nn.relu(self.norm(name='bn1')(out, train))
     out = self.conv(self.planes, (3, 3), padding=self.dilation, kernel_dilation=self.dilation, name='conv2')(out)
     out = self.norm(name='bn2', zero_init=self.zero_init_last)(out, train)
@@ -96,9 +98,8 @@ class Bottleneck(ResidualBlock):
   @nn.compact
   def __call__(self, x, train):
     out = nn.relu(self.norm(name='bn1')(self.conv(self.planes, (1, 1), name='conv1')(x), train))
-    out = self.conv(
-      self.planes, (3, 3), self.stride, padding=self.dilation, kernel_dilation=self.dilation, name='conv2'
-    )(out)
+    d = self.first_dilation
+    out = self.conv(self.planes, (3, 3), self.stride, padding=d, kernel_dilation=d, name='conv2')(out)
     out = nn.relu(self.norm(name='bn2')(out, train))
     out = self.conv(self.planes * 4, (1, 1), name='conv3')(out)
     out = self.norm(name='bn3', zero_init=self.zero_init_last)(out, train)
@@ -113,7 +114,8 @@ def _shortcut(block, x, train):
 
 
 class ResNet(nn.Module):
-  """Backbone: images [B, H, W, 3] (normalised) -> globally pooled features [B, C]."""
+  """Backbone: images [B, H, W, 3] (normalised) -> globally pooled features [B, C], or with `pool=False` the last
+  stage's feature maps [B, ceil(H / output_stride), ceil(W / output_stride), C] (float32) for dense evaluations."""
 
   stage_sizes: Sequence[int]
   block: type
@@ -123,10 +125,18 @@ class ResNet(nn.Module):
   zero_init_residual: bool = False
   bn_groups: int = 1
   dtype: jnp.dtype = jnp.float32
+  pool: bool = True
 
   @property
   def num_features(self):
     return int(512 * self.width) * self.block.expansion
+
+  @property
+  def output_stride(self):
+    """Input pixels per feature-map location: x4 in the ImageNet stem, x2 in every stage after the first, except a
+    dilated last stage."""
+    stem = 4 if self.stem == 'imagenet' else 1
+    return stem * 2 ** (len(self.stage_sizes) - 2 + (not self.dilate_last))
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -155,15 +165,17 @@ class ResNet(nn.Module):
         x = self.block(
           planes,
           stride if i == 0 else 1,
-          dilation if i > 0 or not downsample else 1,
+          dilation,
           downsample,
           self.zero_init_residual,
           norm=norm,
           conv=conv,
+          first_dilation=dilation if i > 0 or not downsample else 1,
           name=f'layer{stage + 1}_{i}',
         )(x, train)
         in_planes = planes * self.block.expansion
-    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    x = x.astype(jnp.float32)
+    return jnp.mean(x, axis=(1, 2)) if self.pool else x
 
 
 ARCHS = {

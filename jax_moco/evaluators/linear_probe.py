@@ -1,6 +1,6 @@
-"""Linear probe of paper 001, appendix A.2 (the protocol of Ericsson et al.): logistic regression (scikit-learn,
-L-BFGS) on frozen features; the L2 constant chosen on a validation split among 45 log-spaced values from 1e-5 to 1e5,
-then the model refit on train + validation and scored on test.
+"""The `linear_probe` protocol of paper 001, appendix A.2 (the protocol of Ericsson et al.): logistic regression
+(scikit-learn, L-BFGS) on frozen features; the L2 constant chosen on a validation split among 45 log-spaced values
+from 1e-5 to 1e5, then the model refit on train + validation and scored on test.
 
 Single-label data: one multinomial (softmax cross-entropy) classifier, top-1 accuracy. Multi-label data (targets
 [N, C] of 1 / 0 / -1, VOC07): one binary classifier per class sharing the constant, mean average precision; examples
@@ -12,6 +12,8 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score
 from sklearn.model_selection import train_test_split
+
+from jax_moco.evaluators import common
 
 L2_GRID = np.logspace(-5, 5, 45)  # the regularisation constants; scikit-learn's C is 1 / L2
 VALIDATION_FRACTION = 0.2  # held out of train (class-stratified) when a dataset has no validation split
@@ -109,3 +111,32 @@ def linear_probe(train_features, train_labels, test_features, test_labels, valid
     f'validation_{test["metric"]}': float(scores[best]),
     'validation_curve': [[float(l2), float(s)] for l2, s in zip(grid, scores)],
   }
+
+
+class Evaluator:
+  """`validation_dataset`: a labelled dataset string to choose the constant on (default: 20 % of train);
+  `n_jobs`: joblib's parallel fits of the grid."""
+
+  def __init__(self, task: common.Task, validation_dataset=None, n_jobs=-1):
+    self.task, self.n_jobs = task, n_jobs
+    self.validation = validation_dataset and common.labelled(validation_dataset, task.config.data_dir, 'validation')
+
+  def run(self, variables):
+    t = self.task
+    train_x, train_y = t.features(variables, t.train, t.max_train)
+    test_x, test_y = t.features(variables, t.test, t.max_test)
+    validation = self.validation and t.features(variables, self.validation, t.max_train)
+    yield from linear_probe(train_x, train_y, test_x, test_y, validation=validation, n_jobs=self.n_jobs).items()
+    if self.validation:
+      yield 'validation_dataset', self.validation.name
+    yield from dict(num_train=len(train_y), num_test=len(test_y)).items()
+
+  @staticmethod
+  def describe(result):
+    metric = result['metric']
+    per_class = ', one binary classifier per class' if metric == 'map' else ''
+    return (
+      f'linear probe (logistic regression, L-BFGS{per_class})',
+      f'{"mAP" if metric == "map" else "top-1"} {result[metric]:.2f} % (L2 = {result["l2"]:.3g}, chosen on '
+      f'validation at {result["validation_" + metric]:.2f} %)',
+    )

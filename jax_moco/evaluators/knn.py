@@ -1,4 +1,5 @@
-"""Weighted kNN classifier on frozen, L2-normalised features (InstDisc; the MoCo CIFAR-10 demo's monitor).
+"""The `knn` protocol: weighted kNN classifier on frozen, L2-normalised features (InstDisc; the MoCo CIFAR-10
+demo's monitor, and the training monitor's classifier), top-1 and top-5; bank = the train set, queries = the test set.
 
 Each test feature votes with its k most similar bank features, weighted exp(sim / T). Queries and the bank are both
 processed in chunks on the accelerator (a running top-k is merged chunk by chunk), so memory is bounded by the chunk
@@ -10,6 +11,10 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jax_moco.evaluators import common
+
+METRICS = ('top1', 'top5')
 
 
 def _normalize(x):
@@ -70,3 +75,32 @@ def knn_classify(
   top1 = float(np.mean(ranked[:, 0] == test_labels) * 100)
   top5 = float(np.mean((ranked == test_labels[:, None]).any(axis=1)) * 100)
   return {'top1': top1, 'top5': top5}
+
+
+class Evaluator:
+  """k and T default to the run's config (`knn.k`, `knn.temperature`: 200 and 0.1)."""
+
+  def __init__(self, task: common.Task, knn_k=None, knn_temperature=None):
+    common.require_single_label(task, 'knn')
+    self.task = task
+    self.k = knn_k or task.config.knn.k
+    self.temperature = knn_temperature or task.config.knn.temperature
+
+  def run(self, variables):
+    t = self.task
+    bank_x, bank_y = t.features(variables, t.train, t.max_train)
+    test_x, test_y = t.features(variables, t.test, t.max_test)
+    yield from knn_classify(bank_x, bank_y, test_x, test_y, self.k, self.temperature, t.num_classes).items()
+    yield from dict(k=self.k, temperature=self.temperature, num_train=len(bank_y), num_test=len(test_y)).items()
+
+  @staticmethod
+  def describe(result):
+    return (
+      f'kNN (k={result["k"]}, T={result["temperature"]})',
+      f'top-1 {result["top1"]:.2f} %, top-5 {result["top5"]:.2f} %',
+    )
+
+
+def metrics(pairs) -> dict:
+  """The accuracies among an Evaluator's (name, value) pairs (the settings and counts left out)."""
+  return {name: value for name, value in pairs if name in METRICS}

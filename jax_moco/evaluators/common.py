@@ -1,0 +1,45 @@
+"""What every protocol is given (`Task`) and the checks they share on the labelled datasets."""
+
+import dataclasses
+from typing import Any
+from typing import Optional
+
+from input_pipeline import sources
+from jax_moco.evaluators.features import Features
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """One protocol's inputs: the run's config, the frozen network's feature extractor (which also holds the mesh,
+  the module and the eval size), the labelled train and test sets with their caps, and the directory the protocol
+  may write its state to (None: nothing is written, as in the training monitor)."""
+
+  config: Any
+  features: Features
+  train: Any  # input_pipeline.sources.Source
+  test: Any
+  directory: Optional[str] = None
+  max_train: Optional[int] = None
+  max_test: Optional[int] = None
+
+  @property
+  def num_classes(self) -> int:
+    return max(self.train.num_classes, self.test.num_classes)
+
+
+def labelled(spec, data_dir, default_split):
+  """The source named by `spec`, refused when it has no labels."""
+  source = sources.get_source(spec, data_dir, default_split=default_split)
+  if source.num_classes is None:
+    raise ValueError(
+      f'dataset {spec!r} has no labels; evaluation needs a labelled dataset (--dataset / --test_dataset)'
+    )
+  return source
+
+
+def require_single_label(task, protocol):
+  if task.train.multi_label or task.test.multi_label:
+    raise ValueError(
+      f'protocol={protocol} needs single-label data; {task.train.name} / {task.test.name} are multi-label: use '
+      '--protocol=linear_probe (mAP)'
+    )
