@@ -102,7 +102,7 @@ def to_nchw(x):
   return torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
 
 
-@pytest.mark.heavy(50)  # seconds on 2 cores, for the order of tests/conftest.py
+@pytest.mark.heavy(20)  # seconds on 2 cores, for the order of tests/conftest.py
 @pytest.mark.parametrize('arch,stem', [('resnet18', 'cifar'), ('resnet50', 'imagenet')])
 def test_torchvision_export_computes_the_same_features(tmp_path, arch, stem):
   config = run_config(arch, stem)
@@ -128,6 +128,7 @@ def test_torchvision_export_computes_the_same_features(tmp_path, arch, stem):
   assert set(missing.missing_keys) == {'fc.weight', 'fc.bias'} and not missing.unexpected_keys
 
 
+@pytest.mark.heavy(25)  # seconds on 2 cores, for the order of tests/conftest.py
 def test_moco_layout_is_the_official_builders_and_main_lincls_loads_it(tmp_path):
   config = run_config('resnet50')
   encoder, state = perturbed_state(config)

@@ -152,7 +152,7 @@ def test_eight_devices_equal_one_device_with_eight_bn_groups(make_config, batche
   jax.tree.map(close, multi[0], single[0])
 
 
-@pytest.mark.heavy(45)  # seconds on 2 cores, for the order of tests/conftest.py
+@pytest.mark.heavy(30)  # seconds on 2 cores, for the order of tests/conftest.py
 def test_enqueue_then_mine_picks_from_the_current_batch(make_config, batches):
   """Appendix B's order mines in Q_g after this step's enqueue: the positives' own anchors are there, and they are
   their nearest neighbours far more often than chance; the paper's order never sees them at step 0."""

@@ -67,7 +67,7 @@ def folder_with_bad_files(tmp_path_factory):
   return write_folder_with_bad_files(tmp_path_factory.mktemp('folder'))
 
 
-@pytest.mark.heavy(50)  # seconds on 2 cores, for the order of tests/conftest.py
+@pytest.mark.heavy(20)  # seconds on 2 cores, for the order of tests/conftest.py
 def test_end_to_end_with_knn_summary(make_config, tmp_path, capsys):
   config = make_config(num_train_steps=4, **{'knn.every_epochs': 2 / (10000 // 32)})  # kNN every 2 steps
   reported = []
@@ -99,7 +99,7 @@ def test_end_to_end_with_knn_summary(make_config, tmp_path, capsys):
   assert any(name.startswith('events.out.tfevents') for name in os.listdir(tmp_path))
 
 
-@pytest.mark.heavy(75)  # seconds on 2 cores, for the order of tests/conftest.py
+@pytest.mark.heavy(60)  # seconds on 2 cores, for the order of tests/conftest.py
 def test_interrupted_and_resumed_run_equals_uninterrupted(make_config, tmp_path, monkeypatch, folder_with_bad_files):
   # On a folder with bad files (left out by the scan, or replaced when they fail to decode), so resuming at
   # step * batch is tested where examples are dropped.
@@ -140,7 +140,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(make_config, tmp_path,
   assert sorted(os.listdir(checkpoints)) == before
 
 
-@pytest.mark.heavy(50)  # seconds on 2 cores, for the order of tests/conftest.py
+@pytest.mark.heavy(20)  # seconds on 2 cores, for the order of tests/conftest.py
 def test_resuming_with_another_config_is_refused(make_config, tmp_path):
   train.train_and_evaluate(make_config(num_train_steps=2, eval_dataset=''), str(tmp_path))
   with pytest.raises(checkpointing.ConfigMismatchError, match=r'model: checkpoint .*width.* vs now'):
@@ -179,6 +179,7 @@ def test_curves_draw_the_panels_the_metrics_have(tmp_path):
   assert 'kNN top-1 (%)' not in curves.plot(str(path), str(tmp_path / 'curves.png'))
 
 
+@pytest.mark.heavy(30)  # seconds on 2 cores, for the order of tests/conftest.py
 def test_the_default_console_shows_the_run_and_none_of_the_chatter(tmp_path):
   """The CLI as a user runs it (TensorFlow's log level unset, one device), on a folder with bad files, with a kNN
   monitor: the work directory, the run, the files left out, the progress, the log lines and the summary."""
