@@ -87,7 +87,10 @@ def _decodable_examples(source: sources.Source, seed: int):
 
     tries = tf.data.Dataset.range(DECODE_TRIES).map(graph_code(load)).ignore_errors()
     chosen = tries.concatenate(tf.data.Dataset.range(1).map(graph_code(give_up))).take(1)
-    mark = lambda t, example: (counter, {**example, 'replaced': tf.cast(tf.where(t > 0, first, -1), tf.int32)})  # noqa: E731
+
+    def mark(t, example):
+      return counter, {**example, 'replaced': tf.cast(tf.where(t > 0, first, -1), tf.int32)}
+
     return chosen.map(graph_code(mark))
 
   return candidates
@@ -111,7 +114,11 @@ def _counter_batches(
     # One example per counter, in counter order: each inner dataset yields exactly one element.
     ds = counters.interleave(_decodable_examples(source, seed), num_parallel_calls=AUTOTUNE, deterministic=True)
   else:
-    ds = counters.map(graph_code(lambda c: (c, {**source.load(example_index(c, n, seed)), 'replaced': -1})))
+
+    def load(counter):  # in parallel: TFDS sources of encoded images decode here
+      return counter, {**source.load(example_index(counter, n, seed)), 'replaced': -1}
+
+    ds = counters.map(graph_code(load), num_parallel_calls=AUTOTUNE)
 
   def make(counter, example):
     return {**make_example(example, counter), 'replaced': example['replaced']}

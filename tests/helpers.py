@@ -57,7 +57,7 @@ def build(config, devices=None, steps_per_epoch=100, total_steps=100):
 def real_batches(config, n):
   source = sources.get_source(config.dataset)
   ds = pipeline.train_dataset(source, pipeline.view_spec(config.crops), config.batch_size, config.seed)
-  return [{k: v for k, v in b.items() if k != 'label'} for b in ds.take(n).as_numpy_iterator()]
+  return [train.step_inputs(b) for b in ds.take(n).as_numpy_iterator()]
 
 
 def write_folder_with_bad_files(root):
