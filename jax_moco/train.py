@@ -14,6 +14,7 @@ import time
 from clu import metric_writers
 from clu import parameter_overview
 import jax
+import jax.numpy as jnp
 from tqdm import tqdm
 
 from input_pipeline import pipeline
@@ -29,6 +30,10 @@ from jax_moco import xla_cpu
 from jax_moco.monitor import KnnMonitor
 
 STEP_INPUTS = ('anchor', 'positive', 'small', 'augment')
+# Values the step reads from its schedules (or the queue's fill): logged as they are at the log step. Every other
+# metric is logged as its mean over the steps since the previous log line, as flax's examples log them, so the curves
+# show the trend rather than one batch's draw.
+AT_THE_STEP = ('lr', 'ema_momentum', 'nn_weight', 'queue_fill')
 
 
 def step_inputs(batch):
@@ -99,6 +104,17 @@ def _check_finite(metrics, step, checkpointer):
       f'Nothing after the last good checkpoint was saved: the same command resumes from {resumes} in '
       f'{checkpointer.directory} (a lower --config.optim.base_lr may be needed).'
     )
+
+
+@jax.jit
+def _add_metrics(total, metrics):
+  return jax.tree.map(jnp.add, total, metrics)
+
+
+def window_means(total, count, last):
+  """The logged scalars: the means over the window (`total` summed over `count` steps) of the step's metrics, the
+  AT_THE_STEP ones from the `last` step."""
+  return {name: last[name] if name in AT_THE_STEP else total[name] / count for name in last}
 
 
 def _write_json(path, payload, mode='w'):
@@ -243,6 +259,7 @@ def _train_loop(config, state, train_step, data, mesh, checkpointer, total_steps
     ) as progress,
   ):
     data = until_stopped(data, stop)
+    window, window_steps = None, 0  # the metrics summed on device since the last log line
     for step in range(start_step + 1, total_steps + 1):
       batch = next(data, None)
       if batch is None:  # a stop while waiting for input (the stream is endless): the caller saves the last step
@@ -251,6 +268,8 @@ def _train_loop(config, state, train_step, data, mesh, checkpointer, total_steps
         )
         break
       state, metrics = train_step(state, sharding.shard_batch(mesh, step_inputs(batch)))
+      window = metrics if window is None else _add_metrics(window, metrics)
+      window_steps += 1
       progress.update(1)
       log_now = step % config.log_every_steps == 0 or step == total_steps
       if log_now or stop or checkpointer.manager.should_save(step):
@@ -258,6 +277,8 @@ def _train_loop(config, state, train_step, data, mesh, checkpointer, total_steps
         _check_finite(metrics, step, checkpointer)  # before saving: a bad state is never written
         checkpointer.save(step, state, force=bool(stop))
       if log_now:
+        metrics = window_means({k: float(v) for k, v in jax.device_get(window).items()}, window_steps, metrics)
+        window, window_steps = None, 0
         # Since the last log line, so the first window includes the step's compilation (as flax's examples log it).
         now = time.time()
         metrics['steps_per_second'] = (step - last_log[0]) / max(now - last_log[1], 1e-9)

@@ -6,6 +6,8 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+import types
 
 import jax
 import numpy as np
@@ -60,6 +62,31 @@ def stall_after(monkeypatch, batches, logged):
 
   monkeypatch.setattr(train.pipeline, 'train_dataset', train_dataset)
   return stalled
+
+
+# The console test's run, as small as a CLI run gets (one device, two BN groups), so its programs are compiled once.
+CLI_RUN = {
+  'model.arch': 'resnet10',
+  'model.width': 0.125,
+  'batch_size': 16,
+  'bn_groups': 2,
+  'moco.queue_size': 64,
+  'crops.num_small': 1,
+  'crops.small_size': 16,
+}
+
+
+def cli(workdir, overrides):
+  """The command line of `python -m jax_moco.main` on the demo config with `overrides`, in the environment a user
+  has (TensorFlow's log level unset, one device): (argv, env)."""
+  env = {k: v for k, v in os.environ.items() if k != 'TF_CPP_MIN_LOG_LEVEL'}
+  argv = [sys.executable, '-m', 'jax_moco.main', '--config=configs/knn.py', f'--workdir={workdir}']
+  return argv + [f'--config.{k}={v}' for k, v in {**CLI_RUN, **overrides}.items()], dict(env, XLA_FLAGS='')
+
+
+def run_cli(workdir, overrides):
+  argv, env = cli(workdir, overrides)
+  return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
 
 
 @pytest.fixture(scope='module')
@@ -189,28 +216,12 @@ def test_the_default_console_shows_the_run_and_none_of_the_chatter(tmp_path):
     'dataset': f'folder:{tmp_path / "folder"}',
     'knn_bank_dataset': 'embedded_subset',
     'eval_dataset': 'embedded_subset:test',
-    'model.arch': 'resnet10',
-    'model.width': 0.125,
-    'batch_size': 16,
-    'bn_groups': 2,
-    'moco.queue_size': 64,
-    'crops.num_small': 1,
-    'crops.small_size': 16,
     'num_train_steps': 3,  # 48 examples: every file of the folder is met
     'log_every_steps': 1,
     'knn.max_bank_examples': 200,
     'knn.max_query_examples': 200,
   }
-  env = {k: v for k, v in os.environ.items() if k != 'TF_CPP_MIN_LOG_LEVEL'}
-  result = subprocess.run(
-    [sys.executable, '-m', 'jax_moco.main', '--config=configs/knn.py', f'--workdir={tmp_path / "run"}']
-    + [f'--config.{k}={v}' for k, v in overrides.items()],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=600,
-    env=dict(env, XLA_FLAGS=''),
-  )
+  result = run_cli(tmp_path / 'run', overrides)
   console = result.stdout + result.stderr
   assert result.returncode == 0, console[-4000:]
   assert [line for line in console.splitlines() if any(c in line for c in CHATTER)] == []
@@ -225,3 +236,68 @@ def test_the_default_console_shows_the_run_and_none_of_the_chatter(tmp_path):
     'unreadable files left out or replaced: 3',
   ):
     assert shown in console, (shown, console[-4000:])
+
+
+def test_logged_metrics_are_window_means_and_schedules_are_at_the_step(make_config):
+  """Losses and accuracies are logged as their means over the steps since the last log line, the learning rate and
+  the other scheduled values as they are at the log step; the loop is driven by a stand-in step whose metrics are
+  known."""
+  config = make_config(num_train_steps=7, log_every_steps=3)
+
+  def train_step(state, batch):
+    step = state.step + 1
+    return types.SimpleNamespace(step=step), {
+      'loss': jax.numpy.float32(step * step),
+      'acc_inst': jax.numpy.float32(step),
+      'lr': step / 10.0,
+    }
+
+  class Checkpointer:
+    manager = type('Manager', (), {'should_save': staticmethod(lambda step: False)})()
+    save = latest_step = staticmethod(lambda *args, **kwargs: None)
+
+  logged = {}
+  batches = iter([{'anchor': np.zeros((1, 2, 2, 3), np.uint8)}] * 7)
+  mesh = jax.make_mesh((1,), ('data',), devices=jax.devices()[:1])
+  record = lambda step, state, metrics: metrics and logged.setdefault(step, metrics)  # noqa: E731
+  final = train._train_loop(
+    config, types.SimpleNamespace(step=0), train_step, batches, mesh, Checkpointer(), 7, False, record
+  )
+  assert final.step == 7 and sorted(logged) == [3, 6, 7]  # every third step and the last
+  for step, window in ((3, [1, 2, 3]), (6, [4, 5, 6]), (7, [7])):
+    np.testing.assert_allclose(logged[step]['loss'], np.mean(np.square(window)), rtol=1e-6)
+    np.testing.assert_allclose(logged[step]['acc_inst'], np.mean(window), rtol=1e-6)
+    np.testing.assert_allclose(logged[step]['lr'], step / 10.0, rtol=1e-6)
+
+
+@pytest.mark.heavy(50)  # seconds on 2 cores, for the order of tests/conftest.py
+def test_killed_while_saving_a_checkpoint_resumes_from_the_last_committed_one(tmp_path):
+  """A real SIGKILL while Orbax writes a checkpoint (its temporary directory on disk, not yet renamed into place):
+  the checkpoints committed before it still restore, the rerun resumes from the newest of them and ends equal, bit
+  for bit, to a run that was never killed."""
+  overrides = {'dataset': 'embedded_subset', 'eval_dataset': '', 'num_train_steps': 6, 'checkpoint_every_steps': 1}
+  straight = run_cli(tmp_path / 'straight', overrides)
+  assert straight.returncode == 0, straight.stderr[-4000:]
+
+  checkpoints = tmp_path / 'killed' / 'checkpoints'
+  argv, env = cli(tmp_path / 'killed', overrides)
+  process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  saving = []
+  while not saving and process.poll() is None:
+    names = os.listdir(checkpoints) if checkpoints.is_dir() else []
+    saving = [n for n in names if 'tmp' in n and n.split('.')[0].isdigit() and int(n.split('.')[0]) >= 3]
+    time.sleep(0.001)
+  process.kill()  # SIGKILL: no handler, no finally, no flush
+  process.wait()
+  assert saving, 'the run ended before a save of step >= 3 was seen in progress'
+  committed = sorted(int(n) for n in os.listdir(checkpoints) if n.isdigit())
+  assert committed and max(committed) < int(saving[0].split('.')[0])
+  assert checkpointing.load_run(str(tmp_path / 'killed'))[2] == max(committed)  # what was committed restores
+
+  rerun = run_cli(tmp_path / 'killed', overrides)
+  assert rerun.returncode == 0, rerun.stderr[-4000:]
+  assert f'Restored checkpoint at step {max(committed)} from {checkpoints}' in rerun.stdout + rerun.stderr
+  config, resumed, step = checkpointing.load_run(str(tmp_path / 'killed'))
+  _, uninterrupted, straight_step = checkpointing.load_run(str(tmp_path / 'straight'))
+  assert step == straight_step == 6
+  leaves_equal(resumed, uninterrupted)
