@@ -1,6 +1,7 @@
 """The benchmark tools compute what they claim to time, at a tiny size: bench/conv_ops.py (XLA and PyTorch compute the
-same convolution and gradients), bench/input_wait.py and bench/device_augment.py (the same step either way). Their
-command lines, bench/scaling.py's and bench/step.py's run in tests/test_bench_gpu.py."""
+same convolution and gradients), bench/input_wait.py and bench/device_augment.py (the same step either way),
+bench/folder_scan.py (its listing and torchvision's find the same files). bench/scaling.py's and bench/step.py's command
+lines run in tests/test_bench_gpu.py."""
 
 import importlib.util
 import os
@@ -26,7 +27,7 @@ def load(name):
 
 
 conv_ops, input_wait = load('conv_ops'), load('input_wait')
-device_augment = load('device_augment')
+device_augment, folder_scan = load('device_augment'), load('folder_scan')
 
 
 def test_conv_ops_compares_the_same_forward_and_gradients():
@@ -81,3 +82,17 @@ def test_device_augment_times_both_sides_and_trains_the_same():
   # One step from the same state, fed tf.data-augmented views or crops + records (A+, small crops): the same loss.
   atol = loss_atol(config.moco.temperature, config.model.projection_dim, terms=2)
   np.testing.assert_allclose(*result['first_losses'], rtol=1e-5, atol=atol)
+
+
+def test_folder_scan_times_the_listing_torchvision_does_of_the_same_files(tmp_path, monkeypatch):
+  from input_pipeline import sources
+
+  folder_scan.write_folder(str(tmp_path), files=24, classes=4)
+  reference = folder_scan.torchvision_listing(str(tmp_path))
+  paths, labels, _ = sources.list_image_files(str(tmp_path))
+  assert [(p, label) for p, label in zip(paths, labels)] == reference  # the same files, the same class indices
+  assert folder_scan.our_listing_and_scan(str(tmp_path)) == [None] * 24  # every written file passes the scan
+  monkeypatch.setattr(folder_scan, 'drop_page_cache', lambda: False)  # not the test machine's cache
+  medians, cold = folder_scan.measure(str(tmp_path), rounds=1, log=lambda line: None)
+  assert not cold and len(medians) == 3 and all(s > 0 for s in medians.values())
+  assert 'page cache WARM' in folder_scan.table(medians, 24, cold)
