@@ -21,7 +21,7 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import input_pipeline  # noqa: E402
+from jax_moco import console  # noqa: E402
 from jax_moco import evaluate  # noqa: E402
 from scripts import runs  # noqa: E402
 
@@ -156,7 +156,7 @@ def main(argv):
     row_config(rows[0], seeds[0], f.steps, overrides)
   except (ValueError, KeyError, AttributeError, TypeError) as e:
     raise app.UsageError(str(e)) from e
-  input_pipeline.tensorflow_on_cpu_only()
+  console.import_tensorflow(f.verbosity)  # the parameter tables and Orbax's lines only with -v 1
   run_ablation(f.out, rows, seeds, f.steps, overrides, f.probe_max_examples)
 
 

@@ -15,7 +15,7 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import input_pipeline  # noqa: E402
+from jax_moco import console  # noqa: E402
 from scripts import runs  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -82,7 +82,7 @@ def main(argv):
   unknown = [n for n in names if n not in VARIANTS]
   if unknown:
     raise app.UsageError(f'unknown variants {unknown}; choose from {list(VARIANTS)}')
-  input_pipeline.tensorflow_on_cpu_only()
+  console.import_tensorflow(FLAGS.verbosity)  # the parameter tables and Orbax's lines only with -v 1
   rows = []
   for name in names:
     summary, wall = run_variant(name, VARIANTS[name], FLAGS.steps, FLAGS.out)
