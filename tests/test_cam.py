@@ -63,6 +63,7 @@ def test_bilinear_upsampling_and_the_grid_size(tmp_path):
   assert Image.open(path).size == (640, 960)
 
 
+@pytest.mark.heavy(15)  # seconds on 2 cores, for the order of tests/conftest.py
 def test_the_protocol_end_to_end_reads_the_probes_classifier(tmp_path, monkeypatch):
   workdir = helpers.save_tiny_run(tmp_path)
   # A few strong constants of the grid (the weak ones take L-BFGS long to fit): this test is about what CAM reads.

@@ -125,6 +125,7 @@ def test_voc_reader_layout_and_errors(tmp_path):
     voc_segmentation.get('voc:')
 
 
+@pytest.mark.heavy(14)  # seconds on 2 cores (about 9 of them the command line's start), for tests/conftest.py
 @pytest.mark.filterwarnings('ignore:Number of distinct clusters')
 def test_the_protocol_end_to_end_on_a_saved_run_and_its_command_line(tmp_path):
   rng = np.random.default_rng(4)
