@@ -30,6 +30,19 @@ _PIL_ONLY_MAGIC = {4: (b'II*\x00', b'MM\x00*'), 2: tuple(b'P%d' % i for i in ran
 IMAGE_MAGIC = (b'\xff\xd8\xff', b'\x89PNG\r\n\x1a\n', b'BM', b'GIF87a', b'GIF89a', b'RIFF') + sum(
   _PIL_ONLY_MAGIC.values(), ()
 )
+# Fashion-MNIST's class names, in label order (Xiao et al. 2017).
+FASHION_MNIST_CLASSES = (
+  'T-shirt/top',
+  'Trouser',
+  'Pullover',
+  'Dress',
+  'Coat',
+  'Sandal',
+  'Shirt',
+  'Sneaker',
+  'Bag',
+  'Ankle boot',
+)
 REPORTED_FILES = 5  # unreadable files named in the log; the rest are counted
 MAX_IN_MEMORY_BYTES = 4 << 30  # TFDS splits are held decoded in memory; bigger ones should use `folder:`.
 
@@ -44,9 +57,10 @@ class Source:
   multi_label: bool = False  # label is a target vector over num_classes (see the module docstring)
   files: tuple = ()  # a folder source's path of each index
   unreadable: tuple = ()  # (path, reason) of the files a folder's scan left out
+  class_names: tuple = ()  # the name of each class id, where the dataset has them
 
 
-def _array_source(name, images, labels, num_classes):
+def _array_source(name, images, labels, num_classes, class_names=()):
   """A source over in-memory uint8 arrays [N, H, W, 3] (or [N, H, W] grayscale) and int labels."""
   if images.ndim == 3:
     images = images[..., None]
@@ -60,10 +74,10 @@ def _array_source(name, images, labels, num_classes):
       'label': tf.gather(labels, index),
     }
 
-  return Source(name, int(images.shape[0]), num_classes, load)
+  return Source(name, int(images.shape[0]), num_classes, load, class_names=tuple(class_names))
 
 
-def _encoded_source(name, encoded, labels, num_classes, multi_label):
+def _encoded_source(name, encoded, labels, num_classes, multi_label, class_names=()):
   """A source over in-memory encoded images (variable sizes), decoded when loaded."""
   encoded = tf.constant(encoded)
   labels = tf.constant(np.asarray(labels, np.int32))
@@ -71,7 +85,7 @@ def _encoded_source(name, encoded, labels, num_classes, multi_label):
   def load(index):
     return {'image': decode_image(tf.gather(encoded, index)), 'label': tf.gather(labels, index)}
 
-  return Source(name, int(encoded.shape[0]), num_classes, load, multi_label=multi_label)
+  return Source(name, int(encoded.shape[0]), num_classes, load, multi_label=multi_label, class_names=tuple(class_names))
 
 
 def _read_idx(path, offset):
@@ -95,7 +109,7 @@ def _fashion_mnist(split, subset_only):
       images, labels = data[f'{split}_images'], data[f'{split}_labels']
     name = f'fashion_mnist (embedded subset):{split}'
   images = np.pad(images, [(0, 0), (2, 2), (2, 2)])
-  return _array_source(name, images, labels, 10)
+  return _array_source(name, images, labels, 10, FASHION_MNIST_CLASSES)
 
 
 def _tfds(name, split, data_dir):
@@ -113,13 +127,9 @@ def _tfds(name, split, data_dir):
   full_name = f'tfds:{name}:{split}'
   features = info.features
   multi_label = 'label' not in features and 'labels' in features
-  num_classes = (
-    features['label'].num_classes
-    if 'label' in features
-    else features['labels'].feature.num_classes
-    if multi_label
-    else None
-  )
+  label_feature = features['label'] if 'label' in features else features['labels'].feature if multi_label else None
+  num_classes = None if label_feature is None else label_feature.num_classes
+  class_names = getattr(label_feature, 'names', None) or ()
   shape = features['image'].shape
   if None not in shape and not multi_label:  # fixed size, one label: decoded arrays, the fastest to crop from
     size = info.splits[split].num_examples * int(np.prod(shape))
@@ -127,14 +137,15 @@ def _tfds(name, split, data_dir):
     data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
     labels = data.get('label', np.full(len(data['image']), -1))
     images = data['image']
-    return _array_source(full_name, images[..., 0] if images.shape[-1] == 1 else images, labels, num_classes)
+    images = images[..., 0] if images.shape[-1] == 1 else images
+    return _array_source(full_name, images, labels, num_classes, class_names)
   _check_fits_in_memory(full_name, info.splits[split].num_bytes)  # variable sizes: kept encoded, decoded on load
   encoded, labels = [], []
   dataset = builder.as_dataset(split=split, decoders={'image': tfds.decode.SkipDecoding()})
   for example in tfds.as_numpy(dataset):
     encoded.append(example['image'])
     labels.append(_multi_hot(example, num_classes) if multi_label else example.get('label', -1))
-  return _encoded_source(full_name, encoded, labels, num_classes, multi_label)
+  return _encoded_source(full_name, encoded, labels, num_classes, multi_label, class_names)
 
 
 def _check_fits_in_memory(name, num_bytes):
@@ -258,7 +269,16 @@ def _folder(root):
     return {'image': decode_image(tf.io.read_file(tf.gather(paths_t, index))), 'label': tf.gather(labels_t, index)}
 
   num_classes = len(classes) if classes else None
-  return Source(f'folder:{root}', len(paths), num_classes, load, True, files=tuple(paths), unreadable=unreadable)
+  return Source(
+    f'folder:{root}',
+    len(paths),
+    num_classes,
+    load,
+    True,
+    files=tuple(paths),
+    unreadable=unreadable,
+    class_names=tuple(classes or ()),
+  )
 
 
 def get_source(spec: str, data_dir: Optional[str] = None, default_split: str = 'train') -> Source:

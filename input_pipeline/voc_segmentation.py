@@ -30,6 +30,11 @@ class SegmentationSet:
   def num_examples(self) -> int:
     return len(self.ids)
 
+  @property
+  def root(self) -> str:
+    """The VOC folder (PATH of voc:PATH)."""
+    return os.path.dirname(self.image_dir)
+
   def load(self, index):
     """(image uint8 [H, W, 3], mask uint8 [H, W]) of example `index`."""
     name = self.ids[index]

@@ -1,15 +1,18 @@
-"""Evaluate a checkpoint's frozen backbone on a labelled dataset:
+"""Evaluate a checkpoint's frozen backbone:
 
-  python -m jax_moco.evaluate --workdir=DIR --protocol=knn|linear_probe|linear_classification [--step=N]
-      [--encoder=online|momentum] [--dataset=...] [--test_dataset=...] [--image_size=...] [--max_examples=N]
-      [--random_init] [protocol options]
+  python -m jax_moco.evaluate --workdir=DIR --protocol=knn|linear_probe|linear_classification|segment_retrieval|cam
+      [--step=N] [--encoder=online|momentum] [--dataset=...] [--test_dataset=...] [--image_size=...]
+      [--max_examples=N] [--random_init] [protocol options]
 
-The protocols are jax_moco.evaluators' (each module says what it measures); their options are flags here, refused
-for a protocol that does not take them:
+The protocols are jax_moco.evaluators' (each module says what it measures, which datasets it reads and at what
+size); their options are flags here, refused for a protocol that does not take them:
 - knn: --knn_k, --knn_temperature (default the config's, k = 200, T = 0.1).
 - linear_probe: --validation_dataset (choose the constant on it instead of 20 % of train).
 - linear_classification: --epochs, --batch_size, --lr; checkpointed and resumed under
   DIR/eval/<step>_<encoder>/linear_classification/.
+- segment_retrieval: --dataset=voc:PATH (required; --test_dataset defaults to its val split), --kmeans_k,
+  --kmeans_seed, --batch_size; 512 px unless --image_size.
+- cam: --cam_images, --validation_dataset; writes DIR/eval/<step>_<encoder>/cam.png.
 
 Features are extracted data-parallel over all devices without augmentation, every example exactly once, and cached
 under DIR/eval/<step>_<encoder>/, so a second protocol or a rerun does not run the network again. The result is
@@ -34,7 +37,17 @@ from jax_moco.evaluators import common
 from jax_moco.evaluators import features
 
 # Flags that are protocol options, passed to the chosen Evaluator under the same names.
-OPTIONS = ('knn_k', 'knn_temperature', 'validation_dataset', 'epochs', 'batch_size', 'lr')
+OPTIONS = (
+  'knn_k',
+  'knn_temperature',
+  'validation_dataset',
+  'epochs',
+  'batch_size',
+  'lr',
+  'kmeans_k',
+  'kmeans_seed',
+  'cam_images',
+)
 
 
 def _backbone_variables(config, state, encoder, random_init):
@@ -70,9 +83,8 @@ def evaluate(
   evaluator = evaluators.get(protocol)
   _check_options(evaluator, protocol, options)
   config, state, step = checkpointing.load_run(workdir, step)
-  train = common.labelled(dataset or config.knn_bank_dataset or config.dataset, config.data_dir, 'train')
-  test = common.labelled(test_dataset or config.eval_dataset or 'embedded:test', config.data_dir, 'test')
-  image_size = image_size or config.crops.large_size
+  train, test = evaluator.open_datasets(config, dataset, test_dataset)
+  image_size = image_size or evaluator.default_image_size or config.crops.large_size
   tag = f'random_init_{encoder}' if random_init else f'step_{step}_{encoder}'
   directory = os.path.join(os.path.abspath(workdir), 'eval', tag)
   extractor = features.Features(
@@ -125,18 +137,31 @@ def define_flags():
   flags.DEFINE_enum('protocol', 'knn', evaluators.PROTOCOLS, 'Evaluation protocol (a module of jax_moco.evaluators).')
   flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
   flags.DEFINE_enum('encoder', 'online', ('online', 'momentum'), "Whose backbone: f (online, as the papers) or f'.")
-  flags.DEFINE_string('dataset', None, "Labelled training set (default: the config's kNN bank / training set).")
-  flags.DEFINE_string('test_dataset', None, "Labelled test set (default: the config's eval_dataset).")
-  flags.DEFINE_integer('image_size', None, "Eval image size (default: the config's crops.large_size).")
+  flags.DEFINE_string(
+    'dataset',
+    None,
+    "Training set: labelled (default: the config's kNN bank / training set); segment_retrieval: voc:PATH[:SPLIT].",
+  )
+  flags.DEFINE_string(
+    'test_dataset', None, "Test set (default: the config's eval_dataset; segment_retrieval: the VOC folder's val)."
+  )
+  flags.DEFINE_integer(
+    'image_size', None, "Eval image size (default: the config's crops.large_size; segment_retrieval: 512)."
+  )
   flags.DEFINE_integer('max_examples', None, 'Use at most this many examples of each set (a quick look).')
   flags.DEFINE_bool('random_init', False, 'Score the architecture at initialisation instead (the baseline).')
   # Protocol options (OPTIONS): unset, the protocol's own default.
   flags.DEFINE_integer('knn_k', None, "knn: k (default: the config's, 200).")
   flags.DEFINE_float('knn_temperature', None, "knn: T (default: the config's, 0.1).")
-  flags.DEFINE_string('validation_dataset', None, 'linear_probe: choose L2 on this set (default: 20 % of train).')
+  flags.DEFINE_string('validation_dataset', None, 'linear_probe, cam: choose L2 on this set (default: 20 % of train).')
   flags.DEFINE_integer('epochs', None, 'linear_classification: epochs (default 100).')
-  flags.DEFINE_integer('batch_size', None, 'linear_classification: global batch (default 256).')
+  flags.DEFINE_integer(
+    'batch_size', None, 'linear_classification: global batch (default 256); segment_retrieval: images a batch (16).'
+  )
   flags.DEFINE_float('lr', None, 'linear_classification: learning rate (default 30).')
+  flags.DEFINE_integer('kmeans_k', None, 'segment_retrieval: K-means regions an image (default 15).')
+  flags.DEFINE_integer('kmeans_seed', None, 'segment_retrieval: K-means seed (default 0).')
+  flags.DEFINE_integer('cam_images', None, 'cam: test images in the picture (default 16).')
 
 
 def main(argv):

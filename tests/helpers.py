@@ -1,7 +1,8 @@
-"""Shared test helpers: the tiny config, building a step on a mesh, real batches from the pipeline, and a folder
-with bad files."""
+"""Shared test helpers: the tiny config and a saved run of it, building a step on a mesh, real batches from the
+pipeline, and a folder with bad files."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
@@ -9,6 +10,7 @@ from configs import knn
 from configs import presets
 from input_pipeline import pipeline
 from input_pipeline import sources
+from jax_moco import checkpointing
 from jax_moco import sharding
 from jax_moco import state as state_lib
 from jax_moco import train
@@ -25,6 +27,17 @@ def tiny_config(**overrides):
   c.num_train_steps, c.log_every_steps, c.checkpoint_every_steps = 4, 2, 2
   c.knn.batch_size, c.knn.max_bank_examples = 400, 2000
   return presets.override(c, overrides)
+
+
+def save_tiny_run(workdir, step=3, seed=1, **overrides):
+  """A work directory holding one checkpoint (at `step`) of the tiny config at its initialisation, for the evaluation
+  protocols end to end; returns its path as a string."""
+  config = tiny_config(**overrides)
+  state = state_lib.initial_state(config, seed)
+  checkpointer = checkpointing.Checkpointer(str(workdir / 'checkpoints'), config.to_dict(), 100, 3)
+  checkpointer.save(step, state.replace(step=jnp.asarray(step, jnp.int32)), force=True)
+  checkpointer.close()
+  return str(workdir)
 
 
 def loss_atol(temperature, dim, terms=1):

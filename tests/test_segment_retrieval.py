@@ -1,16 +1,24 @@
 """Semantic segment retrieval (paper 001, A.7): mIoU against a NumPy transcription of its definition, nearest
-upsampling against PIL's, the VOC folder reader on generated folders (its errors name the file), and retrieval on
-generated images whose segments differ in colour: an "encoder" that reads colour retrieves them perfectly, and
-shuffled training labels score near chance."""
+upsampling against PIL's, the VOC folder reader on generated folders (its errors name the file), retrieval on
+generated images whose segments differ in colour (an "encoder" that reads colour retrieves them perfectly, and
+shuffled training labels score near chance), and the protocol end to end on a tiny run's checkpoint, through
+jax_moco.evaluate and its command line."""
 
+import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 from PIL import Image
 import pytest
 
 from input_pipeline import voc_segmentation
+from jax_moco import evaluate
 from jax_moco.evaluators import segment_retrieval
+from tests import helpers
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Class c's segments are painted in COLOURS[c].
 COLOURS = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0]], np.uint8)
@@ -115,3 +123,29 @@ def test_voc_reader_layout_and_errors(tmp_path):
     voc_segmentation.get(f'voc:{tmp_path / "bad"}:test')
   with pytest.raises(ValueError, match='expected voc:PATH'):
     voc_segmentation.get('voc:')
+
+
+@pytest.mark.heavy(14)  # seconds on 2 cores (about 9 of them the command line's start), for tests/conftest.py
+@pytest.mark.filterwarnings('ignore:Number of distinct clusters')
+def test_the_protocol_end_to_end_on_a_saved_run_and_its_command_line(tmp_path):
+  rng = np.random.default_rng(4)
+  write_voc(tmp_path / 'voc', {'train': [segments(rng) for _ in range(3)], 'val': [segments(rng) for _ in range(2)]})
+  workdir = helpers.save_tiny_run(tmp_path / 'run')
+  voc = f'voc:{tmp_path / "voc"}'
+  # 3 + 2 images in global batches of 16 over 8 devices: masked padding on every batch.
+  result = evaluate.evaluate(workdir, 'segment_retrieval', dataset=voc, image_size=64, kmeans_k=4)
+  assert result['test_dataset'] == f'{voc}:val' and result['image_size'] == 64
+  assert (result['num_train'], result['num_test'], result['kmeans_k'], result['output_stride']) == (3, 2, 4, 4)
+  assert 3 <= result['num_train_regions'] <= 12 and 0 <= result['miou'] <= 100
+  assert json.load(open(tmp_path / 'run' / 'eval' / 'step_3_online' / 'segment_retrieval.json')) == result
+  assert 'segment retrieval (K-means, K=4' in evaluate.format_table(result)
+  with pytest.raises(ValueError, match='needs --dataset=voc:PATH'):
+    evaluate.evaluate(workdir, 'segment_retrieval')
+  with pytest.raises(ValueError, match='cam_images: not an option of protocol=segment_retrieval'):
+    evaluate.evaluate(workdir, 'segment_retrieval', dataset=voc, cam_images=3)
+
+  command = [sys.executable, '-m', 'jax_moco.evaluate', f'--workdir={workdir}', '--protocol=segment_retrieval']
+  command += [f'--dataset={voc}:train', f'--test_dataset={voc}:val', '--image_size=64', '--kmeans_k=4']
+  printed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert printed.returncode == 0, printed.stderr[-3000:]
+  assert f'mIoU {result["miou"]:.2f} %' in printed.stdout and f'{voc}:train (3 images, 64 px)' in printed.stdout

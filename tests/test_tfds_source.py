@@ -32,6 +32,7 @@ def test_tfds_source_reads_a_prepared_dataset(tmp_path):
   JaxMocoTinyImages(data_dir=str(tmp_path)).download_and_prepare()
   source = sources.get_source('tfds:jax_moco_tiny_images', data_dir=str(tmp_path))
   assert (source.num_examples, source.num_classes) == (12, 3)
+  assert source.class_names == ('0', '1', '2')  # a ClassLabel given only its size names its ids
   test = sources.get_source('tfds:jax_moco_tiny_images:test', data_dir=str(tmp_path))
   batches = list(pipeline.eval_dataset(test, 16, 4).as_numpy_iterator())
   images = np.concatenate([b['image'] for b in batches])[np.concatenate([b['mask'] for b in batches])]
@@ -72,6 +73,7 @@ def test_tfds_multi_label_source_with_variable_sizes(tmp_path):
   JaxMocoTinyMultiLabel(data_dir=str(tmp_path)).download_and_prepare()
   source = sources.get_source('tfds:jax_moco_tiny_multi_label', data_dir=str(tmp_path))
   assert (source.num_examples, source.num_classes, source.multi_label) == (6, 4, True)
+  assert len(source.class_names) == 4
   loaded = {int(source.load(i)['image'][0, 0, 0]): source.load(i) for i in range(6)}
   for i in range(6):  # examples may come in any order: identify them by their pixel value
     example = loaded[40 * i]

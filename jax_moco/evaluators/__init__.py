@@ -1,11 +1,12 @@
 """Evaluation protocols on a frozen backbone, in big_vision's evaluators pattern: one module per protocol, named as
 the protocol, each holding an `Evaluator(task, **options)` (task: `common.Task`) whose `run(variables)` yields
-(name, value) pairs and whose `describe(result)` gives the protocol and its scores in words. `get(protocol)` is
-the one table from a protocol's name to its Evaluator."""
+(name, value) pairs and whose `describe(result)` gives the protocol and its scores in words; the class also says
+how its datasets are opened (`open_datasets`) and at what size (`default_image_size`), see `common`.
+`get(protocol)` is the one table from a protocol's name to its Evaluator."""
 
 import importlib
 
-PROTOCOLS = ('knn', 'linear_probe', 'linear_classification')
+PROTOCOLS = ('knn', 'linear_probe', 'linear_classification', 'segment_retrieval', 'cam')
 
 
 def get(protocol):

@@ -64,3 +64,11 @@ class DenseFeatures:
 
   def __call__(self, variables, images):
     return np.concatenate(list(self.batches(variables, images)))
+
+  def of_global_batch(self, variables, images):
+    """[n, h, w, C] of at most `batch_size` images that every process holds whole (a batch read on every process,
+    as segment retrieval reads its images): each process feeds its contiguous share, in process order."""
+    if len(images) > self.batch_size:
+      raise ValueError(f'dense features: {len(images)} images in one global batch of {self.batch_size}')
+    start = jax.process_index() * self.local_batch
+    return self(variables, np.asarray(images)[start : start + self.local_batch])

@@ -47,7 +47,8 @@ def unmasked(batches, batch_features, description=None, total=None):
   return np.concatenate(features), np.concatenate(labels)
 
 
-def _slug(name):
+def slug(name):
+  """A file-name-safe form of a dataset name."""
   return re.sub(r'[^A-Za-z0-9]+', '_', name).strip('_')
 
 
@@ -84,7 +85,7 @@ class Features:
     if self.cache_dir is None:
       return self.extract(variables, source, max_examples)
     suffix = f'_max{max_examples}' if max_examples else ''
-    path = os.path.join(self.cache_dir, f'features_{_slug(source.name)}_{self.image_size}px{suffix}.npz')
+    path = os.path.join(self.cache_dir, f'features_{slug(source.name)}_{self.image_size}px{suffix}.npz')
     if os.path.exists(path):
       with np.load(path) as cached:
         return cached['features'], cached['labels']

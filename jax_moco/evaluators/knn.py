@@ -80,6 +80,9 @@ def knn_classify(
 class Evaluator:
   """k and T default to the run's config (`knn.k`, `knn.temperature`: 200 and 0.1)."""
 
+  open_datasets = staticmethod(common.labelled_datasets)
+  default_image_size = None  # the run's crops.large_size
+
   def __init__(self, task: common.Task, knn_k=None, knn_temperature=None):
     common.require_single_label(task, 'knn')
     self.task = task

@@ -81,6 +81,9 @@ class Evaluator:
   """`epochs`, `batch_size` (global) and `lr` default to MoCo's 100, 256 and 30; a rerun with other values refuses
   the directory's checkpoint, naming them."""
 
+  open_datasets = staticmethod(common.labelled_datasets)
+  default_image_size = None  # the run's crops.large_size
+
   def __init__(self, task: common.Task, epochs=EPOCHS, batch_size=BATCH_SIZE, lr=LR):
     common.require_single_label(task, 'linear_classification')
     if task.directory is None:

@@ -7,6 +7,9 @@ Single-label data: one multinomial (softmax cross-entropy) classifier, top-1 acc
 whose target is -1 (difficult-only) are left out of that class's fit and score.
 """
 
+import os
+
+import jax
 import joblib
 import numpy as np
 from sklearn.linear_model import LogisticRegression
@@ -14,6 +17,7 @@ from sklearn.metrics import average_precision_score
 from sklearn.model_selection import train_test_split
 
 from jax_moco.evaluators import common
+from jax_moco.evaluators import features as features_lib
 
 L2_GRID = np.logspace(-5, 5, 45)  # the regularisation constants; scikit-learn's C is 1 / L2
 VALIDATION_FRACTION = 0.2  # held out of train (class-stratified) when a dataset has no validation split
@@ -81,10 +85,10 @@ def _validation_score(l2, train, validation):
   return score(fit(*train, l2), *validation)
 
 
-def linear_probe(train_features, train_labels, test_features, test_labels, validation=None, grid=L2_GRID, n_jobs=-1):
+def select_and_fit(train_features, train_labels, validation=None, grid=L2_GRID, n_jobs=-1):
   """Selects the L2 constant on `validation` ((features, labels); default a 20 % split of train, class-stratified
-  for single-label data), refits on train + validation with it and returns the test score (`top1`, or `map` for
-  multi-label data, in %), the chosen constant and the whole validation curve."""
+  for single-label data) and refits on train + validation with it: (model, selection), selection the chosen
+  constant, its validation score and the whole validation curve."""
   train_features, train_labels = np.asarray(train_features), np.asarray(train_labels)
   if validation is None:
     train_idx, val_idx = split_train_validation(train_labels)
@@ -95,41 +99,113 @@ def linear_probe(train_features, train_labels, test_features, test_labels, valid
   scores = joblib.Parallel(n_jobs=n_jobs)(joblib.delayed(_validation_score)(l2, train, validation) for l2 in grid)
   best = int(np.argmax(scores))  # the first (strongest regularisation) among ties
   model = fit(np.concatenate([train[0], validation[0]]), np.concatenate([train[1], validation[1]]), grid[best])
-  test_features, test_labels = np.asarray(test_features), np.asarray(test_labels)
-  if is_multi_label(train_labels):
-    aps = average_precisions(class_scores(model, test_features), test_labels)
-    test = {
-      'metric': 'map',
-      'map': float(np.nanmean(aps)),
-      'ap_per_class': [None if np.isnan(ap) else float(ap) for ap in aps],
-    }
-  else:
-    test = {'metric': 'top1', 'top1': accuracy(model, test_features, test_labels)}
-  return {
-    **test,
+  metric = 'map' if is_multi_label(train_labels) else 'top1'
+  return model, {
     'l2': float(grid[best]),
-    f'validation_{test["metric"]}': float(scores[best]),
+    f'validation_{metric}': float(scores[best]),
     'validation_curve': [[float(l2), float(s)] for l2, s in zip(grid, scores)],
   }
 
 
+def test_scores(model, test_features, test_labels):
+  """The test score: `top1` (%) for single-label data, `map` (%) with the per-class APs for multi-label data."""
+  test_features, test_labels = np.asarray(test_features), np.asarray(test_labels)
+  if not is_multi_label(test_labels):
+    return {'metric': 'top1', 'top1': accuracy(model, test_features, test_labels)}
+  aps = average_precisions(class_scores(model, test_features), test_labels)
+  return {
+    'metric': 'map',
+    'map': float(np.nanmean(aps)),
+    'ap_per_class': [None if np.isnan(ap) else float(ap) for ap in aps],
+  }
+
+
+def linear_probe(train_features, train_labels, test_features, test_labels, validation=None, grid=L2_GRID, n_jobs=-1):
+  """select_and_fit, then the test score (`top1`, or `map` for multi-label data, in %), the chosen constant and the
+  whole validation curve."""
+  model, selection = select_and_fit(train_features, train_labels, validation, grid, n_jobs)
+  return {**test_scores(model, test_features, test_labels), **selection}
+
+
+def weights(model, num_classes):
+  """The fitted classifier as one linear map: (weight [num_classes, C], bias [num_classes]) whose logits
+  features @ weight.T + bias rank the classes as the model does (the multinomial model's logits, or the per-class
+  binary models' decision values). scikit-learn keeps one row for two classes, the logit difference: it becomes
+  two opposite halves. A class absent from training gets a zero row and bias -inf (never predicted)."""
+  if isinstance(model, list):  # multi-label: one binary classifier per class, all classes present
+    return np.concatenate([m.coef_ for m in model]), np.concatenate([m.intercept_ for m in model])
+  coef, intercept = model.coef_, model.intercept_
+  if len(model.classes_) == 2 and len(coef) == 1:
+    coef, intercept = np.concatenate([-coef, coef]) / 2, np.concatenate([-intercept, intercept]) / 2
+  weight = np.zeros((num_classes, coef.shape[1]), coef.dtype)
+  bias = np.full(num_classes, -np.inf, intercept.dtype)
+  weight[model.classes_], bias[model.classes_] = coef, intercept
+  return weight, bias
+
+
+def classifier_path(task, validation=None):
+  """Where the classifier fitted on this task's training features is kept (None without a directory): one file per
+  train set, size, cap and validation set, next to the features it was fitted on."""
+  if task.directory is None:
+    return None
+  parts = [features_lib.slug(task.train.name), f'{task.features.image_size}px']
+  parts += [f'max{task.max_train}'] if task.max_train else []
+  parts += [f'validation_{features_lib.slug(validation.name)}'] if validation else []
+  return os.path.join(task.directory, f'linear_probe_classifier_{"_".join(parts)}.npz')
+
+
+def fit_classifier(task, variables, validation=None, n_jobs=-1):
+  """(model, selection, num_train) of the probe on the task's training features (and `validation`'s, a labelled
+  source); the classifier is saved (weights(), the constant, the training count) where classifier_path says."""
+  train_x, train_y = task.features(variables, task.train, task.max_train)
+  validation_xy = validation and task.features(variables, validation, task.max_train)
+  model, selection = select_and_fit(train_x, train_y, validation_xy, n_jobs=n_jobs)
+  path = classifier_path(task, validation)
+  if path and jax.process_index() == 0:
+    weight, bias = weights(model, task.num_classes)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    np.savez(path + '.tmp.npz', weight=weight, bias=bias, l2=selection['l2'], num_train=len(train_y))
+    os.replace(path + '.tmp.npz', path)  # never a half-written file
+  return model, selection, len(train_y)
+
+
+def classifier(task, variables, validation=None, n_jobs=-1):
+  """The probe's classifier as {weight [classes, C], bias [classes], l2, num_train}: read back from where
+  classifier_path says when the linear_probe protocol (or an earlier call) fitted it there, else fitted now."""
+  path = classifier_path(task, validation)
+  if path is None or not os.path.exists(path):
+    model, selection, num_train = fit_classifier(task, variables, validation, n_jobs)
+    weight, bias = weights(model, task.num_classes)
+    return dict(weight=weight, bias=bias, l2=selection['l2'], num_train=num_train)
+  with np.load(path) as saved:
+    return dict(weight=saved['weight'], bias=saved['bias'], l2=float(saved['l2']), num_train=int(saved['num_train']))
+
+
+def open_validation(task, validation_dataset):
+  """The labelled source of --validation_dataset, or None."""
+  return validation_dataset and common.labelled(validation_dataset, task.config.data_dir, 'validation')
+
+
 class Evaluator:
   """`validation_dataset`: a labelled dataset string to choose the constant on (default: 20 % of train);
-  `n_jobs`: joblib's parallel fits of the grid."""
+  `n_jobs`: joblib's parallel fits of the grid. The fitted classifier is kept in the task's directory
+  (classifier_path), where the `cam` protocol reads it."""
+
+  open_datasets = staticmethod(common.labelled_datasets)
+  default_image_size = None  # the run's crops.large_size
 
   def __init__(self, task: common.Task, validation_dataset=None, n_jobs=-1):
     self.task, self.n_jobs = task, n_jobs
-    self.validation = validation_dataset and common.labelled(validation_dataset, task.config.data_dir, 'validation')
+    self.validation = open_validation(task, validation_dataset)
 
   def run(self, variables):
     t = self.task
-    train_x, train_y = t.features(variables, t.train, t.max_train)
+    model, selection, num_train = fit_classifier(t, variables, self.validation, self.n_jobs)
     test_x, test_y = t.features(variables, t.test, t.max_test)
-    validation = self.validation and t.features(variables, self.validation, t.max_train)
-    yield from linear_probe(train_x, train_y, test_x, test_y, validation=validation, n_jobs=self.n_jobs).items()
+    yield from {**test_scores(model, test_x, test_y), **selection}.items()
     if self.validation:
       yield 'validation_dataset', self.validation.name
-    yield from dict(num_train=len(train_y), num_test=len(test_y)).items()
+    yield from dict(num_train=num_train, num_test=len(test_y)).items()
 
   @staticmethod
   def describe(result):

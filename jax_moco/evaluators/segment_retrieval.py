@@ -1,5 +1,6 @@
-"""Semantic segment retrieval of paper 001, A.7 (Table 6, Fig. S4), on dense features without finetuning (the
-algorithm and its metric; not yet a protocol of jax_moco.evaluate).
+"""The `segment_retrieval` protocol: semantic segment retrieval of paper 001, A.7 (Table 6, Fig. S4), on dense
+features without finetuning, from the training split of a PASCAL VOC folder (`--dataset=voc:PATH`, default split
+train) to its validation split (`--test_dataset`, default the same folder's val).
 
 Each image is resized to `image_size` (512) squared; its dense feature map (jax_moco.evaluators.dense) is clustered
 with scikit-learn's KMeans (K = 15, k-means++ initialisation, one run, seeded) into regions; a region's descriptor is
@@ -10,13 +11,20 @@ cosine similarity (plain nearest neighbour, not a weighted kNN). The predicted r
 original image by nearest neighbour and scored by mIoU over the 21 VOC classes, 255 ignored: IoU_c = TP / (TP + FP +
 FN) from the confusion matrix summed over the whole validation set, averaged over the classes that occur in the
 ground truth or the predictions.
+
+Every process reads each batch's images whole and feeds its share to the devices (DenseFeatures.of_global_batch);
+the clustering and the retrieval then run on every process alike, on the same gathered features.
 """
 
+import jax
 import numpy as np
 from PIL import Image
 from sklearn.cluster import KMeans
+from tqdm import tqdm
 
 from input_pipeline import voc_segmentation
+from jax_moco.evaluators import common
+from jax_moco.evaluators import dense as dense_lib
 
 K, IMAGE_SIZE = 15, 512
 
@@ -36,7 +44,7 @@ def regions(features, k=K, seed=0):
   used, assignment = np.unique(clusters, return_inverse=True)
   descriptors = np.stack([flat[assignment == r].mean(axis=0) for r in range(len(used))])
   descriptors /= np.maximum(np.linalg.norm(descriptors, axis=1, keepdims=True), 1e-12)
-  return assignment.reshape(features.shape[:2]), descriptors
+  return assignment.reshape(features.shape[:2]), descriptors.astype(np.float32)  # float32 halves a VOC-sized bank (GBs)
 
 
 def majority_labels(assignment, mask, num_regions):
@@ -68,11 +76,19 @@ def resize(image, size=IMAGE_SIZE):
   return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
 
 
-def image_regions(dense, dataset, image_size=IMAGE_SIZE, k=K, seed=0, batch_size=8, max_examples=None):
+def image_regions(dense, dataset, image_size=IMAGE_SIZE, k=K, seed=0, batch_size=8, max_examples=None, progress=False):
   """Yields (assignment, descriptors, mask) per example of `dataset` (a voc_segmentation.SegmentationSet; the first
-  `max_examples`), with `dense(images uint8 [n, S, S, 3]) -> [n, h, w, C]` the dense features."""
+  `max_examples`), with `dense(images uint8 [n, S, S, 3]) -> [n, h, w, C]` the dense features; `progress` shows a
+  bar on the first process."""
   n = min(dataset.num_examples, max_examples or dataset.num_examples)
-  for start in range(0, n, batch_size):
+  bar = tqdm(
+    range(0, n, batch_size),
+    desc=f'regions of {dataset.name}',
+    unit='batch',
+    leave=False,
+    disable=not progress or jax.process_index() != 0,
+  )
+  for start in bar:
     examples = [dataset.load(i) for i in range(start, min(start + batch_size, n))]
     maps = dense(np.stack([resize(image, image_size) for image, _ in examples]))
     for (_, mask), features in zip(examples, maps):
@@ -80,18 +96,19 @@ def image_regions(dense, dataset, image_size=IMAGE_SIZE, k=K, seed=0, batch_size
 
 
 def segment_retrieval(
-  dense, train, val, image_size=IMAGE_SIZE, k=K, seed=0, batch_size=8, max_train=None, max_val=None
+  dense, train, val, image_size=IMAGE_SIZE, k=K, seed=0, batch_size=8, max_train=None, max_val=None, progress=False
 ):
   """mIoU (%) of segment retrieval from `train` regions to `val` regions, with the per-class IoU."""
   bank, bank_labels = [], []
-  for assignment, descriptors, mask in image_regions(dense, train, image_size, k, seed, batch_size, max_train):
+  train_regions = image_regions(dense, train, image_size, k, seed, batch_size, max_train, progress)
+  for assignment, descriptors, mask in train_regions:
     labels = majority_labels(assignment, mask, len(descriptors))
     bank.append(descriptors[labels >= 0])
     bank_labels.append(labels[labels >= 0])
   bank, bank_labels = np.concatenate(bank), np.concatenate(bank_labels)
   total = np.zeros((voc_segmentation.NUM_CLASSES,) * 2, np.int64)
   num_val = 0
-  for assignment, descriptors, mask in image_regions(dense, val, image_size, k, seed, batch_size, max_val):
+  for assignment, descriptors, mask in image_regions(dense, val, image_size, k, seed, batch_size, max_val, progress):
     num_val += 1
     predicted = bank_labels[np.argmax(descriptors @ bank.T, axis=1)]
     total += confusion(upsample_nearest(predicted[assignment], *mask.shape), mask)
@@ -103,3 +120,56 @@ def segment_retrieval(
     'num_train': min(train.num_examples, max_train or train.num_examples),
     'num_test': num_val,
   }
+
+
+def open_datasets(config, dataset=None, test_dataset=None):
+  """(train, val) SegmentationSets: `dataset` (voc:PATH[:SPLIT], default split train) and `test_dataset` (default
+  the same folder's val split). The run's own datasets are not segmentation sets, so --dataset is required."""
+  del config
+  if not dataset:
+    raise ValueError('protocol=segment_retrieval needs --dataset=voc:PATH (the PASCAL VOC 2012 folder layout)')
+  train = voc_segmentation.get(dataset, 'train')
+  return train, voc_segmentation.get(test_dataset or f'voc:{train.root}:val', 'val')
+
+
+class Evaluator:
+  """`kmeans_k` (15) regions per image, `kmeans_seed` (0) for KMeans; `batch_size` images a batch over the devices
+  (global; default 16, rounded up to a multiple of the device count). The image size is --image_size (default 512);
+  --max_examples caps both splits."""
+
+  open_datasets = staticmethod(open_datasets)
+  default_image_size = IMAGE_SIZE
+
+  def __init__(self, task: common.Task, kmeans_k=K, kmeans_seed=0, batch_size=None):
+    f = task.features
+    batch_size = batch_size or -(-16 // f.mesh.size) * f.mesh.size
+    self.task, self.k, self.seed = task, kmeans_k, kmeans_seed
+    self.dense = dense_lib.DenseFeatures(
+      f.mesh, f.module, f.statistics, batch_size, compiler_options=f.compiler_options
+    )
+
+  def run(self, variables):
+    t = self.task
+    result = segment_retrieval(
+      lambda images: self.dense.of_global_batch(variables, images),
+      t.train,
+      t.test,
+      t.features.image_size,
+      self.k,
+      self.seed,
+      self.dense.batch_size,
+      t.max_train,
+      t.max_test,
+      progress=True,
+    )
+    yield from result.items()
+    yield from dict(kmeans_k=self.k, kmeans_seed=self.seed, output_stride=self.dense.stride).items()
+
+  @staticmethod
+  def describe(result):
+    classes = sum(v is not None for v in result['iou_per_class'])
+    return (
+      f'segment retrieval (K-means, K={result["kmeans_k"]} regions an image, nearest of '
+      f'{result["num_train_regions"]} training regions)',
+      f'mIoU {result["miou"]:.2f} % over {classes} classes',
+    )
