@@ -1,7 +1,7 @@
-"""Evaluate a checkpoint's frozen backbone on a labelled dataset:
+"""Evaluate a checkpoint's frozen backbone on a labelled dataset (or, for label_propagation, on videos):
 
-  python -m jax_moco.evaluate --workdir=DIR --protocol=knn|linear_probe|linear_classification [--step=N]
-      [--encoder=online|momentum] [--dataset=...] [--test_dataset=...] [--image_size=...] [--max_examples=N]
+  python -m jax_moco.evaluate --workdir=DIR --protocol=knn|linear_probe|linear_classification|label_propagation
+      [--step=N] [--encoder=online|momentum] [--dataset=...] [--test_dataset=...] [--image_size=...] [--max_examples=N]
       [--random_init] [protocol options]
 
 The protocols are jax_moco.evaluators' (each module says what it measures); their options are flags here, refused
@@ -10,6 +10,9 @@ for a protocol that does not take them:
 - linear_probe: --validation_dataset (choose the constant on it instead of 20 % of train).
 - linear_classification: --epochs, --batch_size, --lr; checkpointed and resumed under
   DIR/eval/<step>_<encoder>/linear_classification/.
+- label_propagation (--dataset=davis:PATH[:SPLIT], DAVIS-2017 val by default; frames at their own size unless
+  --image_size): --propagation_context, --propagation_topk, --propagation_temperature, --propagation_radius
+  (default 20, 10, 0.07, 12), --propagation_save_masks (PNGs under DIR/eval/<step>_<encoder>/label_propagation/).
 
 Features are extracted data-parallel over all devices without augmentation, every example exactly once, and cached
 under DIR/eval/<step>_<encoder>/, so a second protocol or a rerun does not run the network again. The result is
@@ -35,6 +38,8 @@ from jax_moco.evaluators import features
 
 # Flags that are protocol options, passed to the chosen Evaluator under the same names.
 OPTIONS = ('knn_k', 'knn_temperature', 'validation_dataset', 'epochs', 'batch_size', 'lr')
+OPTIONS += ('propagation_context', 'propagation_topk', 'propagation_temperature', 'propagation_radius')
+OPTIONS += ('propagation_save_masks',)
 
 
 def _backbone_variables(config, state, encoder, random_init):
@@ -70,9 +75,8 @@ def evaluate(
   evaluator = evaluators.get(protocol)
   _check_options(evaluator, protocol, options)
   config, state, step = checkpointing.load_run(workdir, step)
-  train = common.labelled(dataset or config.knn_bank_dataset or config.dataset, config.data_dir, 'train')
-  test = common.labelled(test_dataset or config.eval_dataset or 'embedded:test', config.data_dir, 'test')
-  image_size = image_size or config.crops.large_size
+  train, test = getattr(evaluator, 'datasets', common.labelled_datasets)(config, dataset, test_dataset)
+  image_size = image_size or getattr(evaluator, 'default_image_size', config.crops.large_size)
   tag = f'random_init_{encoder}' if random_init else f'step_{step}_{encoder}'
   directory = os.path.join(os.path.abspath(workdir), 'eval', tag)
   extractor = features.Features(
@@ -94,7 +98,7 @@ def evaluate(
     random_init=random_init,
     arch=config.model.arch,
     image_size=image_size,
-    train_dataset=train.name,
+    train_dataset=None if train is None else train.name,
     test_dataset=test.name,
   )
   result.update(scores)
@@ -109,13 +113,10 @@ def format_table(result) -> str:
   """A short readable table of one result."""
   which = 'random init' if result['random_init'] else f'step {result["step"]}'
   method, scores = evaluators.get(result['protocol']).describe(result)
-  rows = [
-    ('protocol', method),
-    ('encoder', f'{result["encoder"]} {result["arch"]}, {which}'),
-    ('train', f'{result["train_dataset"]} ({result["num_train"]} images, {result["image_size"]} px)'),
-    ('test', f'{result["test_dataset"]} ({result["num_test"]} images)'),
-    ('result', scores),
-  ]
+  rows = [('protocol', method), ('encoder', f'{result["encoder"]} {result["arch"]}, {which}')]
+  if result['train_dataset']:  # not every protocol has a training set
+    rows.append(('train', f'{result["train_dataset"]} ({result["num_train"]} images, {result["image_size"]} px)'))
+  rows += [('test', f'{result["test_dataset"]} ({result["num_test"]} images)'), ('result', scores)]
   return '\n'.join(f'{name:9s} {value}' for name, value in rows)
 
 
@@ -137,6 +138,11 @@ def define_flags():
   flags.DEFINE_integer('epochs', None, 'linear_classification: epochs (default 100).')
   flags.DEFINE_integer('batch_size', None, 'linear_classification: global batch (default 256).')
   flags.DEFINE_float('lr', None, 'linear_classification: learning rate (default 30).')
+  flags.DEFINE_integer('propagation_context', None, 'label_propagation: previous frames in the context (default 20).')
+  flags.DEFINE_integer('propagation_topk', None, 'label_propagation: neighbours a location takes (default 10).')
+  flags.DEFINE_float('propagation_temperature', None, 'label_propagation: softmax temperature (default 0.07).')
+  flags.DEFINE_float('propagation_radius', None, 'label_propagation: radius in feature cells (default 12).')
+  flags.DEFINE_bool('propagation_save_masks', None, 'label_propagation: write the predicted masks as PNGs.')
 
 
 def main(argv):

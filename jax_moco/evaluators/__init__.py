@@ -5,7 +5,7 @@ the one table from a protocol's name to its Evaluator."""
 
 import importlib
 
-PROTOCOLS = ('knn', 'linear_probe', 'linear_classification')
+PROTOCOLS = ('knn', 'linear_probe', 'linear_classification', 'label_propagation')
 
 
 def get(protocol):

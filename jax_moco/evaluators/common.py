@@ -37,6 +37,14 @@ def labelled(spec, data_dir, default_split):
   return source
 
 
+def labelled_datasets(config, dataset, test_dataset):
+  """(train, test) of the classification protocols: the flags' datasets, else the run's kNN bank or training set and
+  its eval set. An Evaluator that reads other data declares its own `datasets(config, dataset, test_dataset)`."""
+  train = labelled(dataset or config.knn_bank_dataset or config.dataset, config.data_dir, 'train')
+  test = labelled(test_dataset or config.eval_dataset or 'embedded:test', config.data_dir, 'test')
+  return train, test
+
+
 def require_single_label(task, protocol):
   if task.train.multi_label or task.test.multi_label:
     raise ValueError(
