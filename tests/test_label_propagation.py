@@ -234,6 +234,9 @@ def test_moving_coloured_shapes_are_tracked_and_constant_features_are_not(tmp_pa
   assert all(png.mode == 'P' and png.getpalette()[:9] == PALETTE[:9] for png in written)
   np.testing.assert_array_equal(np.asarray(written[0]), masks[0])
   assert set(np.unique(np.asarray(written[5]))) == {0, 1, 2}
+  # Frames resized (shorter side 96: twice the feature cells), predictions upsampled to the masks' own size.
+  assert lp.resize_frames(frames, 96).shape == (8, 96, 128, 3) and lp.resize_frames(frames, 48) is frames
+  assert lp.label_propagation(colour_encoder, dataset, image_size=96, max_videos=1)['j_mean'] > 90
   # Features that say nothing: every location ties, and the objects are lost.
   constant_features = lambda x: np.full(x.shape[:1] + (12, 16, 3), 3**-0.5, np.float32)
   constant = lp.label_propagation(constant_features, dataset)
