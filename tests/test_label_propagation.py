@@ -1,9 +1,9 @@
-"""Video label propagation (paper 001, A.6; Jabri et al.'s protocol) on DAVIS-2017: J and F against a NumPy
-transcription of the DAVIS toolkit's definitions and on squares whose boundaries are counted by hand, the bilinear
-resize against PyTorch's, the propagation against a transcription of the reference's padded-video loop, moving
-coloured shapes tracked by an "encoder" that reads colour (J > 0.9; constant features score 0), the DAVIS folder
-reader's errors on generated folders (each names the file), and `jax_moco.evaluate` end to end on a saved tiny
-run."""
+"""Video label propagation (Van Gansbeke et al. 2021, "Revisiting Contrastive Methods...", A.6; Jabri et al.'s
+protocol) on DAVIS-2017: J and F against a NumPy transcription of the DAVIS toolkit's definitions and on squares
+whose boundaries are counted by hand, the bilinear resize against PyTorch's, the propagation against a
+transcription of the reference's padded-video loop, moving coloured shapes tracked by an "encoder" that reads
+colour (J > 0.9; constant features score 0), the DAVIS folder reader's errors on generated folders (each names the
+file), and `jax_moco.evaluate` end to end on a saved tiny run."""
 
 import json
 import math
@@ -132,7 +132,8 @@ def test_bilinear_resize_matches_pytorch_in_both_directions():
       torch.from_numpy(x).permute(2, 0, 1)[None], (height, width), mode='bilinear', align_corners=False
     )[0].permute(1, 2, 0)
     np.testing.assert_allclose(lp.bilinear_resize(x, height, width), expected.numpy(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(lp.bilinear_resize(jnp.asarray(x), height, width), expected.numpy(), atol=1e-6)
+  # The same code on JAX arrays (as the predictions are upsampled).
+  np.testing.assert_allclose(lp.bilinear_resize(jnp.asarray(x), height, width), expected.numpy(), atol=1e-6)
 
 
 def reference_propagation(features, labels, context, topk, temperature, radius):

@@ -1,7 +1,8 @@
 """The `label_propagation` protocol: video instance segmentation on DAVIS-2017 by propagating the first frame's
-masks through the frozen backbone's dense features, without finetuning (paper 001, A.6, Table 5, Fig. S3). The
-protocol is Jabri et al. 2020, "Space-Time Correspondence as a Contrastive Random Walk" (their label propagation
-test, whose code paper 001 ran), scored as the DAVIS toolkit scores the semi-supervised task (`davis_metrics`).
+masks through the frozen backbone's dense features, without finetuning (Van Gansbeke et al. 2021, "Revisiting
+Contrastive Methods for Unsupervised Learning of Visual Representations", A.6, Table 5, Fig. S3). The protocol is
+Jabri et al. 2020, "Space-Time Correspondence as a Contrastive Random Walk" (their label propagation test, whose
+code Van Gansbeke et al. ran), scored as the DAVIS toolkit scores the semi-supervised task (`davis_metrics`).
 
 Per video, every frame's dense features (`dense.DenseFeatures`: unit norm per location, last stage dilated) are
 computed at the frames' own size (DAVIS 480p; `--image_size` resizes the shorter side instead). The first frame's
