@@ -1,6 +1,7 @@
 """Evaluate a checkpoint's frozen backbone:
 
-  python -m jax_moco.evaluate --workdir=DIR --protocol=knn|linear_probe|linear_classification|segment_retrieval|cam
+  python -m jax_moco.evaluate --workdir=DIR
+      --protocol=knn|linear_probe|linear_classification|segment_retrieval|cam|label_propagation
       [--step=N] [--encoder=online|momentum] [--dataset=...] [--test_dataset=...] [--image_size=...]
       [--max_examples=N] [--random_init] [protocol options]
 
@@ -13,6 +14,9 @@ size); their options are flags here, refused for a protocol that does not take t
 - segment_retrieval: --dataset=voc:PATH (required; --test_dataset defaults to its val split), --kmeans_k,
   --kmeans_seed, --batch_size; 512 px unless --image_size.
 - cam: --cam_images, --validation_dataset; writes DIR/eval/<step>_<encoder>/cam.png.
+- label_propagation (--dataset=davis:PATH[:SPLIT], DAVIS-2017 val by default; frames at their own size unless
+  --image_size): --propagation_context, --propagation_topk, --propagation_temperature, --propagation_radius
+  (default 20, 10, 0.07, 12), --propagation_save_masks (PNGs under DIR/eval/<step>_<encoder>/label_propagation/).
 
 Features are extracted data-parallel over all devices without augmentation, every example exactly once, and cached
 under DIR/eval/<step>_<encoder>/, so a second protocol or a rerun does not run the network again. The result is
@@ -47,6 +51,11 @@ OPTIONS = (
   'kmeans_k',
   'kmeans_seed',
   'cam_images',
+  'propagation_context',
+  'propagation_topk',
+  'propagation_temperature',
+  'propagation_radius',
+  'propagation_save_masks',
 )
 
 
@@ -84,7 +93,9 @@ def evaluate(
   _check_options(evaluator, protocol, options)
   config, state, step = checkpointing.load_run(workdir, step)
   train, test = evaluator.open_datasets(config, dataset, test_dataset)
-  image_size = image_size or evaluator.default_image_size or config.crops.large_size
+  image_size = image_size or evaluator.default_image_size
+  if image_size is None:
+    image_size = config.crops.large_size
   tag = f'random_init_{encoder}' if random_init else f'step_{step}_{encoder}'
   directory = os.path.join(os.path.abspath(workdir), 'eval', tag)
   extractor = features.Features(
@@ -106,7 +117,7 @@ def evaluate(
     random_init=random_init,
     arch=config.model.arch,
     image_size=image_size,
-    train_dataset=train.name,
+    train_dataset=None if train is None else train.name,
     test_dataset=test.name,
   )
   result.update(scores)
@@ -121,13 +132,10 @@ def format_table(result) -> str:
   """A short readable table of one result."""
   which = 'random init' if result['random_init'] else f'step {result["step"]}'
   method, scores = evaluators.get(result['protocol']).describe(result)
-  rows = [
-    ('protocol', method),
-    ('encoder', f'{result["encoder"]} {result["arch"]}, {which}'),
-    ('train', f'{result["train_dataset"]} ({result["num_train"]} images, {result["image_size"]} px)'),
-    ('test', f'{result["test_dataset"]} ({result["num_test"]} images)'),
-    ('result', scores),
-  ]
+  rows = [('protocol', method), ('encoder', f'{result["encoder"]} {result["arch"]}, {which}')]
+  if result['train_dataset']:  # not every protocol has a training set
+    rows.append(('train', f'{result["train_dataset"]} ({result["num_train"]} images, {result["image_size"]} px)'))
+  rows += [('test', f'{result["test_dataset"]} ({result["num_test"]} images)'), ('result', scores)]
   return '\n'.join(f'{name:9s} {value}' for name, value in rows)
 
 
@@ -162,6 +170,11 @@ def define_flags():
   flags.DEFINE_integer('kmeans_k', None, 'segment_retrieval: K-means regions an image (default 15).')
   flags.DEFINE_integer('kmeans_seed', None, 'segment_retrieval: K-means seed (default 0).')
   flags.DEFINE_integer('cam_images', None, 'cam: test images in the picture (default 16).')
+  flags.DEFINE_integer('propagation_context', None, 'label_propagation: previous frames in the context (default 20).')
+  flags.DEFINE_integer('propagation_topk', None, 'label_propagation: neighbours a location takes (default 10).')
+  flags.DEFINE_float('propagation_temperature', None, 'label_propagation: softmax temperature (default 0.07).')
+  flags.DEFINE_float('propagation_radius', None, 'label_propagation: radius in feature cells (default 12).')
+  flags.DEFINE_bool('propagation_save_masks', None, 'label_propagation: write the predicted masks as PNGs.')
 
 
 def main(argv):

@@ -193,7 +193,14 @@ def test_evaluate_a_saved_run_writes_results_and_reuses_features(make_config, tm
   with pytest.raises(ValueError, match='has no labels'):
     evaluate.evaluate(str(tmp_path), 'knn', dataset='folder:' + str(tmp_path / 'unlabelled'))
   # One table of protocols, and each protocol's options only.
-  assert evaluators.PROTOCOLS == ('knn', 'linear_probe', 'linear_classification', 'segment_retrieval', 'cam')
+  assert evaluators.PROTOCOLS == (
+    'knn',
+    'linear_probe',
+    'linear_classification',
+    'segment_retrieval',
+    'cam',
+    'label_propagation',
+  )
   with pytest.raises(ValueError, match="protocol='linear': choose one of knn, linear_probe, linear_classification, "):
     evaluate.evaluate(str(tmp_path), 'linear')
   with pytest.raises(ValueError, match='epochs: not an option of protocol=knn'):

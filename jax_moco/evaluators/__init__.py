@@ -6,7 +6,14 @@ how its datasets are opened (`open_datasets`) and at what size (`default_image_s
 
 import importlib
 
-PROTOCOLS = ('knn', 'linear_probe', 'linear_classification', 'segment_retrieval', 'cam')
+PROTOCOLS = (
+  'knn',
+  'linear_probe',
+  'linear_classification',
+  'segment_retrieval',
+  'cam',
+  'label_propagation',
+)
 
 
 def get(protocol):

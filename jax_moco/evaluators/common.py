@@ -3,7 +3,8 @@
 
 An Evaluator class says how its data is opened and at what size, so the CLI needs no per-protocol code:
 `Evaluator.open_datasets(config, dataset, test_dataset) -> (train, test)` (the --dataset / --test_dataset strings,
-None when not given) and `Evaluator.default_image_size` (None: the run's crops.large_size)."""
+None when not given) and `Evaluator.default_image_size` (None: the run's crops.large_size;
+AS_STORED: the images at their own size)."""
 
 import dataclasses
 from typing import Any
@@ -11,6 +12,9 @@ from typing import Optional
 
 from input_pipeline import sources
 from jax_moco.evaluators.features import Features
+
+# `default_image_size` of a protocol that reads images at their own size (video frames) unless --image_size is given.
+AS_STORED = 0
 
 
 @dataclasses.dataclass(frozen=True)
