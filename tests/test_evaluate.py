@@ -2,6 +2,7 @@
 fits, features with masked padding against one-image-at-a-time, and the CLI path on a saved run."""
 
 import json
+import warnings
 
 import jax.numpy as jnp
 import numpy as np
@@ -79,6 +80,18 @@ def test_linear_probe_follows_the_protocol():
     np.concatenate([train_x, val_x]), np.concatenate([train_y, val_y])
   )
   assert result['top1'] == pytest.approx(np.mean(refit.predict(test_x) == test_y) * 100)
+
+
+def test_linear_probe_reports_the_fits_that_stop_at_max_iter_instead_of_a_warning_each(monkeypatch):
+  train_x, train_y = clusters(300, spread=2.5)
+  test_x, test_y = clusters(200, spread=2.5, seed=2)
+  fit = linear_probe.fit
+  monkeypatch.setattr(linear_probe, 'fit', lambda x, y, l2: fit(x, y, l2, max_iter=2 if l2 < 1 else 1000))
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')  # a ConvergenceWarning that escaped would fail the test here
+    result = linear_probe.linear_probe(train_x, train_y, test_x, test_y, grid=[1e-3, 1e-1, 10.0], n_jobs=1)
+  assert result['unconverged_l2'] == [1e-3, 1e-1]
+  assert result['converged'] == (result['l2'] == 10.0)
 
 
 def test_linear_probe_separable_is_perfect_shuffled_is_chance_and_split_is_stratified():

@@ -7,11 +7,14 @@ Single-label data: one multinomial (softmax cross-entropy) classifier, top-1 acc
 whose target is -1 (difficult-only) are left out of that class's fit and score.
 """
 
+import logging
 import os
+import warnings
 
 import jax
 import joblib
 import numpy as np
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score
 from sklearn.model_selection import train_test_split
@@ -81,8 +84,22 @@ def score(model, features, labels):
   return accuracy(model, features, labels)
 
 
+def fit_reporting_convergence(features, labels, l2):
+  """(fit(), whether L-BFGS converged): scikit-learn's ConvergenceWarning is caught, so a grid of 45 fits, whose
+  weakest constants often stop at max_iter, reports which did instead of printing a warning each; other warnings
+  pass through."""
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always', ConvergenceWarning)
+    model = fit(features, labels, l2)
+  for w in caught:
+    if not issubclass(w.category, ConvergenceWarning):
+      warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+  return model, not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+
+
 def _validation_score(l2, train, validation):
-  return score(fit(*train, l2), *validation)
+  model, converged = fit_reporting_convergence(*train, l2)
+  return score(model, *validation), converged
 
 
 def select_and_fit(train_features, train_labels, validation=None, grid=L2_GRID, n_jobs=-1):
@@ -96,14 +113,29 @@ def select_and_fit(train_features, train_labels, validation=None, grid=L2_GRID, 
     train = (train_features[train_idx], train_labels[train_idx])
   else:
     train = (train_features, train_labels)
-  scores = joblib.Parallel(n_jobs=n_jobs)(joblib.delayed(_validation_score)(l2, train, validation) for l2 in grid)
+  fits = joblib.Parallel(n_jobs=n_jobs)(joblib.delayed(_validation_score)(l2, train, validation) for l2 in grid)
+  scores = [s for s, _ in fits]
   best = int(np.argmax(scores))  # the first (strongest regularisation) among ties
-  model = fit(np.concatenate([train[0], validation[0]]), np.concatenate([train[1], validation[1]]), grid[best])
+  all_x, all_y = np.concatenate([train[0], validation[0]]), np.concatenate([train[1], validation[1]])
+  model, converged = fit_reporting_convergence(all_x, all_y, grid[best])
+  unconverged = [float(l2) for l2, (_, ok) in zip(grid, fits) if not ok]
+  if unconverged:
+    logging.info(
+      'linear probe: %d of %d fits of the grid stopped at max_iter (L2 %.3g to %.3g)',
+      len(unconverged),
+      len(grid),
+      min(unconverged),
+      max(unconverged),
+    )
+  if not converged:
+    logging.warning('linear probe: the final fit at the chosen L2 = %.3g stopped at max_iter', grid[best])
   metric = 'map' if is_multi_label(train_labels) else 'top1'
   return model, {
     'l2': float(grid[best]),
     f'validation_{metric}': float(scores[best]),
     'validation_curve': [[float(l2), float(s)] for l2, s in zip(grid, scores)],
+    'unconverged_l2': unconverged,
+    'converged': converged,
   }
 
 
