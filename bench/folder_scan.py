@@ -20,6 +20,9 @@ import time
 import numpy as np
 from PIL import Image
 
+# Before TensorFlow (which input_pipeline imports): torchvision 0.29 imported after it segfaults loading triton.
+from torchvision.datasets import folder as torchvision_folder
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from input_pipeline import sources  # noqa: E402
@@ -65,10 +68,8 @@ def drop_page_cache() -> bool:
 
 
 def torchvision_listing(root):
-  from torchvision.datasets import folder
-
-  classes, class_to_idx = folder.find_classes(root)
-  return folder.make_dataset(root, class_to_idx, extensions=folder.IMG_EXTENSIONS)
+  _, class_to_idx = torchvision_folder.find_classes(root)
+  return torchvision_folder.make_dataset(root, class_to_idx, extensions=torchvision_folder.IMG_EXTENSIONS)
 
 
 def our_listing(root):

@@ -172,16 +172,20 @@ def list_image_files(root):
   """Sorted image paths under root (recursive) and their labels from the first-level sub-folder, or -1."""
   if not os.path.isdir(root):
     raise FileNotFoundError(f'folder:{root} is not a directory')
-  paths = []
+  paths, folders = [], []  # folders: each path's first-level sub-folder, None for a file directly under root
   for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
     dirnames.sort()
-    paths += [os.path.join(dirpath, f) for f in sorted(filenames) if f.lower().endswith(IMAGE_EXTENSIONS)]
+    relative = os.path.relpath(dirpath, root)
+    folder = None if relative == os.curdir else relative.split(os.sep)[0]
+    names = [f for f in sorted(filenames) if f.lower().endswith(IMAGE_EXTENSIONS)]
+    paths += [os.path.join(dirpath, f) for f in names]
+    folders += [folder] * len(names)
   if not paths:
     raise FileNotFoundError(f'folder:{root} holds no images ({", ".join(IMAGE_EXTENSIONS)})')
-  top = [os.path.relpath(p, root).split(os.sep) for p in paths]
-  if all(len(parts) > 1 for parts in top):
-    classes = sorted({parts[0] for parts in top})
-    labels = [classes.index(parts[0]) for parts in top]
+  if None not in folders:
+    classes = sorted(set(folders))
+    index = {name: i for i, name in enumerate(classes)}
+    labels = [index[folder] for folder in folders]
   else:
     classes, labels = None, [-1] * len(paths)
   return paths, labels, classes
