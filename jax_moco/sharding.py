@@ -27,6 +27,11 @@ def batch_sharded(mesh) -> NamedSharding:
   return NamedSharding(mesh, P(AXIS))
 
 
+def multiple_of_devices(n, mesh) -> int:
+  """The least multiple of the mesh's device count that is >= n: a global batch every device gets a share of."""
+  return -(-n // mesh.size) * mesh.size
+
+
 def shard_batch(mesh, batch):
   """Host-local NumPy arrays (a nested dict) -> global arrays sharded over 'data' on the leading axis."""
   sharding = batch_sharded(mesh)

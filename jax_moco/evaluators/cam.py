@@ -27,6 +27,7 @@ from PIL import Image
 from input_pipeline import pipeline
 from jax_moco import sharding
 from jax_moco.evaluators import common
+from jax_moco.evaluators import features as features_lib
 from jax_moco.evaluators import linear_probe
 from jax_moco.step import normalize
 
@@ -142,16 +143,16 @@ class Evaluator:
     """(images [n, S, S, 3], labels, CAMs [n, h, w, classes], logits [n, classes]) of the first test images, on
     every process, in the eval batches' order."""
     f, n = self.task.features, self.num_images
-    batch = -(-min(n, 64) // f.mesh.size) * f.mesh.size
+    batch = sharding.multiple_of_devices(min(n, 64), f.mesh)
     ds = pipeline.eval_dataset(self.task.test, f.image_size, batch, jax.process_index(), jax.process_count(), n)
     weight, bias = jax.device_put((jnp.asarray(weight), jnp.asarray(bias)), sharding.replicated(f.mesh))
-    out = []
-    for b in ds.as_numpy_iterator():
-      mask = sharding.all_processes(b['mask'])
-      cams, logits = self.cam_fn(variables, weight, bias, sharding.shard_batch(f.mesh, b['image']))
-      host = [sharding.all_processes(b['image']), sharding.all_processes(b['label'])]
-      out.append([x[mask] for x in host + [sharding.all_processes(cams), sharding.all_processes(logits)]])
-    return [np.concatenate(parts) for parts in zip(*out)]
+
+    def batch_maps(images):
+      cams, logits = self.cam_fn(variables, weight, bias, sharding.shard_batch(f.mesh, images))
+      return tuple(sharding.all_processes(x) for x in (images, cams, logits))
+
+    (images, cams, logits), labels = features_lib.unmasked(ds.as_numpy_iterator(), batch_maps)
+    return images, labels, cams, logits
 
   def run(self, variables):
     t = self.task

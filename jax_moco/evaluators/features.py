@@ -31,7 +31,7 @@ def make_feature_fn(mesh, module, statistics='imagenet', select=None, compiler_o
 
 def unmasked(batches, batch_features, description=None, total=None):
   """(features, labels) of the unmasked examples of all processes' eval batches; batch_features(images) gives a
-  host-local batch's global features."""
+  host-local batch's global features (an array, or a tuple of arrays whose leading axis is the batch's)."""
   features, labels = [], []
   for batch in tqdm(
     batches,
@@ -42,9 +42,9 @@ def unmasked(batches, batch_features, description=None, total=None):
     disable=description is None or jax.process_index() != 0,
   ):
     mask = sharding.all_processes(batch['mask'])
-    features.append(batch_features(batch['image'])[mask])
+    features.append(jax.tree.map(lambda x: x[mask], batch_features(batch['image'])))
     labels.append(sharding.all_processes(batch['label'])[mask])
-  return np.concatenate(features), np.concatenate(labels)
+  return jax.tree.map(lambda *parts: np.concatenate(parts), *features), np.concatenate(labels)
 
 
 def slug(name):

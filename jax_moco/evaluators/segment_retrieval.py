@@ -23,6 +23,7 @@ from sklearn.cluster import KMeans
 from tqdm import tqdm
 
 from input_pipeline import voc_segmentation
+from jax_moco import sharding
 from jax_moco.evaluators import common
 from jax_moco.evaluators import dense as dense_lib
 
@@ -142,7 +143,7 @@ class Evaluator:
 
   def __init__(self, task: common.Task, kmeans_k=K, kmeans_seed=0, batch_size=None):
     f = task.features
-    batch_size = batch_size or -(-16 // f.mesh.size) * f.mesh.size
+    batch_size = batch_size or sharding.multiple_of_devices(16, f.mesh)
     self.task, self.k, self.seed = task, kmeans_k, kmeans_seed
     self.dense = dense_lib.DenseFeatures(
       f.mesh, f.module, f.statistics, batch_size, compiler_options=f.compiler_options
