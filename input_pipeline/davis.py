@@ -17,6 +17,8 @@ import os
 import numpy as np
 from PIL import Image
 
+from input_pipeline import split_lists
+
 RESOLUTION = '480p'
 VOID = 255
 
@@ -103,8 +105,8 @@ def _video(root, name):
       f"{os.path.join(mask_dir, frames[0] + '.png')} is missing: the first frame's mask (the one propagated)"
     )
   if frames != masks:
-    unmasked = [os.path.join(frame_dir, f + '.jpg') for f in frames if f not in set(masks)]
-    unframed = [os.path.join(mask_dir, m + '.png') for m in masks if m not in set(frames)]
+    unmasked = [os.path.join(frame_dir, f + '.jpg') for f in sorted(set(frames) - set(masks))]
+    unframed = [os.path.join(mask_dir, m + '.png') for m in sorted(set(masks) - set(frames))]
     odd = f'{unmasked[0]} has no mask' if unmasked else f'{unframed[0]} has no frame'
     raise ValueError(
       f'video {name!r}: {len(frames)} frames in {frame_dir} but {len(masks)} masks in {mask_dir}, one a frame '
@@ -119,15 +121,7 @@ def _video(root, name):
 
 def get(spec: str, default_split: str = 'val') -> DavisSet:
   """The set named by `davis:PATH[:SPLIT]`; errors name the string or the missing file."""
-  if not spec.startswith('davis:') or spec == 'davis:':
-    raise ValueError(f'dataset {spec!r}: expected davis:PATH[:SPLIT] (the DAVIS-2017 folder layout)')
-  path, split = spec[len('davis:') :], default_split
-  if ':' in path and os.sep not in path.rsplit(':', 1)[1]:  # a trailing :SPLIT, not a colon inside the path
-    path, split = path.rsplit(':', 1)
-  root = os.path.expanduser(path)
-  listing = os.path.join(root, 'ImageSets', '2017', f'{split}.txt')
-  if not os.path.exists(listing):
-    raise FileNotFoundError(f'dataset {spec!r}: {listing} is missing')
-  with open(listing) as f:
-    names = [line.strip() for line in f if line.strip()]
+  root, split, names = split_lists.read(
+    spec, 'davis', default_split, os.path.join('ImageSets', '2017'), 'the DAVIS-2017 folder layout'
+  )
   return DavisSet(f'davis:{root}:{split}', tuple(_video(root, name) for name in names))

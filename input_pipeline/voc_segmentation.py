@@ -13,6 +13,8 @@ import os
 import numpy as np
 from PIL import Image
 
+from input_pipeline import split_lists
+
 NUM_CLASSES = 21
 IGNORE = 255
 
@@ -59,19 +61,10 @@ class SegmentationSet:
 
 def get(spec: str, default_split: str = 'train') -> SegmentationSet:
   """The set named by `voc:PATH[:SPLIT]`; errors name the string or the missing file."""
-  kind, _, rest = spec.partition(':')
-  path, split = rest, default_split
-  head, _, tail = rest.rpartition(':')
-  if head and os.sep not in tail:  # a trailing :SPLIT, not a colon inside the path
-    path, split = head, tail
-  if kind != 'voc' or not path:
-    raise ValueError(f'dataset {spec!r}: expected voc:PATH[:SPLIT] (the PASCAL VOC 2012 folder layout)')
-  path = os.path.expanduser(path)
-  listing = os.path.join(path, 'ImageSets', 'Segmentation', f'{split}.txt')
-  if not os.path.exists(listing):
-    raise FileNotFoundError(f'dataset {spec!r}: {listing} is missing')
-  with open(listing) as f:
-    ids = tuple(line.split()[0] for line in f if line.strip())
+  path, split, lines = split_lists.read(
+    spec, 'voc', default_split, os.path.join('ImageSets', 'Segmentation'), 'the PASCAL VOC 2012 folder layout'
+  )
+  ids = tuple(line.split()[0] for line in lines)
   augmented = os.path.join(path, 'SegmentationClassAug')
   mask_dir = augmented if os.path.isdir(augmented) else os.path.join(path, 'SegmentationClass')
   return SegmentationSet(f'voc:{path}:{split}', ids, os.path.join(path, 'JPEGImages'), mask_dir)
