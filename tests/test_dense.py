@@ -71,9 +71,15 @@ def test_masked_padding_over_devices_equals_one_image_at_a_time():
   features = dense(variables, x)
   assert features.shape[0] == 11
   assert [len(b) for b in dense.batches(variables, x)] == [8, 3]
-  np.testing.assert_allclose(DenseFeatures(sharding.create_mesh(), backbone, batch_size=16)(variables, x), features)
+  # Another batch size is another program: the convolutions block the batch differently and add their float32 terms
+  # in another order (seen: 1.9e-7 on these unit-norm features on a Zen 3; a Zen 5 agreed to 1e-7 relative), so the
+  # bound is float32 rounding through the network, as for one image at a time.
+  close = dict(rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(
+    DenseFeatures(sharding.create_mesh(), backbone, batch_size=16)(variables, x), features, **close
+  )
   for i in (0, 7, 8, 10):
     alone = dense.module.apply(variables, normalize(jnp.asarray(x[i : i + 1])), train=False)
-    np.testing.assert_allclose(features[i], np.asarray(l2_normalize(alone))[0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(features[i], np.asarray(l2_normalize(alone))[0], **close)
   with pytest.raises(ValueError, match='batch_size=12 is not a multiple of 8 devices'):
     DenseFeatures(sharding.create_mesh(), backbone, batch_size=12)
