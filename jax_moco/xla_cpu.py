@@ -17,7 +17,7 @@ WITHOUT_CONVOLUTIONS = 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_R
 
 def ynnpack_convolutions(setting: str) -> bool:
   """'on' / 'off', or 'auto': the setting measured faster (bench/RESULTS.md: XLA's own convolutions won the ResNet
-  step on both CPU kinds we run on, an AMD EPYC and an Intel Xeon with AVX-512/AMX)."""
+  step on every CPU kind measured, AMD EPYC Zen 3, Zen 4 and Zen 5 and an Intel Xeon with AVX-512/AMX)."""
   if setting not in SETTINGS:
     raise ValueError(f'cpu_ynnpack_convolutions={setting!r}: use one of {SETTINGS}')
   return setting == 'on'
