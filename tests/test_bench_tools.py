@@ -1,6 +1,7 @@
 """The benchmark tools compute what they claim to time, at a tiny size: bench/conv_ops.py (XLA and PyTorch compute the
 same convolution and gradients), bench/input_wait.py and bench/device_augment.py (the same step either way),
-bench/folder_scan.py (its listing and torchvision's find the same files). bench/scaling.py's and bench/step.py's command
+bench/folder_scan.py (its listing and torchvision's find the same files), bench/profile_step.py (its ops sorted into
+the kinds they compute, their traced times). bench/scaling.py's and bench/step.py's command
 lines run in tests/test_bench_gpu.py."""
 
 import importlib.util
@@ -27,7 +28,7 @@ def load(name):
 
 
 conv_ops, input_wait = load('conv_ops'), load('input_wait')
-device_augment, folder_scan = load('device_augment'), load('folder_scan')
+device_augment, folder_scan, profile_step = load('device_augment'), load('folder_scan'), load('profile_step')
 
 
 def test_conv_ops_compares_the_same_forward_and_gradients():
@@ -96,3 +97,32 @@ def test_folder_scan_times_the_listing_torchvision_does_of_the_same_files(tmp_pa
   medians, cold = folder_scan.measure(str(tmp_path), rounds=1, log=lambda line: None)
   assert not cold and len(medians) == 3 and all(s > 0 for s in medians.values())
   assert 'page cache WARM' in folder_scan.table(medians, 24, cold)
+
+
+def test_profile_step_sorts_ops_into_kinds_and_times_the_traced_thunks():
+  def step(state, batch):
+    y = jax.lax.conv_general_dilated(batch, state['w'], (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    pooled = jnp.mean(jnp.maximum(y, 0.0), axis=(1, 2))
+    logits = pooled @ state['q']
+    return {**state, 'q': state['q'] + jnp.mean(logits)}, {'loss': jnp.sum(jax.lax.top_k(logits, 2)[0])}
+
+  rng = np.random.default_rng(0)
+  state = {'w': jnp.asarray(rng.normal(size=(3, 3, 4, 8)), jnp.float32), 'q': jnp.ones((8, 16), jnp.float32)}
+  batch = jnp.asarray(rng.normal(size=(4, 8, 8, 4)), jnp.float32)
+  times, kinds, wall = profile_step.profile_ours(jax.jit(step), state, batch, steps=2)
+  assert {'convolution', 'matmul (heads, queue logits, small-map convs)', 'top-k and sort (NN mining)'} <= set(
+    kinds.values()
+  )
+  assert set(kinds.values()) <= set(profile_step.KINDS)
+  assert times and set(times) <= set(kinds) and 0 < sum(times.values()) / 2 < 2 * wall  # at most 2 threads busy
+  assert profile_step.xla_kind(frozenset({'fusion', 'transpose', 'multiply'})) == 'layout transposes and copies'
+  assert profile_step.xla_kind(frozenset({'fusion', 'add', 'maximum'})) == 'elementwise'
+  for name, kind in (
+    ('aten::convolution_backward', 'convolution'),
+    ('aten::addmm', 'matmul (heads, queue logits, small-map convs)'),
+    ('aten::native_batch_norm', 'batch norm and other reductions'),
+    ('aten::topk', 'top-k and sort (NN mining)'),
+    ('aten::copy_', 'layout transposes and copies'),
+    ('aten::mul_', 'elementwise'),
+  ):
+    assert profile_step.torch_kind(name) == kind, name

@@ -70,10 +70,12 @@ def test_split_batchnorm_against_numpy(groups):
 
 
 @pytest.mark.parametrize(
-  'size,stride,dilation,channels', [(2, 1, 1, 8), (1, 1, 1, 4), (4, 1, 2, 4), (2, 2, 1, 4), (5, 1, 1, 4)]
+  'size,stride,dilation,channels',
+  [(2, 1, 1, 8), (1, 1, 1, 4), (4, 1, 2, 4), (2, 2, 1, 4), (4, 2, 1, 4), (5, 1, 1, 4), (6, 2, 1, 4)],
 )
 def test_small_map_convolution_equals_lax_convolution(size, stride, dilation, channels):
-  """The matmul path for maps smaller than the kernel (and the plain path otherwise): values and gradients."""
+  """The matmul path where the input or the output map is smaller than the kernel (4 px at stride 2: 2 px out), the
+  plain path otherwise (5 px, or 6 px at stride 2: 3 px out): values and gradients."""
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(3, size, size, channels)), jnp.float32)
   k = jnp.asarray(rng.normal(size=(3, 3, channels, 6)), jnp.float32)

@@ -29,16 +29,22 @@ def conv_small_maps_as_matmul(
   feature_group_count=1,
   precision=None,
 ):
-  """lax.conv_general_dilated (NHWC, HWIO), except on feature maps smaller than the kernel's extent (a 3x3 conv on
-  the 2x2 or 1x1 maps of the last stage for 16-32 px crops), which are computed as patches @ kernel.
+  """lax.conv_general_dilated (NHWC, HWIO), except where the input or the output map is smaller than the kernel's
+  extent (a 3x3 conv on the 2x2 or 1x1 maps of the last stage for 16-32 px crops, or the stride-2 one that makes
+  them), which is computed as patches @ kernel.
 
   Why: XLA:CPU's convolution is pathological there, ~45x slower than the same FLOPs as a matmul (128 x 2 x 2 x 512,
-  3x3: 766 ms against 17 ms on 2 cores), and such maps are what small multi-crop views produce. Same result to
-  float rounding; the parameter layout is unchanged.
+  3x3: 766 ms against 17 ms on 2 cores), and its input gradient of the stride-2 3x3 conv from 4x4 to 2x2 maps is
+  4.7x slower than the matmul path's (forward and backward, 128 x 4 x 4 x 256 -> 512: 367 against 78 ms on 2 Zen 3
+  cores); such maps are what small multi-crop views produce. Same result to float rounding; the parameter layout is
+  unchanged.
   """
   kh, kw = rhs.shape[:2]
   dh, dw = rhs_dilation or (1, 1)
-  small = lhs.shape[1] < (kh - 1) * dh + 1 or lhs.shape[2] < (kw - 1) * dw + 1
+  extent = ((kh - 1) * dh + 1, (kw - 1) * dw + 1)
+  pads = lax.padtype_to_pads(lhs.shape[1:3], extent, window_strides, padding) if isinstance(padding, str) else padding
+  output = [(n + lo + hi - e) // s + 1 for n, (lo, hi), e, s in zip(lhs.shape[1:3], pads, extent, window_strides)]
+  small = any(n < e for n, e in zip((*lhs.shape[1:3], *output), extent * 2))
   if not small or feature_group_count != 1 or any(d != 1 for d in (lhs_dilation or ())):
     return lax.conv_general_dilated(
       lhs,
