@@ -25,6 +25,26 @@ import torchvision  # noqa: E402, F401
 
 def pytest_configure(config):
   config.addinivalue_line('markers', 'heavy(seconds): a test that runs for about this long on 2 CPU cores')
+  config.addinivalue_line('markers', 'fast_compile: XLA compiles with most optimisations off (see fast_compile)')
+
+
+@pytest.fixture(autouse=True)
+def fast_compile(request):
+  """For tests marked fast_compile: most of XLA's optimisations off while they compile. They build many small
+  programs and run each a few times, so compiling is most of their time (the whole suite with it on everywhere:
+  test_step.py 161 -> 102 s, test_dense.py 52 -> 29 s on 2 Zen 3 cores), and what they check is the computation,
+  which the unoptimised program computes to float rounding (every test passes either way). Long runs and the
+  benchmarks' comparisons with PyTorch keep the optimised programs users get."""
+  if request.node.get_closest_marker('fast_compile') is None:
+    yield
+    return
+  import jax
+
+  jax.config.update('jax_disable_most_optimizations', True)
+  try:
+    yield
+  finally:
+    jax.config.update('jax_disable_most_optimizations', False)
 
 
 def _seconds(item):

@@ -29,6 +29,13 @@ def tiny_config(**overrides):
   return presets.override(c, overrides)
 
 
+def multihost_config():
+  """The run of tests/test_multihost.py, in its worker processes and in the single process it is compared with: the
+  tiny config for 4 steps, its kNN monitor on 500 bank and 404 query images (neither a multiple of the monitor's
+  batch of 400, so both end on a padded batch)."""
+  return tiny_config(num_train_steps=4, **{'knn.max_bank_examples': 500, 'knn.max_query_examples': 404})
+
+
 def save_tiny_run(workdir, step=3, seed=1, **overrides):
   """A work directory holding one checkpoint (at `step`) of the tiny config at its initialisation, for the evaluation
   protocols end to end; returns its path as a string."""

@@ -1,7 +1,8 @@
 """One process of tests/test_multihost.py: `python tests/multihost_worker.py ADDRESS NUM_PROCESSES PROCESS_ID WORKDIR`.
 
-Joins JAX's distributed runtime (4 emulated CPU devices per process), trains the tiny test config with the kNN
-monitor on, and saves its own copy of the final parameters, queues and BN statistics to WORKDIR/process_I.npz.
+Joins JAX's distributed runtime (4 emulated CPU devices per process), trains tests/helpers.py's multihost_config
+(the tiny test config with the kNN monitor on), and saves its own copy of the final parameters, queues and BN
+statistics to WORKDIR/process_I.npz.
 """
 
 import os
@@ -14,7 +15,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tests.helpers import flat_state  # noqa: E402
-from tests.helpers import tiny_config  # noqa: E402
+from tests.helpers import multihost_config  # noqa: E402
 
 
 def main(address, num_processes, process_id, workdir):
@@ -24,7 +25,7 @@ def main(address, num_processes, process_id, workdir):
   jax.distributed.initialize(address, int(num_processes), int(process_id))
   from jax_moco import train
 
-  state = train.train_and_evaluate(tiny_config(num_train_steps=4), workdir)
+  state = train.train_and_evaluate(multihost_config(), workdir)
   np.savez(os.path.join(workdir, f'process_{jax.process_index()}.npz'), **flat_state(state))
 
 

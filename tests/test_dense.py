@@ -14,6 +14,9 @@ from jax_moco.models import resnet
 from jax_moco.models.encoder import l2_normalize
 from jax_moco.step import normalize
 
+# Compile-bound: many small programs, each run a few times (tests/conftest.py's fast_compile).
+pytestmark = pytest.mark.fast_compile
+
 
 def backbone_and_variables(arch, stem='imagenet', seed=0):
   """A tiny backbone with random weights and BN statistics moved away from their initialisation."""

@@ -220,6 +220,7 @@ def test_evaluate_a_saved_run_writes_results_and_reuses_features(make_config, tm
     evaluate.evaluate(str(tmp_path), 'knn', epochs=3)
 
 
+@pytest.mark.fast_compile
 @pytest.mark.heavy(45)  # seconds on 2 cores, for the order of tests/conftest.py
 def test_linear_classification_learns_and_resumes_exactly(make_config, tmp_path, monkeypatch):
   config = make_config()

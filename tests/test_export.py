@@ -128,6 +128,7 @@ def test_torchvision_export_computes_the_same_features(tmp_path, arch, stem):
   assert set(missing.missing_keys) == {'fc.weight', 'fc.bias'} and not missing.unexpected_keys
 
 
+@pytest.mark.fast_compile
 @pytest.mark.heavy(25)  # seconds on 2 cores, for the order of tests/conftest.py
 def test_moco_layout_is_the_official_builders_and_main_lincls_loads_it(tmp_path):
   config = run_config('resnet50')

@@ -10,6 +10,9 @@ from jax_moco import torch_layout
 from jax_moco.models import resnet
 from jax_moco.models.batchnorm import SplitBatchNorm
 
+# Compile-bound: many small programs, each run a few times (tests/conftest.py's fast_compile).
+pytestmark = pytest.mark.fast_compile
+
 
 def torchvision_keys(arch, **kwargs):
   """Our backbone variables under torchvision's state-dict names, with torchvision's (OIHW) shapes."""

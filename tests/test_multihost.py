@@ -16,7 +16,7 @@ from jax_moco import checkpointing
 from jax_moco import train
 from tests.helpers import flat_state
 from tests.helpers import loss_atol
-from tests.helpers import tiny_config
+from tests.helpers import multihost_config
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'multihost_worker.py')
 
@@ -78,7 +78,7 @@ def test_two_processes_match_one_process_with_eight_devices(tmp_path, monkeypatc
     np.testing.assert_array_equal(first[name], second[name], err_msg=name)
 
   feed_both_processes_batches(monkeypatch)
-  single = train.train_and_evaluate(tiny_config(num_train_steps=4), str(tmp_path / 'single'))
+  single = train.train_and_evaluate(multihost_config(), str(tmp_path / 'single'))
   leaves = flat_state(single)
   assert leaves.keys() == first.keys()
   for name in first:
@@ -93,7 +93,7 @@ def test_two_processes_match_one_process_with_eight_devices(tmp_path, monkeypatc
     [m['loss'] for m in map(json.loads, open(tmp_path / d / 'metrics.jsonl')) if 'loss' in m]
     for d in ('pair', 'single')
   )
-  config = tiny_config()
+  config = multihost_config()
   atol = loss_atol(config.moco.temperature, config.model.projection_dim, terms=2)  # the instance and the NN loss
   np.testing.assert_allclose(pair_losses, single_losses, rtol=1e-5, atol=atol)
 

@@ -18,8 +18,8 @@ def test_colab_notebook_runs_on_cpu(tmp_path, monkeypatch):
   assert len(parameters) == 1 and 'DATASET' in parameters[0].source
   workdir = str(tmp_path / 'run')
   parameters[0].source += (
-    f"\nDATASET, EPOCHS, BATCH_SIZE, MAX_STEPS = 'embedded_subset', 1, 64, 2"
-    f'\nKNN_BANK, KNN_QUERIES, PROBE_EXAMPLES, INSTALL, WORKDIR = 500, 500, 300, False, {workdir!r}'
+    f"\nDATASET, EPOCHS, BATCH_SIZE, MAX_STEPS = 'embedded_subset', 1, 32, 2"
+    f'\nKNN_BANK, KNN_QUERIES, PROBE_EXAMPLES, INSTALL, WORKDIR = 200, 200, 200, False, {workdir!r}'
   )
   monkeypatch.delenv('XLA_FLAGS', raising=False)  # one CPU device, as a single-GPU runtime
   NotebookClient(nb, timeout=600, kernel_name='python3', resources={'metadata': {'path': ROOT}}).execute()

@@ -51,6 +51,7 @@ def test_ablation_rows_add_one_thing_each_at_an_equal_budget():
     ablation.row_config('mocov2', 0, overrides={'model.archh': 'resnet10'})
 
 
+@pytest.mark.fast_compile
 @pytest.mark.heavy(45)  # seconds on 2 cores, for the order of tests/conftest.py
 def test_ablation_trains_scores_tabulates_and_reads_back(tmp_path):
   # One row and seed keeps it cheap; the rows' configs are the test above.

@@ -18,6 +18,9 @@ from tests.helpers import loss_atol
 from tests.helpers import real_batches
 from tests.helpers import tiny_config
 
+# Compile-bound: many small programs, each run a few times (tests/conftest.py's fast_compile).
+pytestmark = pytest.mark.fast_compile
+
 
 @pytest.mark.parametrize('groups', [2, 4, 8])
 def test_shuffle_puts_about_one_key_in_g_in_its_positives_bn_group(groups):

@@ -167,6 +167,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(make_config, tmp_path,
   assert sorted(os.listdir(checkpoints)) == before
 
 
+@pytest.mark.fast_compile
 @pytest.mark.heavy(20)  # seconds on 2 cores, for the order of tests/conftest.py
 def test_resuming_with_another_config_is_refused(make_config, tmp_path):
   train.train_and_evaluate(make_config(num_train_steps=2, eval_dataset=''), str(tmp_path))
