@@ -40,11 +40,12 @@ def fast_compile(request):
     return
   import jax
 
+  before = jax.config.read('jax_disable_most_optimizations')  # JAX_DISABLE_MOST_OPTIMIZATIONS=1 stays on after
   jax.config.update('jax_disable_most_optimizations', True)
   try:
     yield
   finally:
-    jax.config.update('jax_disable_most_optimizations', False)
+    jax.config.update('jax_disable_most_optimizations', before)
 
 
 def _seconds(item):
