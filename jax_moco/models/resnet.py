@@ -44,7 +44,7 @@ def conv_small_maps_as_matmul(
   extent = ((kh - 1) * dh + 1, (kw - 1) * dw + 1)
   pads = lax.padtype_to_pads(lhs.shape[1:3], extent, window_strides, padding) if isinstance(padding, str) else padding
   output = [(n + lo + hi - e) // s + 1 for n, (lo, hi), e, s in zip(lhs.shape[1:3], pads, extent, window_strides)]
-  small = any(n < e for n, e in zip((*lhs.shape[1:3], *output), extent * 2))
+  small = any(min(n, o) < e for n, o, e in zip(lhs.shape[1:3], output, extent))  # the input or the output map
   if not small or feature_group_count != 1 or any(d != 1 for d in (lhs_dilation or ())):
     return lax.conv_general_dilated(
       lhs,
