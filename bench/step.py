@@ -5,6 +5,8 @@ batch, crops and queue, on the same device, alternating rounds; medians and thei
   python bench/step.py                      # CPU demo scale: ResNet-18, CIFAR stem, 32 px + 2 x 16 px, batch 64
   python bench/step.py --arch=resnet50 --stem=imagenet --large=160 --small=96 --num_small=4 --batch=256 \\
       --queue=65536 --dtype=bfloat16        # the GPU setting (PyTorch reference then with AMP in bfloat16)
+  python bench/step.py --xla_option=xla_cpu_prefer_vector_width=512 --xla_option=xla_cpu_enable_fast_math=true
+                                            # + a row of ours compiled with each XLA option added
 
 Also prints XLA's compile time, the model FLOPs per step from XLA's cost analysis, achieved FLOP/s and peak host RSS.
 One device, one BN group (the reference has no split BN). The reference runs on the GPU when JAX does (and PyTorch
@@ -50,6 +52,12 @@ def define_flags():
   flags.DEFINE_integer('rounds', 3, 'Alternating rounds.')
   flags.DEFINE_bool('torch_compile', False, 'Also time torch.compile of the reference (slow to compile on CPU).')
   flags.DEFINE_bool('channels_last', True, 'Channels-last memory format for the reference.')
+  flags.DEFINE_multi_string(
+    'xla_option',
+    [],
+    'NAME=VALUE: one more row, our step compiled with this XLA option added (e.g. '
+    'xla_cpu_prefer_vector_width=512); repeat the flag for more rows.',
+  )
 
 
 def bench_config(
@@ -80,9 +88,20 @@ def on_mesh(batch, num_devices=1):
   return jax.device_put(batch, sharding.batch_sharded(sharding.create_mesh(jax.devices()[:num_devices])))
 
 
-def jax_step(config, seed=0, num_devices=1, ynnpack_convolutions=None):
+def parse_xla_option(text):
+  """'NAME=VALUE' -> (NAME, VALUE as an int or a bool where it reads as one, else the string)."""
+  name, sep, value = text.partition('=')
+  if not sep or not name:
+    raise ValueError(f'--xla_option={text!r}: use NAME=VALUE')
+  if value.lower() in ('true', 'false'):
+    return name, value.lower() == 'true'
+  return name, int(value) if value.lstrip('-').isdigit() else value
+
+
+def jax_step(config, seed=0, num_devices=1, ynnpack_convolutions=None, xla_options=None):
   """(train step on the first `num_devices` devices, initial state, constant learning rate) for `config`, with
-  XLA:CPU's convolutions as `ynnpack_convolutions` ('on' / 'off') or the config's setting."""
+  XLA:CPU's convolutions as `ynnpack_convolutions` ('on' / 'off') or the config's setting, and `xla_options`
+  ({name: value}) added to the compiler options."""
   mesh = sharding.create_mesh(jax.devices()[:num_devices])
   encoder = state_lib.create_encoder(config)
   lr = config.optim.base_lr * config.batch_size / 256
@@ -98,7 +117,8 @@ def jax_step(config, seed=0, num_devices=1, ynnpack_convolutions=None):
     step_lib.step_config(config, 1000),
     lambda step: lr,
     schedules.ema_momentum(config.moco.momentum, 1, 'constant'),
-    xla_cpu.compiler_options(ynnpack_convolutions or config.cpu_ynnpack_convolutions),
+    {**(xla_cpu.compiler_options(ynnpack_convolutions or config.cpu_ynnpack_convolutions) or {}), **(xla_options or {})}
+    or None,
   )
   return fn, state, lr
 
@@ -150,8 +170,9 @@ def _run_compiled(compiled, holder, batch):
   jax.block_until_ready(metrics['loss'])
 
 
-def run(config, steps=5, rounds=3, torch_compile=False, channels_last=True, log=print):
-  """Alternating rounds of ours and the reference(s); returns {name: median images/s} and prints a summary."""
+def run(config, steps=5, rounds=3, torch_compile=False, channels_last=True, xla_options=(), log=print):
+  """Alternating rounds of ours and the reference(s), and of ours with each of `xla_options` ('NAME=VALUE') added;
+  returns {name: median images/s} and prints a summary."""
   import torch
   import torch_reference_step as ref
 
@@ -166,8 +187,11 @@ def run(config, steps=5, rounds=3, torch_compile=False, channels_last=True, log=
   names = {'on': 'jax_moco (XLA, YNNPACK convolutions)', 'off': 'jax_moco (XLA, own convolutions)'}
   if not on_cpu:  # the setting is XLA:CPU's alone: one program elsewhere
     names = {ours_setting: 'jax_moco (XLA)'}
-  for setting, name in names.items():
-    fn, state, lr = jax_step(config, ynnpack_convolutions=setting)
+  variants = [(setting, name, None) for setting, name in names.items()]
+  for text in xla_options:
+    variants.append((ours_setting, f'{names[ours_setting]} + {text}', dict([parse_xla_option(text)])))
+  for setting, name, options in variants:
+    fn, state, lr = jax_step(config, ynnpack_convolutions=setting, xla_options=options)
     start = time.perf_counter()
     compiled = fn.lower(state, device_batch).compile()
     compile_s[name] = time.perf_counter() - start
@@ -213,7 +237,7 @@ def main(argv):
   config = bench_config(
     FLAGS.arch, FLAGS.stem, FLAGS.batch, FLAGS.large, FLAGS.small, FLAGS.num_small, FLAGS.queue, FLAGS.dtype
   )
-  run(config, FLAGS.steps, FLAGS.rounds, FLAGS.torch_compile, FLAGS.channels_last)
+  run(config, FLAGS.steps, FLAGS.rounds, FLAGS.torch_compile, FLAGS.channels_last, FLAGS.xla_option)
 
 
 if __name__ == '__main__':

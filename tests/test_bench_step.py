@@ -57,3 +57,15 @@ def test_reference_step_computes_our_step(order):
   )
   np.testing.assert_allclose(ours.queue_h, model.queue.numpy(), atol=1e-5)
   np.testing.assert_allclose(ours.queue_g, model.queue_backbone.numpy(), atol=1e-5)
+
+
+def test_xla_options_are_parsed_and_reach_the_compiler():
+  assert bench_step.parse_xla_option('xla_cpu_prefer_vector_width=512') == ('xla_cpu_prefer_vector_width', 512)
+  assert bench_step.parse_xla_option('xla_cpu_enable_fast_math=True') == ('xla_cpu_enable_fast_math', True)
+  assert bench_step.parse_xla_option('a=LIBRARY_FUSION_TYPE_REDUCE') == ('a', 'LIBRARY_FUSION_TYPE_REDUCE')
+  with pytest.raises(ValueError, match='NAME=VALUE'):
+    bench_step.parse_xla_option('xla_cpu_enable_fast_math')
+  config = tiny('loss_then_enqueue')
+  fn, state, _ = bench_step.jax_step(config, xla_options={'xla_no_such_option_here': 1})
+  with pytest.raises(Exception, match='xla_no_such_option_here'):  # the option was handed to XLA, which refuses it
+    fn.lower(state, bench_step.on_mesh(bench_step.synthetic_batch(config))).compile()
