@@ -40,14 +40,21 @@ def _stderr_silenced():
     os.close(null)
 
 
+def quiet_logging(verbosity: int):
+  """Below verbosity 1, keeps other libraries' INFO lines (JAX probing for a TPU, Orbax file by file) off the
+  console: what every command line does first."""
+  if verbosity < 1:
+    absl_logging.get_absl_handler().addFilter(quiet_filter())
+
+
 def import_tensorflow(verbosity: int):
   """Imports TensorFlow for the input pipeline (hidden from the accelerators); below verbosity 1 without its C++
-  notices (start-up, oneDNN, libjpeg's warnings on a bad file, which jax_moco reports itself), and keeps other
-  libraries' INFO lines off the console."""
+  notices (start-up, oneDNN, libjpeg's warnings on a bad file, which jax_moco reports itself), and with
+  quiet_logging."""
+  quiet_logging(verbosity)
   if verbosity >= 1:
     input_pipeline.tensorflow_on_cpu_only()
     return
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
-  absl_logging.get_absl_handler().addFilter(quiet_filter())
   with _stderr_silenced():
     input_pipeline.tensorflow_on_cpu_only()

@@ -37,8 +37,6 @@ from jax_moco import evaluators
 from jax_moco import sharding
 from jax_moco import state as state_lib
 from jax_moco import xla_cpu
-from jax_moco.evaluators import common
-from jax_moco.evaluators import features
 
 # Flags that are protocol options, passed to the chosen Evaluator under the same names.
 OPTIONS = (
@@ -89,6 +87,10 @@ def evaluate(
   **options,
 ):
   """Runs one protocol on a checkpoint with the protocol's `options`; returns (and writes) its result dict."""
+  # Imported here: they read data through TensorFlow, whose import the command line quiets first (main).
+  from jax_moco.evaluators import common
+  from jax_moco.evaluators import features
+
   evaluator = evaluators.get(protocol)
   _check_options(evaluator, protocol, options)
   config, state, step = checkpointing.load_run(workdir, step)
@@ -183,9 +185,9 @@ def main(argv):
   f = flags.FLAGS
   if not f.workdir:
     raise app.UsageError('--workdir is required')
-  import input_pipeline
+  from jax_moco import console
 
-  input_pipeline.tensorflow_on_cpu_only()
+  console.import_tensorflow(f.verbosity)
   options = {name: f[name].value for name in OPTIONS if f[name].value is not None}
   try:
     result = evaluate(

@@ -24,6 +24,7 @@ import jax
 import numpy as np
 
 from jax_moco import checkpointing
+from jax_moco import console
 from jax_moco import torch_layout
 
 FORMATS = ('torchvision', 'moco', 'detectron2')
@@ -145,6 +146,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not flags.FLAGS.workdir or not flags.FLAGS.output:
     raise app.UsageError('--workdir and --output are required')
+  console.quiet_logging(flags.FLAGS.verbosity)
   try:
     print(export(flags.FLAGS.workdir, flags.FLAGS.format, flags.FLAGS.output, flags.FLAGS.step, flags.FLAGS.encoder))
   except (checkpointing.NotARunError, ValueError) as e:

@@ -21,6 +21,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from jax_moco import checkpointing
+from jax_moco import console
 from jax_moco import state as state_lib
 from jax_moco import torch_layout
 
@@ -121,6 +122,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not flags.FLAGS.checkpoint or not flags.FLAGS.workdir or flags.FLAGS.config is None:
     raise app.UsageError('--checkpoint, --workdir and --config are required')
+  console.quiet_logging(flags.FLAGS.verbosity)
   try:
     print(import_checkpoint(flags.FLAGS.checkpoint, flags.FLAGS.workdir, flags.FLAGS.config))
   except (ValueError, FileExistsError) as e:

@@ -10,7 +10,6 @@ import jax
 
 from configs import presets
 from jax_moco import config_checks
-from jax_moco import train
 
 
 def config(method, overrides, steps=None):
@@ -31,6 +30,8 @@ def train_once(config, workdir):
   summary_path = os.path.join(workdir, 'summary.json')
   wall_path = os.path.join(workdir, 'wall_seconds.txt')
   if not _finished(summary_path):
+    from jax_moco import train  # here: it imports TensorFlow, which the scripts' main quiets first
+
     started = time.time()
     train.train_and_evaluate(config, workdir)
     if not _finished(summary_path):  # SIGTERM / Ctrl-C: checkpointed, and the next row must not start

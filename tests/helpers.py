@@ -1,5 +1,7 @@
 """Shared test helpers: the tiny config and a saved run of it, building a step on a mesh, real batches from the
-pipeline, and a folder with bad files."""
+pipeline, a folder with bad files, and what a command line must not print."""
+
+import os
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +16,34 @@ from jax_moco import checkpointing
 from jax_moco import sharding
 from jax_moco import state as state_lib
 from jax_moco import train
+
+# Lines a researcher should not see by default: TensorFlow's C++ log, other libraries' INFO lines (Orbax file by
+# file), the parameter table, AutoGraph's complaints.
+CHATTER = (
+  'absl::InitializeLog',
+  'oneDNN',
+  'cpu_feature_guard',
+  "Unable to initialize backend 'tpu'",
+  'AutoGraph',
+  'Premature end of JPEG data',
+  'fontManager',
+  '| Name ',
+  'parameter_overview',
+  'I0000',
+  'E0000',
+  'checkpoint_manager.py',
+  'event_tracking.py',
+)
+
+
+def chatter(console):
+  """The lines of a command's console output that hold CHATTER."""
+  return [line for line in console.splitlines() if any(c in line for c in CHATTER)]
+
+
+def user_environment():
+  """The environment a user runs a command line in: TensorFlow's log level unset (the suite sets it)."""
+  return {k: v for k, v in os.environ.items() if k != 'TF_CPP_MIN_LOG_LEVEL'}
 
 
 def tiny_config(**overrides):

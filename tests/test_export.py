@@ -1,7 +1,10 @@
 """PyTorch interoperability against real torchvision: the exported models compute what ours compute, the MoCo layout
 is the official builder's key for key, detectron2 names follow MoCo's conversion rules, and round trips are exact."""
 
+import os
 import pickle
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -15,8 +18,11 @@ from jax_moco import export
 from jax_moco import import_torch
 from jax_moco import state as state_lib
 from jax_moco import torch_layout
+from tests.helpers import chatter
 from tests.helpers import tiny_config
+from tests.helpers import user_environment
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 32
 
 
@@ -187,7 +193,10 @@ def test_detectron2_names_follow_mocos_conversion(tmp_path):
   assert not any('layer' in k or 'bn' in k or 'downsample' in k or 'num_batches' in k for k in model)
 
 
-def test_round_trip_torch_jax_torch_is_exact(tmp_path):
+@pytest.mark.heavy(20)  # seconds on 2 cores, for the order of tests/conftest.py
+def test_round_trip_torch_jax_torch_is_exact_through_the_command_lines(tmp_path):
+  """`python -m jax_moco.import_torch`, then `python -m jax_moco.export`, as a user runs them: a torchvision
+  ResNet-18 comes back tensor for tensor, and neither command prints other libraries' chatter."""
   torch.manual_seed(0)
   model = torchvision.models.resnet18()
   for module in model.modules():  # non-trivial BN statistics
@@ -196,9 +205,15 @@ def test_round_trip_torch_jax_torch_is_exact(tmp_path):
       module.running_var.uniform_(0.5, 2.0)
   source = {k: v for k, v in model.state_dict().items()}
   torch.save(source, tmp_path / 'tv.pth')
-  config = run_config('resnet18', nn_weight=0.0)
-  import_torch.import_checkpoint(str(tmp_path / 'tv.pth'), str(tmp_path / 'run'), config)
-  export.export(str(tmp_path / 'run'), 'torchvision', str(tmp_path / 'back.pth'))
+  model_config = ['--config.model.arch=resnet18', '--config.model.width=1.0', '--config.model.stem=imagenet']
+  for command in (
+    ['jax_moco.import_torch', f'--checkpoint={tmp_path / "tv.pth"}', '--config=configs/mocov2.py', *model_config],
+    ['jax_moco.export', '--format=torchvision', f'--output={tmp_path / "back.pth"}'],
+  ):
+    argv = [sys.executable, '-m', *command, f'--workdir={tmp_path / "run"}']
+    printed = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300, env=user_environment())
+    assert printed.returncode == 0, printed.stderr[-3000:]
+    assert chatter(printed.stdout + printed.stderr) == [], command[0]
   back = torch.load(tmp_path / 'back.pth', weights_only=True)
   assert set(back) == set(source) - {'fc.weight', 'fc.bias'}
   for name, value in back.items():

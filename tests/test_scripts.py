@@ -10,9 +10,12 @@ import sys
 
 import pytest
 
+from jax_moco import train
 from scripts import ablation
 from scripts import runs
 from scripts import sweep_demo
+from tests.helpers import chatter
+from tests.helpers import user_environment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # tests/helpers.py's tiny_config as overrides of every row (the rows keep their own crops).
@@ -70,8 +73,9 @@ def test_ablation_trains_scores_tabulates_and_reads_back(tmp_path):
   before = files_of(workdir)
   command = [sys.executable, 'scripts/ablation.py', f'--out={out}', '--steps=2', '--seeds=0', '--rows=mocov2']
   command += ['--probe_max_examples=200'] + [f'--override={o}' for o in TINY]
-  printed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True).stdout
-  assert table in printed and files_of(workdir) == before
+  printed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True, env=user_environment())
+  assert table in printed.stdout and files_of(workdir) == before
+  assert chatter(printed.stdout + printed.stderr) == []
 
   # Another budget in the same work directory is refused, naming the field, before anything trains.
   with pytest.raises(SystemExit, match='num_train_steps'):
@@ -86,7 +90,7 @@ def test_a_stopped_run_stops_the_script_and_resumes_when_rerun(tmp_path, monkeyp
     trained.append(workdir)
     (tmp_path / 'summary.json').write_text(json.dumps({'steps': 2 * len(trained), 'total_steps': 4}))
 
-  monkeypatch.setattr(runs.train, 'train_and_evaluate', train_and_evaluate)
+  monkeypatch.setattr(train, 'train_and_evaluate', train_and_evaluate)
   with pytest.raises(SystemExit, match='run the same command again to resume'):
     runs.train_once(config, workdir)
   assert runs.train_once(config, workdir)[0]['steps'] == 4 and len(trained) == 2

@@ -146,6 +146,8 @@ def test_the_protocol_end_to_end_on_a_saved_run_and_its_command_line(tmp_path):
 
   command = [sys.executable, '-m', 'jax_moco.evaluate', f'--workdir={workdir}', '--protocol=segment_retrieval']
   command += [f'--dataset={voc}:train', f'--test_dataset={voc}:val', '--image_size=64', '--kmeans_k=4']
-  printed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  env = helpers.user_environment()
+  printed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
   assert printed.returncode == 0, printed.stderr[-3000:]
+  assert helpers.chatter(printed.stdout + printed.stderr) == []
   assert f'mIoU {result["miou"]:.2f} %' in printed.stdout and f'{voc}:train (3 images, 64 px)' in printed.stdout

@@ -15,24 +15,11 @@ import pytest
 
 from jax_moco import checkpointing
 from jax_moco import train
+from tests.helpers import chatter
+from tests.helpers import user_environment
 from tests.helpers import write_folder_with_bad_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Lines a researcher should not see by default: TensorFlow's C++ log, other libraries' INFO lines, the parameter
-# table, AutoGraph's complaints.
-CHATTER = (
-  'absl::InitializeLog',
-  'oneDNN',
-  'cpu_feature_guard',
-  "Unable to initialize backend 'tpu'",
-  'AutoGraph',
-  'Premature end of JPEG data',
-  'fontManager',
-  '| Name ',
-  'parameter_overview',
-  'I0000',
-  'E0000',
-)
 
 
 def leaves_equal(a, b):
@@ -79,7 +66,7 @@ CLI_RUN = {
 def cli(workdir, overrides):
   """The command line of `python -m jax_moco.main` on the demo config with `overrides`, in the environment a user
   has (TensorFlow's log level unset, one device): (argv, env)."""
-  env = {k: v for k, v in os.environ.items() if k != 'TF_CPP_MIN_LOG_LEVEL'}
+  env = user_environment()
   argv = [sys.executable, '-m', 'jax_moco.main', '--config=configs/knn.py', f'--workdir={workdir}']
   return argv + [f'--config.{k}={v}' for k, v in {**CLI_RUN, **overrides}.items()], dict(env, XLA_FLAGS='')
 
@@ -225,7 +212,7 @@ def test_the_default_console_shows_the_run_and_none_of_the_chatter(tmp_path):
   result = run_cli(tmp_path / 'run', overrides)
   console = result.stdout + result.stderr
   assert result.returncode == 0, console[-4000:]
-  assert [line for line in console.splitlines() if any(c in line for c in CHATTER)] == []
+  assert chatter(console) == []
   assert result.stdout.startswith(f'workdir: {tmp_path / "run"}\n')
   for shown in (
     'knn-moco on folder:',  # steps, epochs, devices
