@@ -31,23 +31,23 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import step as bench_step  # noqa: E402
 
 FLAGS = flags.FLAGS
-KINDS = (
-  'convolution',
-  'matmul (heads, queue logits, small-map convs)',
-  'top-k and sort (NN mining)',
-  'batch norm and other reductions',
-  'layout transposes and copies',
-  'elementwise',
-  'other',
-)
+# The kinds of op, in the table's order (one name each, so the XLA and PyTorch sides cannot spell one differently).
+CONVOLUTION = 'convolution'
+MATMUL = 'matmul (heads, queue logits, small-map convs)'
+TOP_K = 'top-k and sort (NN mining)'
+REDUCTION = 'batch norm and other reductions'
+LAYOUT = 'layout transposes and copies'
+ELEMENTWISE = 'elementwise'
+OTHER = 'other'
+KINDS = (CONVOLUTION, MATMUL, TOP_K, REDUCTION, LAYOUT, ELEMENTWISE, OTHER)
 # A PyTorch op's kind: the first kind one of whose name fragments its aten name contains.
 TORCH_KINDS = (
-  ('convolution', ('conv',)),
-  ('matmul (heads, queue logits, small-map convs)', ('mm', 'matmul', 'linear', 'dot')),
-  ('top-k and sort (NN mining)', ('topk', 'sort')),
-  ('batch norm and other reductions', ('batch_norm', 'sum', 'mean', 'max', 'norm', 'var', 'std', 'logsumexp')),
-  ('layout transposes and copies', ('copy', 'contiguous', 'permute', 'transpose', 'clone', 'cat', 'stack', 'index')),
-  ('elementwise', ('add', 'mul', 'div', 'sub', 'relu', 'threshold', 'exp', 'log', 'neg', 'where', 'fill', 'zero')),
+  (CONVOLUTION, ('conv',)),
+  (MATMUL, ('mm', 'matmul', 'linear', 'dot')),
+  (TOP_K, ('topk', 'sort')),
+  (REDUCTION, ('batch_norm', 'sum', 'mean', 'max', 'norm', 'var', 'std', 'logsumexp')),
+  (LAYOUT, ('copy', 'contiguous', 'permute', 'transpose', 'clone', 'cat', 'stack', 'index')),
+  (ELEMENTWISE, ('add', 'mul', 'div', 'sub', 'relu', 'threshold', 'exp', 'log', 'neg', 'where', 'fill', 'zero')),
 )
 LAYOUT_OPCODES = {'transpose', 'copy', 'bitcast', 'reshape', 'parameter', 'tuple', 'get-tuple-element', 'slice'}
 INSTRUCTION = re.compile(r'^\s+(?:ROOT )?%([\w.\-]+) = .+? ([a-z][a-z0-9\-]*)\(')
@@ -90,18 +90,18 @@ def hlo_opcodes(hlo_text):
 
 def xla_kind(opcodes):
   if 'convolution' in opcodes:
-    return 'convolution'
+    return CONVOLUTION
   if 'dot' in opcodes:
-    return 'matmul (heads, queue logits, small-map convs)'
+    return MATMUL
   if 'sort' in opcodes or 'topk' in opcodes:
-    return 'top-k and sort (NN mining)'
+    return TOP_K
   if 'transpose' in opcodes or opcodes <= LAYOUT_OPCODES:
-    return 'layout transposes and copies'
+    return LAYOUT
   if opcodes & {'reduce', 'reduce-window', 'all-reduce'}:
-    return 'batch norm and other reductions'
+    return REDUCTION
   if opcodes & {'while', 'conditional', 'call', 'custom-call'}:
-    return 'other'
-  return 'elementwise'
+    return OTHER
+  return ELEMENTWISE
 
 
 def torch_kind(name):
@@ -109,7 +109,7 @@ def torch_kind(name):
   for label, fragments in TORCH_KINDS:
     if any(f in lowered for f in fragments):
       return label
-  return 'other'
+  return OTHER
 
 
 def xla_op_times(trace_dir):
@@ -160,7 +160,7 @@ def profile_reference(model, optimizer, batch, steps):
 def by_kind(times, kinds):
   totals = collections.Counter()
   for name, seconds in times.items():
-    totals[kinds.get(name, 'other')] += seconds
+    totals[kinds.get(name, OTHER)] += seconds
   return totals
 
 
@@ -209,7 +209,7 @@ def main(argv):
   times, kinds, _ = ours
   print(f'\nour {FLAGS.top} costliest HLO instructions (ms per step, kind):')
   for name, seconds in times.most_common(FLAGS.top):
-    print(f'  {seconds / FLAGS.steps * 1e3:8.1f}  {name}  ({kinds.get(name, "other")})')
+    print(f'  {seconds / FLAGS.steps * 1e3:8.1f}  {name}  ({kinds.get(name, OTHER)})')
 
 
 if __name__ == '__main__':
