@@ -2,6 +2,8 @@
 pipeline, a folder with bad files, and what a command line must not print."""
 
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +46,18 @@ def chatter(console):
 def user_environment():
   """The environment a user runs a command line in: TensorFlow's log level unset (the suite sets it)."""
   return {k: v for k, v in os.environ.items() if k != 'TF_CPP_MIN_LOG_LEVEL'}
+
+
+def run_quietly(args, timeout=300):
+  """`python ARGS...` from the repository's root in a user's environment: asserts that it succeeds and prints no
+  CHATTER, and returns the finished process."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  argv = [sys.executable, *args]
+  result = subprocess.run(argv, cwd=root, capture_output=True, text=True, timeout=timeout, env=user_environment())
+  assert result.returncode == 0, result.stderr[-3000:]
+  printed = chatter(result.stdout + result.stderr)
+  assert printed == [], f'{" ".join(args[:2])} printed: {printed[:5]}'
+  return result
 
 
 def tiny_config(**overrides):

@@ -6,8 +6,6 @@ jax_moco.evaluate and its command line."""
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 from PIL import Image
@@ -17,8 +15,6 @@ from input_pipeline import voc_segmentation
 from jax_moco import evaluate
 from jax_moco.evaluators import segment_retrieval
 from tests import helpers
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Class c's segments are painted in COLOURS[c].
 COLOURS = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0]], np.uint8)
@@ -144,10 +140,7 @@ def test_the_protocol_end_to_end_on_a_saved_run_and_its_command_line(tmp_path):
   with pytest.raises(ValueError, match='cam_images: not an option of protocol=segment_retrieval'):
     evaluate.evaluate(workdir, 'segment_retrieval', dataset=voc, cam_images=3)
 
-  command = [sys.executable, '-m', 'jax_moco.evaluate', f'--workdir={workdir}', '--protocol=segment_retrieval']
+  command = ['-m', 'jax_moco.evaluate', f'--workdir={workdir}', '--protocol=segment_retrieval']
   command += [f'--dataset={voc}:train', f'--test_dataset={voc}:val', '--image_size=64', '--kmeans_k=4']
-  env = helpers.user_environment()
-  printed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
-  assert printed.returncode == 0, printed.stderr[-3000:]
-  assert helpers.chatter(printed.stdout + printed.stderr) == []
+  printed = helpers.run_quietly(command)
   assert f'mIoU {result["miou"]:.2f} %' in printed.stdout and f'{voc}:train (3 images, 64 px)' in printed.stdout
