@@ -83,6 +83,15 @@ def newest_restorable(steps, restore, directory):
   )
 
 
+def write_replicated_arrays_from_one_replica():
+  """Orbax's replica-parallel saving (its default off the GPU) writes each replicated array as slices, one per
+  device, and compiles a slicing program for every (shape, device) pair at the first save: with 8 devices and the
+  test ResNet that was 160 compiles, half of a 4-step run's time. Our state is small enough (at most a ResNet-50, its
+  EMA and the queues) for one replica to write it, as Orbax does on GPUs."""
+  handler = ocp.type_handlers.ArrayHandler(use_replica_parallel=False)
+  ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+
+
 class Checkpointer:
   """Saves every `every_steps`, keeps the newest `keep`, and restores the latest. `config_dict` is saved beside
   each state; restoring refuses a checkpoint whose `defining_fields` differ (by default a training run's
@@ -93,6 +102,7 @@ class Checkpointer:
   ):
     self.directory = os.path.abspath(directory)
     self.config_dict, self.defining_fields = config_dict, defining_fields
+    write_replicated_arrays_from_one_replica()
     options = ocp.CheckpointManagerOptions(
       save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(every_steps),
       preservation_policy=ocp.checkpoint_managers.LatestN(keep),

@@ -162,6 +162,32 @@ def test_resuming_with_another_config_is_refused(make_config, tmp_path):
     train.train_and_evaluate(make_config(num_train_steps=4, eval_dataset='', **{'model.width': 0.25}), str(tmp_path))
 
 
+def test_saving_a_replicated_state_compiles_nothing_and_restores_it(make_config, tmp_path):
+  """Orbax's replica-parallel saving compiled a slicing program per parameter shape and device at the first save
+  (160 compiles for the tiny state on 8 devices); one replica writes it now."""
+  from jax_moco import sharding
+  from jax_moco import state as state_lib
+
+  config = make_config()
+  replicated = sharding.replicated(sharding.create_mesh())
+  state = jax.device_put(state_lib.initial_state(config, seed=0), replicated)
+  compiles = []
+
+  def count_compiles(event, duration, **_):
+    if event == '/jax/core/compile/backend_compile_duration':
+      compiles.append(duration)
+
+  jax.monitoring.register_event_duration_secs_listener(count_compiles)
+  try:
+    checkpointer = checkpointing.Checkpointer(str(tmp_path), config.to_dict(), 1, 1)
+    checkpointer.save(1, state, force=True)
+    checkpointer.close()
+  finally:
+    jax.monitoring.unregister_event_duration_listener(count_compiles)
+  assert compiles == []
+  leaves_equal(checkpointing.Checkpointer(str(tmp_path), config.to_dict(), 1, 1).restore(state), state)
+
+
 def test_non_finite_loss_stops_with_the_last_good_checkpoint(make_config, tmp_path):
   config = make_config(
     num_train_steps=8, eval_dataset='', log_every_steps=1, checkpoint_every_steps=1, **{'optim.base_lr': 1e30}
