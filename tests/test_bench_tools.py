@@ -65,6 +65,7 @@ def test_ynnpack_setting_takes_only_the_convolutions_out_of_ynnpack():
   assert xla_cpu.ynnpack_convolutions('auto') == xla_cpu.ynnpack_convolutions('off')
 
 
+@pytest.mark.fast_compile  # toy sizes time nothing; what is checked is the computation
 @pytest.mark.heavy(20)  # seconds on 2 cores, for the order of tests/conftest.py
 def test_input_wait_compares_real_and_synthetic_input(make_config):
   lines = []
@@ -75,6 +76,7 @@ def test_input_wait_compares_real_and_synthetic_input(make_config):
   assert any('waiting for input' in line for line in lines)
 
 
+@pytest.mark.fast_compile  # toy sizes time nothing; what is checked is the computation
 @pytest.mark.heavy(25)  # seconds on 2 cores, for the order of tests/conftest.py
 def test_device_augment_times_both_sides_and_trains_the_same():
   config = device_augment.step_bench.bench_config(arch='resnet10', batch=8, width=0.125, num_small=1, queue=64)

@@ -164,6 +164,18 @@ def test_padded_extraction_equals_one_image_at_a_time(make_config):
     assert labels[i] == int(source.load(i)['label'])
 
 
+def test_a_set_smaller_than_one_batch_is_padded_to_the_devices_not_to_the_batch(make_config):
+  config = make_config()
+  state = state_lib.initial_state(config, 0)
+  variables = state_lib.backbone_variables(state.params, state.batch_stats)
+  mesh = sharding.create_mesh()
+  extract = features_lib.Features(mesh, state_lib.create_encoder(config).backbone, 'imagenet', 32, 500)
+  network, batches = extract.feature_fn, []
+  extract.feature_fn = lambda v, images: batches.append(images.shape[0]) or network(v, images)
+  features, _ = extract(variables, sources.get_source('embedded_subset:test'), max_examples=37)
+  assert features.shape[0] == 37 and batches == [40] and mesh.size == 8  # 37 rounded up to 8 devices, not 500
+
+
 def test_normalization_statistics_and_the_head_feature_monitor(make_config):
   images = np.random.default_rng(0).integers(0, 256, (2, 4, 4, 3), np.uint8)
   for name, (mean, std) in step_lib.NORMALIZATION.items():

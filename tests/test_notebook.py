@@ -19,7 +19,7 @@ def test_colab_notebook_runs_on_cpu(tmp_path, monkeypatch):
   workdir = str(tmp_path / 'run')
   parameters[0].source += (
     f"\nDATASET, EPOCHS, BATCH_SIZE, MAX_STEPS = 'embedded_subset', 1, 32, 2"
-    f'\nKNN_BANK, KNN_QUERIES, PROBE_EXAMPLES, INSTALL, WORKDIR = 200, 200, 200, False, {workdir!r}'
+    f'\nKNN_BANK, KNN_QUERIES, PROBE_EXAMPLES, INSTALL, WORKDIR = 100, 100, 100, False, {workdir!r}'
   )
   monkeypatch.delenv('XLA_FLAGS', raising=False)  # one CPU device, as a single-GPU runtime
   NotebookClient(nb, timeout=600, kernel_name='python3', resources={'metadata': {'path': ROOT}}).execute()

@@ -70,8 +70,11 @@ class Features:
     return sharding.all_processes(self.feature_fn(variables, sharding.shard_batch(self.mesh, images)))
 
   def extract(self, variables, source, max_examples=None, description=None):
+    # A set smaller than one batch (the monitor's few hundred images) is not padded up to a whole batch of 500.
+    n = min(source.num_examples, max_examples or source.num_examples)
+    batch = min(self.batch_size, sharding.multiple_of_devices(n, self.mesh))
     ds = pipeline.eval_dataset(
-      source, self.image_size, self.batch_size, jax.process_index(), jax.process_count(), max_examples=max_examples
+      source, self.image_size, batch, jax.process_index(), jax.process_count(), max_examples=max_examples
     )
     cardinality = int(ds.cardinality())
     return unmasked(
