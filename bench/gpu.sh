@@ -55,7 +55,8 @@ if $tiny; then
     --base_queue=16 --base_num_small=0 --base_topk=4 --queues=16 --topks= --num_smalls= --devices=)
   input_size=(--config=configs/knn.py --jpegs=4 --config.batch_size=2 --config.bn_groups=1 --config.moco.queue_size=16
     --config.moco.nn_topk=4 --config.model.arch=resnet10 --config.model.width=0.125 --config.crops.large_size=16
-    --config.crops.small_size=8 --config.crops.num_small=1 --steps=1 --rounds=1)
+    --config.crops.small_size=8 --config.crops.num_small=1 --config.crops.augment_on_device=True --steps=1
+    --rounds=1)
 else
   total=460
   step_size=(--arch=resnet50 --stem=imagenet --large=160 --small=96 --num_small=4 --batch=256 --queue=65536
@@ -117,7 +118,7 @@ stage step 180 'jax ml_collections torch torchvision' \
 stage scaling 240 'jax ml_collections matplotlib' "$py" bench/scaling.py "${scaling_size[@]}" --out="$out/scaling"
 stage device_augment 180 'jax ml_collections tensorflow' "$py" bench/device_augment.py "${augment_size[@]}"
 stage input_wait 150 'jax ml_collections tensorflow clu sklearn' "$py" bench/input_wait.py "${input_size[@]}"
-# At toy sizes the same command once more only repeats input_wait's plumbing (tests/test_bench_tools.py runs this mode).
+# At toy sizes input_wait runs in this mode itself (the one whose synthetic batches keep the records), so only once.
 $tiny || stage input_wait_device 150 'jax ml_collections tensorflow clu sklearn' \
   "$py" bench/input_wait.py "${input_size[@]}" --config.crops.augment_on_device=True
 exit $status

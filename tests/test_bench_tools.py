@@ -1,8 +1,8 @@
 """The benchmark tools compute what they claim to time, at a tiny size: bench/conv_ops.py (XLA and PyTorch compute the
-same convolution and gradients), bench/input_wait.py and bench/device_augment.py (the same step either way),
-bench/folder_scan.py (its listing and torchvision's find the same files), bench/profile_step.py (its ops sorted into
-the kinds they compute, their traced times). bench/scaling.py's and bench/step.py's command
-lines run in tests/test_bench_gpu.py."""
+same convolution and gradients), bench/folder_scan.py (its listing and torchvision's find the same files),
+bench/profile_step.py (its ops sorted into the kinds they compute, their traced times). bench/scaling.py's,
+bench/step.py's, bench/device_augment.py's (the same step either way) and bench/input_wait.py's command lines run,
+and their tables are checked, in tests/test_bench_gpu.py."""
 
 import importlib.util
 import os
@@ -11,10 +11,8 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from jax_moco import xla_cpu
-from tests.helpers import loss_atol
 
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'bench')
 sys.path.insert(0, BENCH)
@@ -27,8 +25,7 @@ def load(name):
   return module
 
 
-conv_ops, input_wait = load('conv_ops'), load('input_wait')
-device_augment, folder_scan, profile_step = load('device_augment'), load('folder_scan'), load('profile_step')
+conv_ops, folder_scan, profile_step = load('conv_ops'), load('folder_scan'), load('profile_step')
 
 
 def test_conv_ops_compares_the_same_forward_and_gradients():
@@ -63,28 +60,6 @@ def test_ynnpack_setting_takes_only_the_convolutions_out_of_ynnpack():
   for fn in (lambda a: a @ a, lambda a: a.sum(0)):  # dots and reductions stay in YNNPACK
     assert ynn_fusions(fn, 'off', a) == ynn_fusions(fn, 'on', a) == 1
   assert xla_cpu.ynnpack_convolutions('auto') == xla_cpu.ynnpack_convolutions('off')
-
-
-@pytest.mark.fast_compile  # toy sizes time nothing; what is checked is the computation
-@pytest.mark.heavy(20)  # seconds on 2 cores, for the order of tests/conftest.py
-def test_input_wait_compares_real_and_synthetic_input(make_config):
-  lines = []
-  config = make_config()
-  config.crops.augment_on_device = True  # the synthetic batches keep the records, the step augments both
-  result = input_wait.run(config, steps=2, rounds=1, log=lines.append)
-  assert result['real_s'] > 0 and result['synthetic_s'] > 0 and 0 <= result['wait_fraction'] < 1
-  assert any('waiting for input' in line for line in lines)
-
-
-@pytest.mark.fast_compile  # toy sizes time nothing; what is checked is the computation
-@pytest.mark.heavy(25)  # seconds on 2 cores, for the order of tests/conftest.py
-def test_device_augment_times_both_sides_and_trains_the_same():
-  config = device_augment.step_bench.bench_config(arch='resnet10', batch=8, width=0.125, num_small=1, queue=64)
-  result = device_augment.run(config, steps=1, rounds=1, log=lambda line: None)
-  assert all(result[k] > 0 for k in ('step', 'step_augmenting', 'device_augment', 'host_augment'))
-  # One step from the same state, fed tf.data-augmented views or crops + records (A+, small crops): the same loss.
-  atol = loss_atol(config.moco.temperature, config.model.projection_dim, terms=2)
-  np.testing.assert_allclose(*result['first_losses'], rtol=1e-5, atol=atol)
 
 
 def test_folder_scan_times_the_listing_torchvision_does_of_the_same_files(tmp_path, monkeypatch):
