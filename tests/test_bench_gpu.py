@@ -32,7 +32,7 @@ TABLES = {
 }
 
 
-@pytest.mark.heavy(130)  # seconds on 2 cores, for the order of tests/conftest.py
+@pytest.mark.heavy(100)  # seconds on 2 cores, for the order of tests/conftest.py
 def test_gpu_script_runs_every_stage_at_a_tiny_size(tmp_path):
   result = subprocess.run(
     ['bash', os.path.join(ROOT, 'bench', 'gpu.sh'), '--tiny', str(tmp_path)],

@@ -26,7 +26,6 @@ def tiny(order):
   return config
 
 
-@pytest.mark.fast_compile  # what is checked is the computation, not its speed
 @pytest.mark.heavy(20)  # seconds on 2 cores, for the order of tests/conftest.py
 @pytest.mark.parametrize('order', ['loss_then_enqueue', 'enqueue_then_mine'])
 def test_reference_step_computes_our_step(order):

@@ -12,7 +12,7 @@ from tests.helpers import build
 from tests.helpers import real_batches
 
 
-@pytest.mark.heavy(90)  # seconds on 2 cores, for the order of tests/conftest.py
+@pytest.mark.heavy(55)  # seconds on 2 cores, for the order of tests/conftest.py
 def test_tiny_resnet_learns_on_embedded_data(make_config):
   config = make_config(
     batch_size=64,

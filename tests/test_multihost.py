@@ -68,7 +68,7 @@ def feed_both_processes_batches(monkeypatch):
   monkeypatch.setattr(train.pipeline, 'train_dataset', global_batches)
 
 
-@pytest.mark.heavy(220)  # seconds on 2 cores, for the order of tests/conftest.py
+@pytest.mark.heavy(90)  # seconds on 2 cores, for the order of tests/conftest.py
 def test_two_processes_match_one_process_with_eight_devices(tmp_path, monkeypatch):
   assert jax.device_count() == 8
   run_pair(str(tmp_path / 'pair'))

@@ -11,7 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, 'notebooks', 'knn_moco_colab.ipynb')
 
 
-@pytest.mark.heavy(180)  # seconds on 2 cores, for the order of tests/conftest.py
+@pytest.mark.heavy(85)  # seconds on 2 cores, for the order of tests/conftest.py
 def test_colab_notebook_runs_on_cpu(tmp_path, monkeypatch):
   nb = nbformat.read(NOTEBOOK, as_version=4)
   parameters = [c for c in nb.cells if 'parameters' in c.metadata.get('tags', [])]

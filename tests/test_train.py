@@ -113,7 +113,7 @@ def test_end_to_end_with_knn_summary(make_config, tmp_path, capsys):
   assert any(name.startswith('events.out.tfevents') for name in os.listdir(tmp_path))
 
 
-@pytest.mark.heavy(70)  # seconds on 2 cores, for the order of tests/conftest.py
+@pytest.mark.heavy(45)  # seconds on 2 cores, for the order of tests/conftest.py
 def test_interrupted_and_resumed_run_equals_uninterrupted(make_config, tmp_path, monkeypatch, folder_with_bad_files):
   # On a folder with bad files (left out by the scan, or replaced when they fail to decode), so resuming at
   # step * batch is tested where examples are dropped.
@@ -220,7 +220,7 @@ def test_curves_draw_the_panels_the_metrics_have(tmp_path):
   assert 'kNN top-1 (%)' not in curves.plot(str(path), str(tmp_path / 'curves.png'))
 
 
-@pytest.mark.heavy(40)  # seconds on 2 cores, for the order of tests/conftest.py
+@pytest.mark.heavy(30)  # seconds on 2 cores, for the order of tests/conftest.py
 def test_the_default_console_shows_the_run_and_none_of_the_chatter(tmp_path):
   """The CLI as a user runs it (TensorFlow's log level unset, one device), on a folder with bad files, with a kNN
   monitor: the work directory, the run, the files left out, the progress, the log lines and the summary."""
@@ -284,7 +284,7 @@ def test_logged_metrics_are_window_means_and_schedules_are_at_the_step(make_conf
     np.testing.assert_allclose(logged[step]['lr'], step / 10.0, rtol=1e-6)
 
 
-@pytest.mark.heavy(95)  # seconds on 2 cores, for the order of tests/conftest.py
+@pytest.mark.heavy(70)  # seconds on 2 cores, for the order of tests/conftest.py
 def test_killed_while_saving_a_checkpoint_resumes_from_the_last_committed_one(tmp_path):
   """A real SIGKILL while Orbax writes a checkpoint (its temporary directory on disk, not yet renamed into place):
   the checkpoints committed before it still restore, the rerun resumes from the newest of them and ends equal, bit
