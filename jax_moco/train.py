@@ -201,7 +201,8 @@ def train_and_evaluate(config, workdir: str, on_metrics=None) -> state_lib.Train
   if monitor and start_step == 0:
     summary['knn_raw_pixels'] = monitor.run_raw_pixels()
     summary['knn_before'] = evaluate_knn(0, state)
-    logging.info('kNN before training: %s (raw pixels: %s)', summary['knn_before'], summary['knn_raw_pixels'])
+    before, raw = (percentages(summary[key]) for key in ('knn_before', 'knn_raw_pixels'))
+    logging.info('kNN before training: %s (raw pixels: %s)', before, raw)
 
   def after_step(step, state, metrics):
     if metrics is not None:
@@ -294,6 +295,11 @@ def _train_loop(config, state, train_step, data, mesh, checkpointer, total_steps
         )
         break
   return state
+
+
+def percentages(result) -> str:
+  """{'top1': 66.649999, 'top5': 98.6} -> 'top1 66.65 %, top5 98.60 %' (float sums print their rounding)."""
+  return ', '.join(f'{name} {value:.2f} %' for name, value in result.items())
 
 
 def format_summary(summary) -> str:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -250,6 +251,8 @@ def test_the_default_console_shows_the_run_and_none_of_the_chatter(tmp_path):
     'unreadable files left out or replaced: 3',
   ):
     assert shown in console, (shown, console[-4000:])
+  # Percentages with 2 decimals, not the float sums' rounding (66.64999999999999).
+  assert re.search(r'kNN before training: top1 \d+\.\d\d %, top5 \d+\.\d\d % \(raw pixels: top1 \d+\.\d\d %', console)
 
 
 def test_logged_metrics_are_window_means_and_schedules_are_at_the_step(make_config):
