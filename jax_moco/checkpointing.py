@@ -95,6 +95,23 @@ def _state_handler():
   return ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
 
 
+def _manager(directory, options=None):
+  """The one way a run's checkpoints are opened, for training and for reading: items 'state' and 'config'."""
+  handlers = {'state': _state_handler(), 'config': ocp.JsonCheckpointHandler()}
+  return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+
+
+def _restored_config(manager, step) -> dict:
+  return manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))['config']
+
+
+def _restored_state(manager, step, abstract):
+  """The state at `step`, with the structure, shapes, dtypes and shardings of `abstract`."""
+  restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
+  args = ocp.args.Composite(state=ocp.args.PyTreeRestore(abstract, restore_args=restore_args))
+  return manager.restore(step, args=args)['state']
+
+
 class Checkpointer:
   """Saves every `every_steps`, keeps the newest `keep`, and restores the latest. `config_dict` is saved beside
   each state; restoring refuses a checkpoint whose `defining_fields` differ (by default a training run's
@@ -110,8 +127,7 @@ class Checkpointer:
       preservation_policy=ocp.checkpoint_managers.LatestN(keep),
       create=True,
     )
-    handlers = {'state': _state_handler(), 'config': ocp.JsonCheckpointHandler()}
-    self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+    self.manager = _manager(self.directory, options)
 
   def latest_step(self):
     return self.manager.latest_step()
@@ -131,11 +147,8 @@ class Checkpointer:
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target_state)
 
     def restore(step):
-      saved_config = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))['config']
-      check_compatible(saved_config, self.config_dict, self.directory, self.defining_fields)
-      restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
-      state = ocp.args.PyTreeRestore(abstract, restore_args=restore_args)
-      return self.manager.restore(step, args=ocp.args.Composite(state=state))['state']
+      check_compatible(_restored_config(self.manager, step), self.config_dict, self.directory, self.defining_fields)
+      return _restored_state(self.manager, step, abstract)
 
     step, state, skipped = newest_restorable(self.manager.all_steps(), restore, self.directory)
     if skipped:
@@ -167,7 +180,7 @@ def load_run(workdir: str, step=None):
   directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
   if not os.path.isdir(directory):
     raise NotARunError(f'{workdir} is not a jax_moco work directory: it has no checkpoints/ folder')
-  manager = ocp.CheckpointManager(directory, item_names=('state', 'config'))
+  manager = _manager(directory)
   steps = manager.all_steps()
   if not steps:
     raise NotARunError(f'{directory} holds no checkpoint')
@@ -179,12 +192,12 @@ def load_run(workdir: str, step=None):
   def restore(step):
     # Fields added to the schema since the run was saved take their defaults, which are what such runs used.
     config = base.get_config()
-    config.update(manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))['config'])
+    config.update(_restored_config(manager, step))
     abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
       jax.eval_shape(lambda: state_lib.initial_state(config, seed=0)),
     )
-    return config, manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))['state']
+    return config, _restored_state(manager, step, abstract)
 
   step, (config, state), _ = newest_restorable(steps if step is None else [step], restore, directory)
   manager.close()
