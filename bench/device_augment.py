@@ -3,8 +3,8 @@
 
   - the train step fed augmented views against the same step fed crops + parameter records (it then augments them
     itself): the augmentation's share of the step;
-  - the augmentation alone, jitted on the device (`jax_moco.augment.apply_to_batch`), against the same records applied
-    by the TF ops that tf.data runs (`input_pipeline.augment.apply`, in a tf.function on the host's cores).
+  - the augmentation alone, jitted on the device (`jax_moco.device_augment.apply_to_batch`), against the same records
+    applied by the TF ops that tf.data runs (`input_pipeline.host_augment.apply`, in a tf.function on the host's cores).
 
   python bench/device_augment.py                 # CPU demo scale: ResNet-18, CIFAR stem, 32 px + 2 x 16 px, A+
   python bench/device_augment.py --arch=resnet50 --stem=imagenet --large=160 --small=96 --num_small=4 --batch=256 \\
@@ -30,7 +30,7 @@ import step as step_bench  # noqa: E402
 
 from input_pipeline import pipeline  # noqa: E402
 from input_pipeline import views  # noqa: E402
-from jax_moco import augment  # noqa: E402
+from jax_moco import device_augment  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -58,7 +58,7 @@ def run(config, steps=5, rounds=3, log=print):
   device = jax.devices()[0]
   plain = step_bench.on_mesh(augmented)
   with_records = step_bench.on_mesh({**crops, 'augment': records})
-  device_apply = jax.jit(augment.apply_to_batch)
+  device_apply = jax.jit(device_augment.apply_to_batch)
   # The augmentation alone runs outside the step's shard_map, on arrays without a mesh axis in their type.
   device_records = jax.device_put({**crops, 'augment': records}, device)
   # One step from the same state on each input (also compiling both): the two ways must train the same.

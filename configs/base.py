@@ -35,7 +35,7 @@ def get_config():
   c.model.projection_dim = 128
   c.model.hidden_dim = 0  # 0: the backbone's feature width
   c.model.head = 'mlp'  # MoCo-v2's MLP, or 'linear' (one layer, as MoCo v1 and the MoCo CIFAR-10 Colab)
-  c.model.normalization = 'imagenet'  # input mean/std: 'imagenet' or 'cifar10' (jax_moco.step.NORMALIZATION)
+  c.model.normalization = 'imagenet'  # input mean/std: 'imagenet' or 'cifar10' (jax_moco.normalization.NORMALIZATION)
 
   c.moco = ml_collections.ConfigDict()
   c.moco.queue_size = 1024  # K, a multiple of batch_size (16 steps of keys in the demo)

@@ -4,26 +4,26 @@ batch of views, `APPLY` holds the TF op of each policy op (in `OP_NAMES` order) 
 import tensorflow as tf
 
 from input_pipeline import autoaugment_policy as policy
-from input_pipeline import ops
+from input_pipeline import host_image_ops
 
 NO_OP = -1
 
 # TF op per policy op, in policy.OP_NAMES order; each takes (images, argument [B]) (see policy.op_argument).
 _BY_NAME = {
-  'ShearX': ops.shear_x,
-  'ShearY': ops.shear_y,
-  'TranslateX': ops.translate_x,
-  'TranslateY': ops.translate_y,
-  'Rotate': ops.rotate,
-  'Brightness': ops.adjust_brightness,
-  'Color': ops.adjust_saturation,
-  'Contrast': ops.adjust_contrast,
-  'Sharpness': ops.adjust_sharpness,
-  'Posterize': lambda im, bits: ops.posterize(im, tf.cast(bits, tf.int32)),
-  'Solarize': ops.solarize,
-  'AutoContrast': lambda im, _: ops.autocontrast(im),
-  'Equalize': lambda im, _: ops.equalize(im),
-  'Invert': lambda im, _: ops.invert(im),
+  'ShearX': host_image_ops.shear_x,
+  'ShearY': host_image_ops.shear_y,
+  'TranslateX': host_image_ops.translate_x,
+  'TranslateY': host_image_ops.translate_y,
+  'Rotate': host_image_ops.rotate,
+  'Brightness': host_image_ops.adjust_brightness,
+  'Color': host_image_ops.adjust_saturation,
+  'Contrast': host_image_ops.adjust_contrast,
+  'Sharpness': host_image_ops.adjust_sharpness,
+  'Posterize': lambda im, bits: host_image_ops.posterize(im, tf.cast(bits, tf.int32)),
+  'Solarize': host_image_ops.solarize,
+  'AutoContrast': lambda im, _: host_image_ops.autocontrast(im),
+  'Equalize': lambda im, _: host_image_ops.equalize(im),
+  'Invert': lambda im, _: host_image_ops.invert(im),
 }
 APPLY = tuple(_BY_NAME[name] for name in policy.OP_NAMES)
 

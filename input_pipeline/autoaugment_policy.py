@@ -1,7 +1,7 @@
 """AutoAugment's ImageNet policy (torchvision's 25 sub-policies and magnitude bins) as the authors' backport of
 torchvision's AutoAugment (Van Gansbeke et al. 2021) applies it, as plain Python tables: the TF side
-(`autoaugment.py`) draws and applies it, the JAX side (`jax_moco/augment.py`) applies it on the accelerator from the
-same op indices.
+(`autoaugment.py`) draws and applies it, the JAX side (`jax_moco/device_augment.py`) applies it on the accelerator
+from the same op indices.
 
 big_vision's `policy_v0` is a different list; this is torchvision's `AutoAugmentPolicy.IMAGENET`, which A+
 (paper 001, Sec. 4.2) uses. Magnitude bins: 10, as torchvision. Where the backport departs from torchvision 0.29,

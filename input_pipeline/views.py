@@ -8,8 +8,8 @@ import dataclasses
 
 import tensorflow as tf
 
-from input_pipeline import augment
 from input_pipeline import crops
+from input_pipeline import host_augment
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,13 +27,13 @@ class ViewSpec:
   # The blur sigma range is MoCo-v2's [0.1, 2.0] px at 224 px; scaling it with the view size keeps the same
   # relative blur on small images (a 2 px blur wipes out a 32 px image). Set blur_reference_size=0 for fixed px.
   blur_reference_size: int = 224
-  blur_probability: float = augment.P_BLUR
+  blur_probability: float = host_augment.P_BLUR
   # Draw every random choice here but leave the pixel work (colour, blur, AutoAugment) to the train step.
   augment_on_device: bool = False
 
   def blur_sigma(self, size):
     scale = size / self.blur_reference_size if self.blur_reference_size else 1.0
-    return tuple(s * scale for s in augment.BLUR_SIGMA)
+    return tuple(s * scale for s in host_augment.BLUR_SIGMA)
 
 
 def make_crops(image, seed, spec: ViewSpec):
@@ -63,13 +63,13 @@ def make_crops(image, seed, spec: ViewSpec):
 
 
 def draw_augmentation(seed, spec: ViewSpec):
-  """One example's augmentation uniforms (augment.UNIFORMS_PER_VIEW per view), keyed like its views: 'anchor' and
+  """One example's augmentation uniforms (host_augment.UNIFORMS_PER_VIEW per view), keyed like its views: 'anchor' and
   'positive' [U], 'small' [N, U]; `augmentation_records` turns a batch of them into parameter records.
 
   Drawn per example from the example's own seed, so its views depend only on (seed, its counter): not on the batch
   it lands in, the batch size or the number of processes. One op per example; the rest is vectorised per batch.
   """
-  uniforms = augment.draw_uniforms(seed, 2 + spec.num_small)
+  uniforms = host_augment.draw_uniforms(seed, 2 + spec.num_small)
   drawn = {'anchor': uniforms[0], 'positive': uniforms[1]}
   if spec.num_small:
     drawn['small'] = uniforms[2:]
@@ -82,11 +82,11 @@ def augmentation_records(uniforms, spec: ViewSpec):
   records = {}
   for key, batch_uniforms in uniforms.items():
     size = spec.small_size if key == 'small' else spec.large_size
-    flat = tf.reshape(batch_uniforms, [-1, augment.UNIFORMS_PER_VIEW])
+    flat = tf.reshape(batch_uniforms, [-1, host_augment.UNIFORMS_PER_VIEW])
     if key == 'anchor' or not spec.aplus:
-      record = augment.moco_v2_record(flat, spec.blur_sigma(size), spec.blur_probability)
+      record = host_augment.moco_v2_record(flat, spec.blur_sigma(size), spec.blur_probability)
     else:
-      record = augment.aplus_record(flat, size, spec.blur_sigma(size), spec.blur_probability)
+      record = host_augment.aplus_record(flat, size, spec.blur_sigma(size), spec.blur_probability)
     leading = tf.shape(batch_uniforms)[:-1]
     records[key] = {k: tf.reshape(v, tf.concat([leading, tf.shape(v)[1:]], 0)) for k, v in record.items()}
   return records
@@ -95,12 +95,12 @@ def augmentation_records(uniforms, spec: ViewSpec):
 def augment_batch(batch):
   """Applies a batch's records (batch['augment'], from augmentation_records) to its views and drops them, on the host;
   positives and small crops go through their chain as one stack of B (* N) views. (With spec.augment_on_device the
-  pipeline skips this and `jax_moco.augment.apply_to_batch` does the same in the train step.)"""
+  pipeline skips this and `jax_moco.device_augment.apply_to_batch` does the same in the train step.)"""
   batch = dict(batch)
   for key, record in batch.pop('augment').items():
     images = batch[key]
     leading = len(images.shape) - 3  # [B] or [B, N]
     flat = tf.reshape(images, tf.concat([[-1], tf.shape(images)[-3:]], 0))
     flat_record = {k: tf.reshape(v, [-1] + v.shape[leading:].as_list()) for k, v in record.items()}
-    batch[key] = tf.reshape(augment.apply(flat, flat_record), tf.shape(images))
+    batch[key] = tf.reshape(host_augment.apply(flat, flat_record), tf.shape(images))
   return batch

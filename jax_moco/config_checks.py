@@ -3,8 +3,8 @@
 from jax_moco import xla_cpu
 from jax_moco.models import encoder
 from jax_moco.models import resnet
+from jax_moco.normalization import NORMALIZATION
 from jax_moco.step import ENQUEUE_ORDERS
-from jax_moco.step import NORMALIZATION
 
 
 class ConfigError(ValueError):

@@ -6,7 +6,7 @@ Shapes: P positives (B images x (N + 1) views, flattened), C projection width, C
 import jax
 import jax.numpy as jnp
 
-from jax_moco.models.encoder import l2_normalize
+from jax_moco.normalization import l2_normalize
 
 
 def contrastive_logits(positives, keys, queue):

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jax_moco import queue as queue_lib
+from jax_moco import queues
 from jax_moco import schedules
 from jax_moco.models import encoder as encoder_lib
 from jax_moco.models import resnet
@@ -91,7 +91,7 @@ def _fresh_state(config, encoder, tx, key) -> TrainState:
   params, batch_stats = variables['params'], variables['batch_stats']
   queue_g = None
   if nn_loss_enabled(config):
-    queue_g = queue_lib.init_queue(qg_key, config.moco.queue_size, encoder.backbone.num_features)
+    queue_g = queues.init_queue(qg_key, config.moco.queue_size, encoder.backbone.num_features)
   return TrainState(
     step=jnp.zeros((), jnp.int32),
     params=params,
@@ -99,7 +99,7 @@ def _fresh_state(config, encoder, tx, key) -> TrainState:
     ema_params=jax.tree.map(jnp.copy, params),
     ema_batch_stats=jax.tree.map(jnp.copy, batch_stats),
     opt_state=tx.init(params),
-    queue_h=queue_lib.init_queue(qh_key, config.moco.queue_size, config.model.projection_dim),
+    queue_h=queues.init_queue(qh_key, config.moco.queue_size, config.model.projection_dim),
     queue_g=queue_g,
     queue_ptr=jnp.zeros((), jnp.int32),
     rng=jax.random.key_data(rng),

@@ -12,22 +12,17 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
-import numpy as np
 import optax
 
-from jax_moco import augment
+from jax_moco import device_augment
 from jax_moco import losses
-from jax_moco import queue as queue_lib
+from jax_moco import queues
 from jax_moco import shuffle
-from jax_moco.models.encoder import l2_normalize
+from jax_moco.normalization import l2_normalize
+from jax_moco.normalization import normalize
 from jax_moco.sharding import AXIS
 from jax_moco.state import TrainState
 
-# Per-channel (mean, std) of the input images in [0, 1] (`model.normalization`), applied on the accelerator.
-NORMALIZATION = {
-  'imagenet': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-  'cifar10': ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),  # the MoCo CIFAR-10 Colab's values
-}
 ENQUEUE_ORDERS = ('loss_then_enqueue', 'enqueue_then_mine')
 
 
@@ -39,7 +34,7 @@ class StepConfig:
   nn_warmup_steps: int
   nn_order: str  # 'loss_then_enqueue' (paper, Sec. 4.3) or 'enqueue_then_mine' (appendix B, authors' scripts)
   queue_size: int
-  normalization: str = 'imagenet'  # a key of NORMALIZATION
+  normalization: str = 'imagenet'  # a key of normalization.NORMALIZATION
   symmetric: bool = False  # the MoCo CIFAR-10 Colab's symmetric loss (two crops, each the query for the other's key)
 
 
@@ -55,13 +50,6 @@ def step_config(config, steps_per_epoch) -> StepConfig:
     normalization=config.model.normalization,
     symmetric=m.symmetric,
   )
-
-
-def normalize(images, statistics='imagenet'):
-  """uint8 NHWC -> float32 with the per-channel mean/std named by `statistics` (a key of NORMALIZATION)."""
-  # NumPy constants, not module-level jnp arrays, which would start the XLA backend at import time.
-  mean, std = (np.asarray(v, np.float32) * 255.0 for v in NORMALIZATION[statistics])
-  return (images.astype(jnp.float32) - mean) / std
 
 
 def _encode(encoder, params, batch_stats, images, statistics):
@@ -94,7 +82,7 @@ def _recent_fraction(indices, start, batch, size):
 
 def train_step(state: TrainState, batch, *, encoder, tx, cfg: StepConfig, lr_fn: Callable, momentum_fn: Callable):
   """Per-device step: state replicated, batch the local shard. Returns (state, metrics), both replicated."""
-  batch = augment.apply_to_batch(batch)  # views tf.data left to the accelerator (config.crops.augment_on_device)
+  batch = device_augment.apply_to_batch(batch)  # views tf.data left to the accelerator (config.crops.augment_on_device)
   device = jax.lax.axis_index(AXIS)
   local = batch['anchor'].shape[0]
   global_batch = local * jax.lax.psum(1, AXIS)
@@ -117,8 +105,8 @@ def train_step(state: TrainState, batch, *, encoder, tx, cfg: StepConfig, lr_fn:
   enqueued = enqueued_h.shape[0]
 
   use_nn = state.queue_g is not None
-  queue_h = queue_lib.enqueue(state.queue_h, enqueued_h, state.queue_ptr)
-  queue_g = queue_lib.enqueue(state.queue_g, l2_normalize(keys_g), state.queue_ptr) if use_nn else None
+  queue_h = queues.enqueue(state.queue_h, enqueued_h, state.queue_ptr)
+  queue_g = queues.enqueue(state.queue_g, l2_normalize(keys_g), state.queue_ptr) if use_nn else None
   mine_in = queue_g if cfg.nn_order == 'enqueue_then_mine' else state.queue_g
   recent_start = state.queue_ptr if cfg.nn_order == 'enqueue_then_mine' else state.queue_ptr - global_batch
   nn_weight = cfg.nn_weight * (state.step >= cfg.nn_warmup_steps)
@@ -176,7 +164,7 @@ def train_step(state: TrainState, batch, *, encoder, tx, cfg: StepConfig, lr_fn:
     opt_state=opt_state,
     queue_h=queue_h,
     queue_g=queue_g,
-    queue_ptr=queue_lib.advance(state.queue_ptr, enqueued, cfg.queue_size),
+    queue_ptr=queues.advance(state.queue_ptr, enqueued, cfg.queue_size),
   )
   return new_state, jax.lax.pmean(metrics, AXIS)
 

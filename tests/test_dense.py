@@ -11,8 +11,8 @@ import pytest
 from jax_moco import sharding
 from jax_moco.evaluators.dense import DenseFeatures
 from jax_moco.models import resnet
-from jax_moco.models.encoder import l2_normalize
-from jax_moco.step import normalize
+from jax_moco.normalization import l2_normalize
+from jax_moco.normalization import normalize
 
 # Compile-bound: many small programs, each run a few times (tests/conftest.py's fast_compile).
 pytestmark = pytest.mark.fast_compile

@@ -17,40 +17,65 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
-from input_pipeline import augment as tf_augment
-from input_pipeline import ops
+from input_pipeline import host_augment
+from input_pipeline import host_image_ops
 from input_pipeline import pipeline
 from input_pipeline import sources
 from input_pipeline import views
-from jax_moco import augment
-from jax_moco import image_ops
+from jax_moco import device_augment
+from jax_moco import device_image_ops
 from tests.helpers import tiny_config
 
 
 def _affine(coefficients):
-  return lambda images, arg: image_ops.affine_pil(images, coefficients(images.shape, arg))
+  return lambda images, arg: device_image_ops.affine_pil(images, coefficients(images.shape, arg))
 
 
 ENHANCE = [0.6, 1.0, 1.3, 1.9, 0.2, 1.7]
 OPS = [  # name, TF op, JAX op, per-view parameters for a batch of 6
-  ('brightness', ops.adjust_brightness, image_ops.adjust_brightness, ENHANCE),
-  ('contrast', ops.adjust_contrast, image_ops.adjust_contrast, ENHANCE),
-  ('saturation', ops.adjust_saturation, image_ops.adjust_saturation, ENHANCE),
-  ('sharpness', ops.adjust_sharpness, image_ops.adjust_sharpness, ENHANCE),
-  ('hue', ops.adjust_hue, image_ops.adjust_hue, [-0.1, 0.0, 0.04, 0.5, -0.5, 0.33]),
-  ('posterize', ops.posterize, image_ops.posterize, [8, 6, 4, 1, 2, 3]),
-  ('solarize', ops.solarize, image_ops.solarize, [0.0, 100.0, 141.7, 255.0, 30.0, 200.0]),
-  ('autocontrast', lambda x, _: ops.autocontrast(x), lambda x, _: image_ops.autocontrast(x), ENHANCE),
-  ('equalize', lambda x, _: ops.equalize(x), lambda x, _: image_ops.equalize(x), ENHANCE),
-  ('invert', lambda x, _: ops.invert(x), lambda x, _: image_ops.invert(x), ENHANCE),
-  ('grayscale', lambda x, _: ops.grayscale(x), lambda x, _: image_ops.grayscale(x), ENHANCE),
-  ('flip', lambda x, _: ops.flip_left_right(x), lambda x, _: image_ops.flip_left_right(x), ENHANCE),
-  ('blur', ops.gaussian_blur, image_ops.gaussian_blur, [0.1, 0.5, 1.2, 2.0, 0.7, 1.9]),
-  ('shear_x', ops.shear_x, _affine(image_ops.shear_x_coefficients), [-0.3, 0.0, 0.1, 0.2, 1 / 6, -0.1]),
-  ('shear_y', ops.shear_y, _affine(image_ops.shear_y_coefficients), [-0.3, 0.0, 0.1, 0.2, 1 / 6, -0.1]),
-  ('translate_x', ops.translate_x, _affine(image_ops.translate_x_coefficients), [-40.5, 0, 3.2, 60, 7, -3]),
-  ('translate_y', ops.translate_y, _affine(image_ops.translate_y_coefficients), [-40.5, 0, 3.2, 60, 7, -3]),
-  ('rotate', ops.rotate, _affine(image_ops.rotate_coefficients), [-30.0, 0.0, 9.0, 27.0, 13.3, -23.3]),
+  ('brightness', host_image_ops.adjust_brightness, device_image_ops.adjust_brightness, ENHANCE),
+  ('contrast', host_image_ops.adjust_contrast, device_image_ops.adjust_contrast, ENHANCE),
+  ('saturation', host_image_ops.adjust_saturation, device_image_ops.adjust_saturation, ENHANCE),
+  ('sharpness', host_image_ops.adjust_sharpness, device_image_ops.adjust_sharpness, ENHANCE),
+  ('hue', host_image_ops.adjust_hue, device_image_ops.adjust_hue, [-0.1, 0.0, 0.04, 0.5, -0.5, 0.33]),
+  ('posterize', host_image_ops.posterize, device_image_ops.posterize, [8, 6, 4, 1, 2, 3]),
+  ('solarize', host_image_ops.solarize, device_image_ops.solarize, [0.0, 100.0, 141.7, 255.0, 30.0, 200.0]),
+  ('autocontrast', lambda x, _: host_image_ops.autocontrast(x), lambda x, _: device_image_ops.autocontrast(x), ENHANCE),
+  ('equalize', lambda x, _: host_image_ops.equalize(x), lambda x, _: device_image_ops.equalize(x), ENHANCE),
+  ('invert', lambda x, _: host_image_ops.invert(x), lambda x, _: device_image_ops.invert(x), ENHANCE),
+  ('grayscale', lambda x, _: host_image_ops.grayscale(x), lambda x, _: device_image_ops.grayscale(x), ENHANCE),
+  ('flip', lambda x, _: host_image_ops.flip_left_right(x), lambda x, _: device_image_ops.flip_left_right(x), ENHANCE),
+  ('blur', host_image_ops.gaussian_blur, device_image_ops.gaussian_blur, [0.1, 0.5, 1.2, 2.0, 0.7, 1.9]),
+  (
+    'shear_x',
+    host_image_ops.shear_x,
+    _affine(device_image_ops.shear_x_coefficients),
+    [-0.3, 0.0, 0.1, 0.2, 1 / 6, -0.1],
+  ),
+  (
+    'shear_y',
+    host_image_ops.shear_y,
+    _affine(device_image_ops.shear_y_coefficients),
+    [-0.3, 0.0, 0.1, 0.2, 1 / 6, -0.1],
+  ),
+  (
+    'translate_x',
+    host_image_ops.translate_x,
+    _affine(device_image_ops.translate_x_coefficients),
+    [-40.5, 0, 3.2, 60, 7, -3],
+  ),
+  (
+    'translate_y',
+    host_image_ops.translate_y,
+    _affine(device_image_ops.translate_y_coefficients),
+    [-40.5, 0, 3.2, 60, 7, -3],
+  ),
+  (
+    'rotate',
+    host_image_ops.rotate,
+    _affine(device_image_ops.rotate_coefficients),
+    [-30.0, 0.0, 9.0, 27.0, 13.3, -23.3],
+  ),
 ]
 
 
@@ -85,8 +110,8 @@ def test_each_jax_op_computes_the_tf_op(photo_crops, name, tf_op, jax_op, params
 def _records(kind, seed, count, size):
   seed = tf.constant([seed, 11], tf.int64)
   if kind == 'aplus':
-    return tf_augment.aplus_record(tf_augment.draw_uniforms(seed, count), size, (0.1, 2.0))
-  return tf_augment.moco_v2_record(tf_augment.draw_uniforms(seed, count), (0.1, 2.0))
+    return host_augment.aplus_record(host_augment.draw_uniforms(seed, count), size, (0.1, 2.0))
+  return host_augment.moco_v2_record(host_augment.draw_uniforms(seed, count), (0.1, 2.0))
 
 
 @pytest.mark.parametrize('kind', ['moco_v2', 'aplus'])
@@ -95,20 +120,20 @@ def test_chains_agree_from_the_same_records(china, kind):
   rng = np.random.default_rng(1)
   views_ = np.stack([china[r : r + 48, c : c + 48] for r, c in zip(rng.integers(0, 48, 96), rng.integers(0, 96, 96))])
   record = _records(kind, 3, len(views_), 48)
-  host = next(iter(tf.data.Dataset.from_tensors((views_, record)).map(tf_augment.apply))).numpy()
-  device = jax.jit(augment.apply)(jnp.asarray(views_), {k: jnp.asarray(v.numpy()) for k, v in record.items()})
+  host = next(iter(tf.data.Dataset.from_tensors((views_, record)).map(host_augment.apply))).numpy()
+  device = jax.jit(device_augment.apply)(jnp.asarray(views_), {k: jnp.asarray(v.numpy()) for k, v in record.items()})
   _assert_close(device, host, max_fraction=1e-3)
   same_views = np.mean([np.array_equal(a, b) for a, b in zip(np.asarray(device), host)])
   assert same_views >= 0.9, same_views
   assert np.mean(host != views_) > 0.5  # the chain really changed the views
   if kind == 'aplus':
-    ops_used = set(record['autoaugment_op'].numpy().ravel()) - {tf_augment.NO_OP}
+    ops_used = set(record['autoaugment_op'].numpy().ravel()) - {host_augment.NO_OP}
     assert len(ops_used) >= 8, ops_used
 
 
 def test_record_layout_and_branches():
   record = {k: v.numpy() for k, v in _records('aplus', 0, 2000, 32).items()}
-  assert set(record) == set(tf_augment.PARAM_KEYS)
+  assert set(record) == set(host_augment.PARAM_KEYS)
   autoaugmented = (record['autoaugment_op'] >= 0).any(axis=1)
   # A view of A+ gets AutoAugment or the colour/blur chain, never both.
   assert not np.any(
@@ -116,7 +141,7 @@ def test_record_layout_and_branches():
   )
   jittered = record['jitter_op'][:, 0] >= 0
   assert all(sorted(row) == [0, 1, 2, 3] for row in record['jitter_op'][jittered])  # a permutation each
-  assert np.all(record['jitter_op'][~jittered] == tf_augment.NO_OP)
+  assert np.all(record['jitter_op'][~jittered] == host_augment.NO_OP)
 
 
 @pytest.fixture(scope='module')
@@ -135,7 +160,7 @@ def test_pipeline_modes_give_the_same_views(colour_folder):
   on_device = dataclasses.replace(spec, augment_on_device=True)
   host_batches = list(pipeline.train_dataset(source, spec, 8, seed=5).take(3).as_numpy_iterator())
   device_batches = list(pipeline.train_dataset(source, on_device, 8, seed=5).take(3).as_numpy_iterator())
-  apply = jax.jit(augment.apply_to_batch)
+  apply = jax.jit(device_augment.apply_to_batch)
   for host, raw in zip(host_batches, device_batches):
     assert set(raw['augment']) == {'anchor', 'positive', 'small'}
     assert raw['augment']['small']['jitter_op'].shape == (8, 2, 4)

@@ -18,9 +18,9 @@ from jax_moco import checkpointing
 from jax_moco import evaluate
 from jax_moco import evaluators
 from jax_moco import monitor
+from jax_moco import normalization
 from jax_moco import sharding
 from jax_moco import state as state_lib
-from jax_moco import step as step_lib
 from jax_moco.evaluators import features as features_lib
 from jax_moco.evaluators import knn
 from jax_moco.evaluators import linear_classification
@@ -159,7 +159,7 @@ def test_padded_extraction_equals_one_image_at_a_time(make_config):
   assert features.shape[0] == 37
   for i in (0, 17, 36):
     image = pipeline.resize_for_eval(source.load(i)['image'], 32).numpy()[None]
-    alone = encoder.backbone.apply(variables, step_lib.normalize(jnp.asarray(image)), train=False)
+    alone = encoder.backbone.apply(variables, normalization.normalize(jnp.asarray(image)), train=False)
     np.testing.assert_allclose(features[i], np.asarray(alone)[0], rtol=1e-4, atol=1e-5)
     assert labels[i] == int(source.load(i)['label'])
 
@@ -178,9 +178,9 @@ def test_a_set_smaller_than_one_batch_is_padded_to_the_devices_not_to_the_batch(
 
 def test_normalization_statistics_and_the_head_feature_monitor(make_config):
   images = np.random.default_rng(0).integers(0, 256, (2, 4, 4, 3), np.uint8)
-  for name, (mean, std) in step_lib.NORMALIZATION.items():
+  for name, (mean, std) in normalization.NORMALIZATION.items():
     expected = (images / 255.0 - np.array(mean)) / np.array(std)
-    np.testing.assert_allclose(step_lib.normalize(jnp.asarray(images), name), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(normalization.normalize(jnp.asarray(images), name), expected, rtol=1e-5, atol=1e-5)
   # knn.feature='head' scores the normalised 128-d projection (the MoCo CIFAR-10 Colab's monitor).
   config = make_config(**{'knn.feature': 'head', 'model.head': 'linear', 'model.normalization': 'cifar10'})
   encoder = state_lib.create_encoder(config)
@@ -191,7 +191,7 @@ def test_normalization_statistics_and_the_head_feature_monitor(make_config):
   assert features.shape == (16, 128)
   np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1.0, rtol=1e-5)
   image = pipeline.resize_for_eval(task.test.load(3)['image'], 32).numpy()[None]
-  _, alone = encoder.apply(variables, step_lib.normalize(jnp.asarray(image), 'cifar10'), train=False)
+  _, alone = encoder.apply(variables, normalization.normalize(jnp.asarray(image), 'cifar10'), train=False)
   np.testing.assert_allclose(features[3], np.asarray(alone)[0], rtol=1e-4, atol=1e-5)
 
 

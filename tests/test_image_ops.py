@@ -20,11 +20,11 @@ from PIL import ImageOps
 import pytest
 import tensorflow as tf
 
-from input_pipeline import augment
 from input_pipeline import autoaugment
 from input_pipeline import autoaugment_policy as policy
-from input_pipeline import ops
-from jax_moco import image_ops
+from input_pipeline import host_augment
+from input_pipeline import host_image_ops
+from jax_moco import device_image_ops
 
 
 def run_both(fn, image):
@@ -42,23 +42,23 @@ def pil_hue(image, delta):
 
 
 CASES = [  # name, ours, PIL reference, max abs diff, max mean abs diff, max fraction of differing pixels
-  ('grayscale', ops.grayscale, lambda im: im.convert('L').convert('RGB'), 0, 0, 0),
-  ('invert', ops.invert, ImageOps.invert, 0, 0, 0),
-  ('posterize', lambda x: ops.posterize(x, 5), lambda im: ImageOps.posterize(im, 5), 0, 0, 0),
-  ('solarize', lambda x: ops.solarize(x, 141.7), lambda im: ImageOps.solarize(im, 141.7), 0, 0, 0),
-  ('autocontrast', ops.autocontrast, ImageOps.autocontrast, 0, 0, 0),  # full range: the identity
+  ('grayscale', host_image_ops.grayscale, lambda im: im.convert('L').convert('RGB'), 0, 0, 0),
+  ('invert', host_image_ops.invert, ImageOps.invert, 0, 0, 0),
+  ('posterize', lambda x: host_image_ops.posterize(x, 5), lambda im: ImageOps.posterize(im, 5), 0, 0, 0),
+  ('solarize', lambda x: host_image_ops.solarize(x, 141.7), lambda im: ImageOps.solarize(im, 141.7), 0, 0, 0),
+  ('autocontrast', host_image_ops.autocontrast, ImageOps.autocontrast, 0, 0, 0),  # full range: the identity
   (
     'autocontrast_narrow_range',
-    lambda x: ops.autocontrast(x // 4 + 30),
+    lambda x: host_image_ops.autocontrast(x // 4 + 30),
     lambda im: ImageOps.autocontrast(Image.fromarray(np.asarray(im) // 4 + 30)),
     1,
     0.06,
     0.16,
   ),
-  ('equalize', ops.equalize, ImageOps.equalize, 0, 0, 0),
+  ('equalize', host_image_ops.equalize, ImageOps.equalize, 0, 0, 0),
   (
     'translate_x',
-    lambda x: ops.translate_x(x, 30.7),
+    lambda x: host_image_ops.translate_x(x, 30.7),
     lambda im: im.transform(im.size, Image.AFFINE, (1, 0, -30, 0, 1, 0), Image.NEAREST, fillcolor=0),
     0,
     0,
@@ -66,14 +66,21 @@ CASES = [  # name, ours, PIL reference, max abs diff, max mean abs diff, max fra
   ),
   (
     'translate_y',
-    lambda x: ops.translate_y(x, -12.2),
+    lambda x: host_image_ops.translate_y(x, -12.2),
     lambda im: im.transform(im.size, Image.AFFINE, (1, 0, 0, 0, 1, 12), Image.NEAREST, fillcolor=0),
     0,
     0,
     0,
   ),
-  ('rotate', lambda x: ops.rotate(x, 23.3), lambda im: im.rotate(23.3, Image.NEAREST, fillcolor=0), 255, 0.3, 1e-3),
-  ('hue', lambda x: ops.adjust_hue(x, 0.08), lambda im: pil_hue(np.asarray(im), 0.08), 12, 2.0, 1),
+  (
+    'rotate',
+    lambda x: host_image_ops.rotate(x, 23.3),
+    lambda im: im.rotate(23.3, Image.NEAREST, fillcolor=0),
+    255,
+    0.3,
+    1e-3,
+  ),
+  ('hue', lambda x: host_image_ops.adjust_hue(x, 0.08), lambda im: pil_hue(np.asarray(im), 0.08), 12, 2.0, 1),
 ]
 
 
@@ -100,17 +107,17 @@ def _tf_and_jax(tf_op, jax_op, images, params):
 # (clipped), 0, inside (0, 1), 1, and above 1 up to the policy's 1 + 0.9 and 2.
 BLEND_FACTORS = [-1000, 0, 1, 410, 2048, 3000, 4095, 4096, 4097, 5325, 7782, 8192]
 ENHANCE = [  # name, TF op, JAX op, PIL enhancer
-  ('brightness', ops.adjust_brightness, image_ops.adjust_brightness, ImageEnhance.Brightness),
-  ('contrast', ops.adjust_contrast, image_ops.adjust_contrast, ImageEnhance.Contrast),
-  ('saturation', ops.adjust_saturation, image_ops.adjust_saturation, ImageEnhance.Color),
-  ('sharpness', ops.adjust_sharpness, image_ops.adjust_sharpness, ImageEnhance.Sharpness),
+  ('brightness', host_image_ops.adjust_brightness, device_image_ops.adjust_brightness, ImageEnhance.Brightness),
+  ('contrast', host_image_ops.adjust_contrast, device_image_ops.adjust_contrast, ImageEnhance.Contrast),
+  ('saturation', host_image_ops.adjust_saturation, device_image_ops.adjust_saturation, ImageEnhance.Color),
+  ('sharpness', host_image_ops.adjust_sharpness, device_image_ops.adjust_sharpness, ImageEnhance.Sharpness),
 ]
 
 
 @pytest.mark.parametrize('name,tf_op,jax_op,enhancer', ENHANCE, ids=[c[0] for c in ENHANCE])
 def test_enhance_blends_equal_pil_exactly(china, name, tf_op, jax_op, enhancer):
   """PIL blends in float32 and casts to uint8 (a floor; extrapolations clipped first): equal pixel for pixel."""
-  factors = [k / ops.BLEND_FACTOR_STEPS for k in BLEND_FACTORS]
+  factors = [k / host_image_ops.BLEND_FACTOR_STEPS for k in BLEND_FACTORS]
   expected = np.stack([np.asarray(enhancer(Image.fromarray(china)).enhance(f)) for f in factors])
   for got in _tf_and_jax(tf_op, jax_op, np.stack([china] * len(factors)), factors):
     np.testing.assert_array_equal(got, expected, err_msg=name)
@@ -125,8 +132,8 @@ def _backport_shear(name, magnitude, width, height):
 
 
 SHEARS = [
-  ('ShearX', ops.shear_x, image_ops.shear_x_coefficients),
-  ('ShearY', ops.shear_y, image_ops.shear_y_coefficients),
+  ('ShearX', host_image_ops.shear_x, device_image_ops.shear_x_coefficients),
+  ('ShearY', host_image_ops.shear_y, device_image_ops.shear_y_coefficients),
 ]
 
 
@@ -155,7 +162,7 @@ def test_shears_equal_pil_with_the_backports_coefficients(china, name, tf_op, ja
   )
 
   def jax_op(images, shear):
-    return image_ops.affine_pil(images, jax_coefficients(images.shape, shear))
+    return device_image_ops.affine_pil(images, jax_coefficients(images.shape, shear))
 
   for got in _tf_and_jax(tf_op, jax_op, np.stack([image] * len(magnitudes)), arguments):
     np.testing.assert_array_equal(got, expected, err_msg=name)
@@ -171,7 +178,9 @@ def test_solarize_thresholds_are_the_backports(china):
   arguments = [policy.op_argument('Solarize', t, 96) for t in thresholds]
   expected = np.stack([np.asarray(ImageOps.solarize(Image.fromarray(china), float(t))) for t in backport])
   np.testing.assert_array_equal(expected[0], china)
-  for got in _tf_and_jax(ops.solarize, image_ops.solarize, np.stack([china] * len(arguments)), arguments):
+  for got in _tf_and_jax(
+    host_image_ops.solarize, device_image_ops.solarize, np.stack([china] * len(arguments)), arguments
+  ):
     np.testing.assert_array_equal(got, expected)
 
 
@@ -179,27 +188,27 @@ def test_gaussian_blur_close_to_pil(china):
   """PIL's GaussianBlur approximates the Gaussian with box passes, so agreement is statistical, not exact."""
   for sigma in (0.5, 1.0, 2.0):
     expected = np.asarray(Image.fromarray(china).filter(ImageFilter.GaussianBlur(sigma))).astype(np.float32)
-    for got in run_both(lambda x, s=sigma: ops.gaussian_blur(x, s), china):
+    for got in run_both(lambda x, s=sigma: host_image_ops.gaussian_blur(x, s), china):
       assert np.mean(np.abs(got - expected)) < 1.5, sigma
-  np.testing.assert_array_equal(ops.gaussian_blur(tf.constant(china[None]), 0.1)[0].numpy(), china)
+  np.testing.assert_array_equal(host_image_ops.gaussian_blur(tf.constant(china[None]), 0.1)[0].numpy(), china)
 
 
 PER_IMAGE_OPS = [  # op, per-image parameters for a batch of 4
-  (ops.adjust_brightness, [0.6, 1.0, 1.3, 1.9]),
-  (ops.adjust_contrast, [0.6, 1.0, 1.3, 1.9]),
-  (ops.adjust_saturation, [0.0, 0.7, 1.0, 1.4]),
-  (ops.adjust_hue, [-0.1, 0.0, 0.04, 0.5]),
-  (ops.adjust_sharpness, [0.1, 1.0, 1.5, 1.9]),
-  (ops.posterize, [8, 6, 4, 1]),
-  (ops.solarize, [0.0, 100.0, 141.7, 255.0]),
-  (ops.shear_x, [-0.3, 0.0, 0.1, 0.2]),
-  (ops.shear_y, [-0.3, 0.0, 0.1, 0.2]),
-  (ops.translate_x, [-40.5, 0.0, 3.2, 60.0]),
-  (ops.translate_y, [-40.5, 0.0, 3.2, 60.0]),
-  (ops.rotate, [-30.0, 0.0, 9.0, 27.0]),
-  (ops.gaussian_blur, [0.1, 0.5, 1.2, 2.0]),
-  (lambda x, _: ops.autocontrast(x), [0, 0, 0, 0]),
-  (lambda x, _: ops.equalize(x), [0, 0, 0, 0]),
+  (host_image_ops.adjust_brightness, [0.6, 1.0, 1.3, 1.9]),
+  (host_image_ops.adjust_contrast, [0.6, 1.0, 1.3, 1.9]),
+  (host_image_ops.adjust_saturation, [0.0, 0.7, 1.0, 1.4]),
+  (host_image_ops.adjust_hue, [-0.1, 0.0, 0.04, 0.5]),
+  (host_image_ops.adjust_sharpness, [0.1, 1.0, 1.5, 1.9]),
+  (host_image_ops.posterize, [8, 6, 4, 1]),
+  (host_image_ops.solarize, [0.0, 100.0, 141.7, 255.0]),
+  (host_image_ops.shear_x, [-0.3, 0.0, 0.1, 0.2]),
+  (host_image_ops.shear_y, [-0.3, 0.0, 0.1, 0.2]),
+  (host_image_ops.translate_x, [-40.5, 0.0, 3.2, 60.0]),
+  (host_image_ops.translate_y, [-40.5, 0.0, 3.2, 60.0]),
+  (host_image_ops.rotate, [-30.0, 0.0, 9.0, 27.0]),
+  (host_image_ops.gaussian_blur, [0.1, 0.5, 1.2, 2.0]),
+  (lambda x, _: host_image_ops.autocontrast(x), [0, 0, 0, 0]),
+  (lambda x, _: host_image_ops.equalize(x), [0, 0, 0, 0]),
 ]
 
 
@@ -219,11 +228,13 @@ def test_batched_op_equals_the_op_image_by_image(china, op, params):
 def test_apply_where_changes_only_the_selected_images(china):
   images = tf.constant(np.stack([china[:64, :64]] * 5))
   mask = tf.constant([True, False, True, False, False])
-  out = ops.apply_where(mask, ops.adjust_brightness, images, tf.constant([0.5, 9.0, 1.5, 9.0, 9.0])).numpy()
+  out = host_image_ops.apply_where(
+    mask, host_image_ops.adjust_brightness, images, tf.constant([0.5, 9.0, 1.5, 9.0, 9.0])
+  ).numpy()
   np.testing.assert_array_equal(out[[1, 3, 4]], images.numpy()[[1, 3, 4]])
-  np.testing.assert_array_equal(out[0], ops.adjust_brightness(images[:1], 0.5)[0].numpy())
-  np.testing.assert_array_equal(out[2], ops.adjust_brightness(images[:1], 1.5)[0].numpy())
-  nothing = ops.apply_where(tf.zeros([5], tf.bool), ops.equalize, images)
+  np.testing.assert_array_equal(out[0], host_image_ops.adjust_brightness(images[:1], 0.5)[0].numpy())
+  np.testing.assert_array_equal(out[2], host_image_ops.adjust_brightness(images[:1], 1.5)[0].numpy())
+  nothing = host_image_ops.apply_where(tf.zeros([5], tf.bool), host_image_ops.equalize, images)
   np.testing.assert_array_equal(nothing.numpy(), images.numpy())
 
 
@@ -259,7 +270,7 @@ def _apply_in_tf_data(batch, draw, seeds=3):
   """A drawn record applied inside a tf.data map for each of `seeds` seeds; the outputs as NumPy."""
 
   def augmented(i):
-    return augment.apply(batch, draw(tf.stack([i, tf.constant(7, tf.int64)]), batch.shape[0]))
+    return host_augment.apply(batch, draw(tf.stack([i, tf.constant(7, tf.int64)]), batch.shape[0]))
 
   return list(tf.data.Dataset.range(seeds).map(augmented).as_numpy_iterator())
 
@@ -268,10 +279,10 @@ def test_autoaugment_runs_in_tf_data_and_is_deterministic(china):
   batch = tf.constant(np.stack([china[:96, :96]] * 16))
 
   def autoaugment_only(seed, n):
-    uniforms = augment.draw_uniforms(seed, n)
-    record = augment.moco_v2_record(uniforms)
+    uniforms = host_augment.draw_uniforms(seed, n)
+    record = host_augment.moco_v2_record(uniforms)
     record = {k: tf.zeros_like(v) for k, v in record.items()}  # nothing but AutoAugment
-    record['jitter_op'] = tf.fill([n, 4], augment.NO_OP)
+    record['jitter_op'] = tf.fill([n, 4], host_augment.NO_OP)
     record['autoaugment_op'], record['autoaugment_arg'] = autoaugment.choose(uniforms[:, 15:], 96)
     return record
 
@@ -285,8 +296,8 @@ def test_autoaugment_runs_in_tf_data_and_is_deterministic(china):
 @pytest.mark.parametrize(
   'draw',
   [
-    lambda seed, n: augment.moco_v2_record(augment.draw_uniforms(seed, n)),
-    lambda seed, n: augment.aplus_record(augment.draw_uniforms(seed, n), 96),
+    lambda seed, n: host_augment.moco_v2_record(host_augment.draw_uniforms(seed, n)),
+    lambda seed, n: host_augment.aplus_record(host_augment.draw_uniforms(seed, n), 96),
   ],
   ids=['moco_v2', 'aplus'],
 )
@@ -305,23 +316,25 @@ def _binomial_ok(successes, n, p):
 def test_application_probabilities():
   n = 4000
   seed = tf.constant([3, 4], tf.int64)
-  record = {k: v.numpy() for k, v in augment.moco_v2_record(augment.draw_uniforms(seed, n)).items()}
+  record = {k: v.numpy() for k, v in host_augment.moco_v2_record(host_augment.draw_uniforms(seed, n)).items()}
   jitter, gray, blur = record['jitter_op'][:, 0] >= 0, record['grayscale'], record['blur_sigma'] > 0
   for name, applied, p in (
-    ('jitter', jitter, augment.P_JITTER),
-    ('grayscale', gray, augment.P_GRAYSCALE),
-    ('blur', blur, augment.P_BLUR),
-    ('flip', record['flip'], augment.P_FLIP),
+    ('jitter', jitter, host_augment.P_JITTER),
+    ('grayscale', gray, host_augment.P_GRAYSCALE),
+    ('blur', blur, host_augment.P_BLUR),
+    ('flip', record['flip'], host_augment.P_FLIP),
   ):
     assert _binomial_ok(applied.sum(), n, p), (name, applied.mean())
   sigmas = record['blur_sigma'][blur]
   assert sigmas.min() >= 0.1 and sigmas.max() <= 2.0
   # The decisions of different ops are independent: jitter and grayscale co-occur at the product rate.
-  assert _binomial_ok((jitter & gray).sum(), n, augment.P_JITTER * augment.P_GRAYSCALE)
+  assert _binomial_ok((jitter & gray).sum(), n, host_augment.P_JITTER * host_augment.P_GRAYSCALE)
   # A+: half the views take the aug+ chain (so 0.5 x 0.8 are jittered), the other half AutoAugment, whose
   # sub-policies apply at least one op with torchvision's probabilities.
-  aplus = {k: v.numpy() for k, v in augment.aplus_record(augment.draw_uniforms(seed, n), 32).items()}
-  assert _binomial_ok((aplus['jitter_op'][:, 0] >= 0).sum(), n, (1 - augment.P_AUTOAUGMENT) * augment.P_JITTER)
+  aplus = {k: v.numpy() for k, v in host_augment.aplus_record(host_augment.draw_uniforms(seed, n), 32).items()}
+  assert _binomial_ok(
+    (aplus['jitter_op'][:, 0] >= 0).sum(), n, (1 - host_augment.P_AUTOAUGMENT) * host_augment.P_JITTER
+  )
   p_any_op = np.mean([1 - (1 - a[1]) * (1 - b[1]) for a, b in policy.IMAGENET_POLICY])
-  assert _binomial_ok((aplus['autoaugment_op'] >= 0).any(axis=1).sum(), n, augment.P_AUTOAUGMENT * p_any_op)
-  assert _binomial_ok(aplus['flip'].sum(), n, augment.P_FLIP)
+  assert _binomial_ok((aplus['autoaugment_op'] >= 0).any(axis=1).sum(), n, host_augment.P_AUTOAUGMENT * p_any_op)
+  assert _binomial_ok(aplus['flip'].sum(), n, host_augment.P_FLIP)

@@ -15,12 +15,12 @@ from PIL import Image
 import pytest
 import torch
 
-from input_pipeline import davis
 from jax_moco import checkpointing
 from jax_moco import evaluate
 from jax_moco import state as state_lib
 from jax_moco.evaluators import davis_metrics
 from jax_moco.evaluators import label_propagation as lp
+from jax_moco.readers import davis
 
 # Object k of a generated video is painted in COLOURS[k] (0: the background).
 COLOURS = np.array([[128, 128, 128], [230, 30, 30], [30, 30, 230]], np.uint8)

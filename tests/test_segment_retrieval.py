@@ -11,9 +11,9 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from input_pipeline import voc_segmentation
 from jax_moco import evaluate
 from jax_moco.evaluators import segment_retrieval
+from jax_moco.readers import voc_segmentation
 from tests import helpers
 
 # Class c's segments are painted in COLOURS[c].

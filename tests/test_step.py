@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from jax_moco import config_checks
-from jax_moco import queue as queue_lib
+from jax_moco import queues
 from jax_moco import sharding
 from jax_moco import shuffle
 from jax_moco import step as step_lib
@@ -61,8 +61,8 @@ def test_enqueue_fifo_and_wraparound():
   q = jnp.zeros((8, 2))
   ptr = 0
   for i in range(5):
-    q = queue_lib.enqueue(q, jnp.full((4, 2), i + 1.0), ptr)
-    ptr = queue_lib.advance(ptr, 4, 8)
+    q = queues.enqueue(q, jnp.full((4, 2), i + 1.0), ptr)
+    ptr = queues.advance(ptr, 4, 8)
   # After 5 batches of 4 into 8 slots: slots 0-3 hold batch 5, slots 4-7 batch 4; the pointer is back at 4.
   np.testing.assert_array_equal(q[:, 0], [5, 5, 5, 5, 4, 4, 4, 4])
   assert ptr == 4

@@ -29,7 +29,7 @@ from jax_moco import sharding
 from jax_moco.evaluators import common
 from jax_moco.evaluators import features as features_lib
 from jax_moco.evaluators import linear_probe
-from jax_moco.step import normalize
+from jax_moco.normalization import normalize
 
 NUM_IMAGES = 16
 COLUMNS = 8  # images a row of the grid; more images wrap into further groups of three rows

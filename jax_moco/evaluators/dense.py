@@ -12,8 +12,8 @@ import jax
 import numpy as np
 
 from jax_moco import sharding
-from jax_moco.models.encoder import l2_normalize
-from jax_moco.step import normalize
+from jax_moco.normalization import l2_normalize
+from jax_moco.normalization import normalize
 
 
 class DenseFeatures:

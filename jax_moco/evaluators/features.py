@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from input_pipeline import pipeline
 from jax_moco import sharding
-from jax_moco.step import normalize
+from jax_moco.normalization import normalize
 
 
 def make_feature_fn(mesh, module, statistics='imagenet', select=None, compiler_options=None):

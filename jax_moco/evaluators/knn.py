@@ -13,13 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_moco.evaluators import common
+from jax_moco.normalization import l2_normalize
 
 METRICS = ('top1', 'top5')
-
-
-def _normalize(x):
-  x = np.asarray(x, np.float32)
-  return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 @functools.partial(jax.jit, static_argnames=('k',))
@@ -55,7 +51,7 @@ def knn_classify(
   bank_labels, test_labels = np.asarray(bank_labels, np.int32), np.asarray(test_labels)
   num_classes = num_classes or int(max(bank_labels.max(), test_labels.max())) + 1
   k = min(k, len(bank_features))
-  bank, test = _normalize(bank_features), _normalize(test_features)
+  bank, test = (l2_normalize(np.asarray(x, np.float32), xp=np) for x in (bank_features, test_features))
   bank_chunk = min(bank_chunk, len(bank))
   padded = -(-len(bank) // bank_chunk) * bank_chunk  # whole chunks: one compilation
   bank = np.pad(bank, [(0, padded - len(bank)), (0, 0)])

@@ -37,10 +37,10 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from input_pipeline import davis
 from jax_moco.evaluators import common
 from jax_moco.evaluators import davis_metrics
 from jax_moco.evaluators.dense import DenseFeatures
+from jax_moco.readers import davis
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,7 +18,7 @@ from jax_moco import checkpointing
 from jax_moco import sharding
 from jax_moco import state as state_lib
 from jax_moco.evaluators import common
-from jax_moco.step import normalize
+from jax_moco.normalization import normalize
 
 LR, MOMENTUM, WEIGHT_DECAY, EPOCHS, BATCH_SIZE = 30.0, 0.9, 0.0, 100, 256
 MILESTONES = (0.6, 0.8)  # epochs 60 and 80 of 100

@@ -22,10 +22,10 @@ from PIL import Image
 from sklearn.cluster import KMeans
 from tqdm import tqdm
 
-from input_pipeline import voc_segmentation
 from jax_moco import sharding
 from jax_moco.evaluators import common
 from jax_moco.evaluators import dense as dense_lib
+from jax_moco.readers import voc_segmentation
 
 K, IMAGE_SIZE = 15, 512
 

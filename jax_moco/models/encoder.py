@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from jax_moco.models.resnet import ResNet
+from jax_moco.normalization import l2_normalize
 
 # PyTorch nn.Linear's default weight init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 torch_linear_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
@@ -18,10 +19,6 @@ torch_linear_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in',
 def torch_linear_bias_init(fan_in):
   bound = 1.0 / fan_in**0.5
   return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
-
-
-def l2_normalize(x, axis=-1, eps=1e-12):
-  return x * (1.0 / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), eps))
 
 
 HEADS = ('mlp', 'linear')

@@ -1,8 +1,8 @@
 """Pixel operations in JAX on uint8 views [B, H, W, 3] with per-view parameters [B], PIL's semantics: the
-accelerator side of the augmentations whose random choices tf.data draws (input_pipeline/augment.py).
+accelerator side of the augmentations whose random choices tf.data draws (input_pipeline/host_augment.py).
 
-Each op computes what its namesake in input_pipeline/ops.py computes (which tests check against PIL), with the
-same float32 arithmetic in the same order and the same integer formulas, so the two sides agree pixel for pixel
+Each op computes what its namesake in input_pipeline/host_image_ops.py computes (which tests check against PIL), with
+the same float32 arithmetic in the same order and the same integer formulas, so the two sides agree pixel for pixel
 except where a value lands within float error of a rounding boundary (tests/test_device_augment.py measures it).
 """
 

@@ -3,8 +3,8 @@
 - `moco_v2_record` / `aplus_record` turn a batch of views' uniforms (`draw_uniforms`) into every random choice,
   returned as a *parameter record*: a dict of small per-view tensors (`PARAM_KEYS`) that says exactly what happens
   to each view;
-- `apply` applies a record to uint8 views [B, H, W, 3] with TF ops (in tf.data). `jax_moco.augment.apply` applies the
-  same record with JAX ops on the accelerator, inside the train step, so the views are the same whichever side runs
+- `apply` applies a record to uint8 views [B, H, W, 3] with TF ops (in tf.data). `jax_moco.device_augment.apply` applies
+  the same record with JAX ops on the accelerator, inside the train step, so the views are the same whichever side runs
   the pixel work (tests/test_device_augment.py).
 
 Order of application: flip, the two AutoAugment slots, the four colour-jitter positions, grayscale, blur. torchvision's
@@ -19,14 +19,19 @@ step reproduces its batches.
 import tensorflow as tf
 
 from input_pipeline import autoaugment
-from input_pipeline import ops
+from input_pipeline import host_image_ops
 
 # MoCo-v2: ColorJitter(0.4, 0.4, 0.4, 0.1) p = 0.8, RandomGrayscale p = 0.2, GaussianBlur([0.1, 2.0]) p = 0.5.
 JITTER_STRENGTH = (0.4, 0.4, 0.4, 0.1)
 P_JITTER, P_GRAYSCALE, P_BLUR, P_FLIP, P_AUTOAUGMENT = 0.8, 0.2, 0.5, 0.5, 0.5
 BLUR_SIGMA = (0.1, 2.0)  # in pixels of a 224 px view; views.py scales it to the view size
 NO_OP = autoaugment.NO_OP
-JITTER_OPS = (ops.adjust_brightness, ops.adjust_contrast, ops.adjust_saturation, ops.adjust_hue)
+JITTER_OPS = (
+  host_image_ops.adjust_brightness,
+  host_image_ops.adjust_contrast,
+  host_image_ops.adjust_saturation,
+  host_image_ops.adjust_hue,
+)
 
 # The parameter record of a batch of V views:
 #   flip [V] bool; autoaugment_op [V, 2] int32 (policy op index or NO_OP) with autoaugment_arg [V, 2] float32;
@@ -109,7 +114,7 @@ _OUT_OF_LINE = {'_noinline': True}
   experimental_attributes=_OUT_OF_LINE,
 )
 def _autoaugment_slot(images, op, argument):
-  return ops.apply_switch(op, autoaugment.APPLY, images, argument)
+  return host_image_ops.apply_switch(op, autoaugment.APPLY, images, argument)
 
 
 @tf.function(
@@ -119,17 +124,17 @@ def _autoaugment_slot(images, op, argument):
 )
 def _jitter_position(images, op, factors):
   factor = tf.gather(factors, tf.maximum(op, 0), batch_dims=1)
-  return ops.apply_switch(op, JITTER_OPS, images, factor)
+  return host_image_ops.apply_switch(op, JITTER_OPS, images, factor)
 
 
 @tf.function(input_signature=[_VIEWS, RECORD_SPEC], autograph=False, experimental_attributes=_OUT_OF_LINE)
 def apply(images, params):
   """Applies a parameter record to uint8 views [V, H, W, 3]; each op runs only on the views it changes."""
-  images = ops.apply_where(params['flip'], ops.flip_left_right, images)
+  images = host_image_ops.apply_where(params['flip'], host_image_ops.flip_left_right, images)
   for slot in range(2):
     images = _autoaugment_slot(images, params['autoaugment_op'][:, slot], params['autoaugment_arg'][:, slot])
   for position in range(4):
     images = _jitter_position(images, params['jitter_op'][:, position], params['jitter_factor'])
-  images = ops.apply_where(params['grayscale'], ops.grayscale, images)
+  images = host_image_ops.apply_where(params['grayscale'], host_image_ops.grayscale, images)
   blur = params['blur_sigma'] > 0
-  return ops.apply_where(blur, ops.gaussian_blur, images, params['blur_sigma'])
+  return host_image_ops.apply_where(blur, host_image_ops.gaussian_blur, images, params['blur_sigma'])

@@ -3,7 +3,7 @@
 import jax
 import jax.numpy as jnp
 
-from jax_moco.models.encoder import l2_normalize
+from jax_moco.normalization import l2_normalize
 
 
 def init_queue(key, size, dim):

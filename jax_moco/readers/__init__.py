@@ -1,0 +1,1 @@
+"""NumPy/PIL readers of the evaluation datasets kept in their own folder layouts (VOC, DAVIS)."""
