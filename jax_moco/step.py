@@ -1,5 +1,7 @@
-"""The kNN-MoCo train step (paper 001, Algorithm 2, in the order of paper 002, Algorithm 1), written as
-per-device code and mapped over the 1-D device mesh axis 'data' with jax.shard_map.
+"""The kNN-MoCo train step (Van Gansbeke et al. 2021, "Revisiting Contrastive Methods for Unsupervised Learning of
+Visual Representations", Algorithm 2, in the order of He et al. 2020, "Momentum Contrast for Unsupervised Visual
+Representation Learning", Algorithm 1), written as per-device code and mapped over the 1-D device mesh axis 'data'
+with jax.shard_map.
 
 Order within a step: EMA update of f' from the current f; encode the anchors with f' after a batch shuffle;
 losses on the positives from f; SGD update of f with gradients averaged over devices; enqueue of the gathered anchors.
@@ -7,7 +9,10 @@ losses on the positives from f; SGD update of f with gradients averaged over dev
 
 import dataclasses
 import functools
+from typing import Any
 from typing import Callable
+from typing import NamedTuple
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +37,8 @@ class StepConfig:
   nn_topk: int
   nn_weight: float
   nn_warmup_steps: int
-  nn_order: str  # 'loss_then_enqueue' (paper, Sec. 4.3) or 'enqueue_then_mine' (appendix B, authors' scripts)
+  # 'loss_then_enqueue' (Van Gansbeke et al. 2021, Sec. 4.3) or 'enqueue_then_mine' (appendix B, the authors' scripts)
+  nn_order: str
   queue_size: int
   normalization: str = 'imagenet'  # a key of normalization.NORMALIZATION
   symmetric: bool = False  # the MoCo CIFAR-10 Colab's symmetric loss (two crops, each the query for the other's key)
@@ -63,11 +69,9 @@ def encode_keys_shuffled(encoder, ema_params, ema_batch_stats, anchors, key, sta
   """Momentum-encoder keys with shuffling BN: the gathered anchors in one random order (the same on every device,
   from the same key), each device encoding its slice in its BN groups. Returns (global backbone keys [B, C_g],
   global projection keys [B, C], new BN statistics), back in the original order of the global batch."""
-  device = jax.lax.axis_index(AXIS)
-  local = anchors.shape[0]
   all_anchors = jax.lax.all_gather(anchors, AXIS, tiled=True)
   perm = shuffle.batch_permutation(key, all_anchors.shape[0])
-  mine = all_anchors[jax.lax.dynamic_slice_in_dim(perm, device * local, local)]
+  mine = all_anchors[_this_devices_rows(perm, anchors.shape[0])]
   features, projections, batch_stats = _encode(encoder, ema_params, ema_batch_stats, mine, statistics)
   inverse = shuffle.inverse_permutation(perm)
   features = jax.lax.all_gather(features, AXIS, tiled=True)[inverse]
@@ -80,78 +84,146 @@ def _recent_fraction(indices, start, batch, size):
   return jnp.mean(((indices - start) % size) < batch)
 
 
+def _this_devices_rows(gathered, local):
+  """This device's rows of an array gathered (tiled) over the devices."""
+  return jax.lax.dynamic_slice_in_dim(gathered, jax.lax.axis_index(AXIS) * local, local)
+
+
+class MomentumKeys(NamedTuple):
+  """What the momentum encoder f' gives a step."""
+
+  backbone: jax.Array  # [B, C_g] backbone keys of the global batch's anchors (for Q_g)
+  anchor: jax.Array  # [local, C] projection keys of this device's anchors
+  enqueued: jax.Array  # the projection keys that enter Q_h, of the global batch
+  positive: Optional[jax.Array]  # [local, C] projection keys of this device's positives (symmetric loss only)
+  batch_stats: Any  # f''s new BN statistics
+
+
+def momentum_keys(encoder, ema_params, ema_batch_stats, batch, key, statistics) -> MomentumKeys:
+  """The anchors' keys, all of which enter Q_h."""
+  keys_g, keys_h, ema_batch_stats = encode_keys_shuffled(
+    encoder, ema_params, ema_batch_stats, batch['anchor'], key, statistics
+  )
+  return MomentumKeys(keys_g, _this_devices_rows(keys_h, batch['anchor'].shape[0]), keys_h, None, ema_batch_stats)
+
+
+def symmetric_momentum_keys(encoder, ema_params, ema_batch_stats, batch, key, statistics) -> MomentumKeys:
+  """The anchors' keys and the positives' (their own shuffle), enqueued as the MoCo CIFAR-10 Colab enqueues them:
+  [positive keys, anchor keys]."""
+  keys = momentum_keys(encoder, ema_params, ema_batch_stats, batch, key, statistics)
+  _, positive_keys_h, ema_batch_stats = encode_keys_shuffled(
+    encoder, ema_params, keys.batch_stats, batch['positive'], jax.random.fold_in(key, 1), statistics
+  )
+  return keys._replace(
+    positive=_this_devices_rows(positive_keys_h, batch['positive'].shape[0]),
+    enqueued=jnp.concatenate([positive_keys_h, keys.enqueued]),
+    batch_stats=ema_batch_stats,
+  )
+
+
+class Mining(NamedTuple):
+  """The kNN term's inputs besides the features: the Q_g it mines (before or after this step's enqueue, by
+  `nn_order`; None without the term), the slot of Q_g where this step's anchors start, and the term's weight."""
+
+  queue_g: Optional[jax.Array]
+  recent_start: Optional[jax.Array]
+  global_batch: int
+  weight: jax.Array
+
+
+def _enqueue(state: TrainState, keys: MomentumKeys, cfg: StepConfig, global_batch):
+  """(Q_h, Q_g) after this step's enqueue (Q_g None without the kNN term), and what the kNN term mines."""
+  queue_h = queues.enqueue(state.queue_h, keys.enqueued, state.queue_ptr)
+  weight = cfg.nn_weight * (state.step >= cfg.nn_warmup_steps)
+  if state.queue_g is None:
+    return queue_h, None, Mining(None, None, global_batch, weight)
+  queue_g = queues.enqueue(state.queue_g, l2_normalize(keys.backbone), state.queue_ptr)
+  if cfg.nn_order == 'enqueue_then_mine':
+    return queue_h, queue_g, Mining(queue_g, state.queue_ptr, global_batch, weight)
+  return queue_h, queue_g, Mining(state.queue_g, state.queue_ptr - global_batch, global_batch, weight)
+
+
+def _online_views(encoder, params, batch_stats, batch, statistics):
+  """The online encoder f on the positive and then its small crops (the BN statistics chained): backbone features
+  [local, views, C_g], projections [local, views, C], new BN statistics."""
+  features, projections, batch_stats = _encode(encoder, params, batch_stats, batch['positive'], statistics)
+  features, projections = features[:, None], projections[:, None]
+  if 'small' in batch:
+    small = batch['small']
+    local, num_small = small.shape[:2]
+    f_s, p_s, batch_stats = _encode(encoder, params, batch_stats, small.reshape((-1,) + small.shape[2:]), statistics)
+    features = jnp.concatenate([features, f_s.reshape(local, num_small, -1)], axis=1)
+    projections = jnp.concatenate([projections, p_s.reshape(local, num_small, -1)], axis=1)
+  return features, projections, batch_stats
+
+
+def _instance_terms(projections, keys, queue_h, temperature):
+  """InfoNCE of each view [local, views, C] against its image's key [local, C] and Q_h: loss, accuracy, l_neg."""
+  local, views = projections.shape[:2]
+  positives = projections.reshape(local * views, -1)
+  # Logits use Q_h before this step's enqueue in both orders (appendix B's "mismatch" in the second).
+  l_pos, l_neg = losses.contrastive_logits(positives, jnp.repeat(keys, views, axis=0), queue_h)
+  return (*losses.instance_loss(l_pos, l_neg, temperature), l_neg)
+
+
+def _total_loss(loss_inst, accuracy, features, l_neg, mining: Mining, cfg: StepConfig):
+  """The instance loss plus, with Q_g, the weighted kNN term (Van Gansbeke et al. 2021, Eq. 2): (loss, metrics)."""
+  metrics = {'loss_inst': loss_inst, 'acc_inst': accuracy}
+  loss = loss_inst
+  if mining.queue_g is not None:
+    indices = losses.nearest_neighbours(features.reshape(-1, features.shape[-1]), mining.queue_g, cfg.nn_topk)
+    loss_nn = losses.nn_loss(l_neg, indices, cfg.temperature)
+    loss = loss + mining.weight * loss_nn
+    recent_start = mining.recent_start % cfg.queue_size
+    metrics.update(
+      loss_nn=loss_nn, nn_recent_fraction=_recent_fraction(indices, recent_start, mining.global_batch, cfg.queue_size)
+    )
+  metrics['loss'] = loss
+  return loss, metrics
+
+
+def moco_loss(params, state: TrainState, batch, keys: MomentumKeys, mining: Mining, *, encoder, cfg: StepConfig):
+  """Each view of the positive as the query for its anchor's key. Returns (loss, (BN statistics, metrics))."""
+  features, projections, batch_stats = _online_views(encoder, params, state.batch_stats, batch, cfg.normalization)
+  loss_inst, accuracy, l_neg = _instance_terms(projections, keys.anchor, state.queue_h, cfg.temperature)
+  loss, metrics = _total_loss(loss_inst, accuracy, features, l_neg, mining, cfg)
+  return loss, (batch_stats, metrics)
+
+
+def symmetric_loss(params, state: TrainState, batch, keys: MomentumKeys, mining: Mining, *, encoder, cfg: StepConfig):
+  """The MoCo CIFAR-10 Colab's symmetric loss: moco_loss's term plus the anchor as the query for the positive's
+  key, summed as the Colab sums them (accuracy: their mean)."""
+  features, projections, batch_stats = _online_views(encoder, params, state.batch_stats, batch, cfg.normalization)
+  loss_inst, accuracy, l_neg = _instance_terms(projections, keys.anchor, state.queue_h, cfg.temperature)
+  _, anchor_projections, batch_stats = _encode(encoder, params, batch_stats, batch['anchor'], cfg.normalization)
+  loss_back, accuracy_back, _ = _instance_terms(
+    anchor_projections[:, None], keys.positive, state.queue_h, cfg.temperature
+  )
+  loss, metrics = _total_loss(loss_inst + loss_back, (accuracy + accuracy_back) / 2, features, l_neg, mining, cfg)
+  return loss, (batch_stats, metrics)
+
+
 def train_step(state: TrainState, batch, *, encoder, tx, cfg: StepConfig, lr_fn: Callable, momentum_fn: Callable):
   """Per-device step: state replicated, batch the local shard. Returns (state, metrics), both replicated."""
   batch = device_augment.apply_to_batch(batch)  # views tf.data left to the accelerator (config.crops.augment_on_device)
-  device = jax.lax.axis_index(AXIS)
-  local = batch['anchor'].shape[0]
-  global_batch = local * jax.lax.psum(1, AXIS)
+  # The variant decides which keys f' encodes and which loss f's gradient comes from.
+  encode_keys, loss_fn = (symmetric_momentum_keys, symmetric_loss) if cfg.symmetric else (momentum_keys, moco_loss)
   # One key per step, not folded with the device: the shuffle permutation must agree on every device.
   key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-
   momentum = momentum_fn(state.step)
   ema_params = jax.tree.map(lambda e, p: momentum * e + (1.0 - momentum) * p, state.ema_params, state.params)
-  keys_g, keys_h, ema_batch_stats = encode_keys_shuffled(
-    encoder, ema_params, state.ema_batch_stats, batch['anchor'], key, cfg.normalization
-  )
-  my_keys_h = jax.lax.dynamic_slice_in_dim(keys_h, device * local, local)
-  enqueued_h = keys_h
-  if cfg.symmetric:  # the positive's keys too (its own shuffle); the Colab enqueues [positive keys, anchor keys]
-    _, positive_keys_h, ema_batch_stats = encode_keys_shuffled(
-      encoder, ema_params, ema_batch_stats, batch['positive'], jax.random.fold_in(key, 1), cfg.normalization
-    )
-    my_positive_keys_h = jax.lax.dynamic_slice_in_dim(positive_keys_h, device * local, local)
-    enqueued_h = jnp.concatenate([positive_keys_h, keys_h])
-  enqueued = enqueued_h.shape[0]
+  keys = encode_keys(encoder, ema_params, state.ema_batch_stats, batch, key, cfg.normalization)
+  global_batch = batch['anchor'].shape[0] * jax.lax.psum(1, AXIS)
+  queue_h, queue_g, mining = _enqueue(state, keys, cfg, global_batch)
 
-  use_nn = state.queue_g is not None
-  queue_h = queues.enqueue(state.queue_h, enqueued_h, state.queue_ptr)
-  queue_g = queues.enqueue(state.queue_g, l2_normalize(keys_g), state.queue_ptr) if use_nn else None
-  mine_in = queue_g if cfg.nn_order == 'enqueue_then_mine' else state.queue_g
-  recent_start = state.queue_ptr if cfg.nn_order == 'enqueue_then_mine' else state.queue_ptr - global_batch
-  nn_weight = cfg.nn_weight * (state.step >= cfg.nn_warmup_steps)
-
-  def loss_fn(params):
-    encode = lambda images, stats: _encode(encoder, params, stats, images, cfg.normalization)  # noqa: E731
-    feats, projs, batch_stats = encode(batch['positive'], state.batch_stats)
-    feats, projs = feats[:, None], projs[:, None]
-    if 'small' in batch:
-      small = batch['small']
-      f_s, p_s, batch_stats = encode(small.reshape((-1,) + small.shape[2:]), batch_stats)
-      feats = jnp.concatenate([feats, f_s.reshape(local, small.shape[1], -1)], axis=1)
-      projs = jnp.concatenate([projs, p_s.reshape(local, small.shape[1], -1)], axis=1)
-    views = projs.shape[1]
-    positives = projs.reshape(local * views, -1)
-    anchors = jnp.repeat(my_keys_h, views, axis=0)
-    # Logits use Q_h before this step's enqueue in both orders (appendix B's "mismatch" in the second).
-    l_pos, l_neg = losses.contrastive_logits(positives, anchors, state.queue_h)
-    loss_inst, accuracy = losses.instance_loss(l_pos, l_neg, cfg.temperature)
-    if cfg.symmetric:  # the anchor as the query for the positive's key; the Colab sums the two losses
-      _, anchor_projs, batch_stats = encode(batch['anchor'], batch_stats)
-      loss_back, accuracy_back = losses.instance_loss(
-        *losses.contrastive_logits(anchor_projs, my_positive_keys_h, state.queue_h), cfg.temperature
-      )
-      loss_inst, accuracy = loss_inst + loss_back, (accuracy + accuracy_back) / 2
-    metrics = {'loss_inst': loss_inst, 'acc_inst': accuracy}
-    loss = loss_inst
-    if use_nn:
-      indices = losses.nearest_neighbours(feats.reshape(local * views, -1), mine_in, cfg.nn_topk)
-      loss_nn = losses.nn_loss(l_neg, indices, cfg.temperature)
-      loss = loss + nn_weight * loss_nn
-      metrics.update(
-        loss_nn=loss_nn,
-        nn_recent_fraction=_recent_fraction(indices, recent_start % cfg.queue_size, global_batch, cfg.queue_size),
-      )
-    metrics['loss'] = loss
-    return loss, (batch_stats, metrics)
-
+  loss_fn = functools.partial(loss_fn, state=state, batch=batch, keys=keys, mining=mining, encoder=encoder, cfg=cfg)
   grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
-  grads = jax.lax.pmean(grads, AXIS)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  updates, opt_state = tx.update(jax.lax.pmean(grads, AXIS), state.opt_state, state.params)
+  enqueued = keys.enqueued.shape[0]
   metrics.update(
     lr=lr_fn(state.step),
     ema_momentum=momentum,
-    nn_weight=nn_weight,
+    nn_weight=mining.weight,
     queue_fill=jnp.minimum((state.step + 1) * enqueued, cfg.queue_size) / cfg.queue_size,
   )
   new_state = state.replace(
@@ -160,7 +232,7 @@ def train_step(state: TrainState, batch, *, encoder, tx, cfg: StepConfig, lr_fn:
     # Running BN statistics are averaged over devices (as over split-BN groups) so the state stays replicated.
     batch_stats=jax.lax.pmean(batch_stats, AXIS),
     ema_params=ema_params,
-    ema_batch_stats=jax.lax.pmean(ema_batch_stats, AXIS),
+    ema_batch_stats=jax.lax.pmean(keys.batch_stats, AXIS),
     opt_state=opt_state,
     queue_h=queue_h,
     queue_g=queue_g,
