@@ -85,12 +85,17 @@ def run(config, steps=5, rounds=3, log=print):
       results[name].append(step_bench.median_step_seconds(run_one, steps))
     log(f'round {r + 1}: ' + ', '.join(f'{k} {v[-1] * 1e3:.1f} ms' for k, v in results.items()))
   medians = {k: statistics.median(v) for k, v in results.items()}
+  _log_summary(config, medians, first_losses, device.platform, rounds, log)
+  return {**medians, 'first_losses': first_losses}
+
+
+def _log_summary(config, medians, first_losses, platform, rounds, log):
   views_per_batch = config.batch_size * (2 + config.crops.num_small)
   share = 1.0 - medians['step'] / medians['step_augmenting']
   log(
     f'\n{config.model.arch}, batch {config.batch_size}, {config.crops.large_size} px + {config.crops.num_small} x '
     f'{config.crops.small_size} px ({views_per_batch} views), A+ = {config.crops.aplus}, {config.model.dtype}, '
-    f'{device.platform}, median of {rounds} rounds:'
+    f'{platform}, median of {rounds} rounds:'
   )
   log(
     f'  first-step loss from the same state: {first_losses[0]:.6f} (views from tf.data), {first_losses[1]:.6f} '
@@ -102,11 +107,10 @@ def run(config, steps=5, rounds=3, log=print):
     f'(augmentation {share * 100:.1f} % of the step)'
   )
   for name, label in (
-    ('device_augment', f'augmentation alone, XLA on {device.platform}'),
+    ('device_augment', f'augmentation alone, XLA on {platform}'),
     ('host_augment', 'augmentation alone, TF ops on the host'),
   ):
     log(f'  {label:40s} {medians[name] * 1e3:9.1f} ms  ({config.batch_size / medians[name]:.0f} images/s)')
-  return {**medians, 'first_losses': first_losses}
 
 
 def main(argv):

@@ -1,5 +1,5 @@
 """Where the CPU step's time goes: bench/step.py's kNN-MoCo step traced with jax.profiler (XLA:CPU's thunks, with the
-convolution setting cpu_ynnpack_convolutions='auto' picks) and its PyTorch reference with torch.profiler (aten ops,
+config's convolution setting, cpu_ynnpack_convolutions) and its PyTorch reference with torch.profiler (aten ops,
 self time), in one run, each op sorted into the same kinds (convolution, matmul, reductions, layout transposes,
 elementwise, ...); ms per step side by side, then our costliest ops.
 

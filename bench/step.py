@@ -170,6 +170,28 @@ def _run_compiled(compiled, holder, batch):
   jax.block_until_ready(metrics['loss'])
 
 
+def _compile_ours(config, device_batch, xla_options, on_cpu):
+  """{row name: one step} of ours (on CPU with both convolution settings, then with each of `xla_options` added),
+  {row name: compile seconds}, the model FLOPs per step, the name of the row of the config's setting, and the
+  initial state and learning rate."""
+  ours_setting = config.cpu_ynnpack_convolutions
+  names = {'on': 'jax_moco (XLA, YNNPACK convolutions)', 'off': 'jax_moco (XLA, own convolutions)'}
+  if not on_cpu:  # the setting is XLA:CPU's alone: one program elsewhere
+    names = {ours_setting: 'jax_moco (XLA)'}
+  variants = [(setting, name, None) for setting, name in names.items()]
+  for text in xla_options:
+    variants.append((ours_setting, f'{names[ours_setting]} + {text}', dict([parse_xla_option(text)])))
+  runners, compile_s = {}, {}
+  for setting, name, options in variants:
+    fn, state, lr = jax_step(config, ynnpack_convolutions=setting, xla_options=options)
+    start = time.perf_counter()
+    compiled = fn.lower(state, device_batch).compile()
+    compile_s[name] = time.perf_counter() - start
+    flops = (compiled.cost_analysis() or {}).get('flops', float('nan'))
+    runners[name] = functools.partial(_run_compiled, compiled, {'state': state}, device_batch)
+  return runners, compile_s, flops, names[ours_setting], state, lr
+
+
 def run(config, steps=5, rounds=3, torch_compile=False, channels_last=True, xla_options=(), log=print):
   """Alternating rounds of ours and the reference(s), and of ours with each of `xla_options` ('NAME=VALUE') added;
   returns {name: median images/s} and prints a summary."""
@@ -181,24 +203,8 @@ def run(config, steps=5, rounds=3, torch_compile=False, channels_last=True, xla_
   torch.backends.cudnn.benchmark = True  # cuDNN picks its convolution algorithms as XLA autotunes (no-op on CPU)
   batch = synthetic_batch(config)
   torch_batch = {k: torch.from_numpy(v).to(device) for k, v in batch.items()}
-  device_batch = on_mesh(batch)
-  runners, compile_s = {}, {}
-  ours_setting = 'on' if xla_cpu.ynnpack_convolutions(config.cpu_ynnpack_convolutions) else 'off'
-  names = {'on': 'jax_moco (XLA, YNNPACK convolutions)', 'off': 'jax_moco (XLA, own convolutions)'}
-  if not on_cpu:  # the setting is XLA:CPU's alone: one program elsewhere
-    names = {ours_setting: 'jax_moco (XLA)'}
-  variants = [(setting, name, None) for setting, name in names.items()]
-  for text in xla_options:
-    variants.append((ours_setting, f'{names[ours_setting]} + {text}', dict([parse_xla_option(text)])))
-  for setting, name, options in variants:
-    fn, state, lr = jax_step(config, ynnpack_convolutions=setting, xla_options=options)
-    start = time.perf_counter()
-    compiled = fn.lower(state, device_batch).compile()
-    compile_s[name] = time.perf_counter() - start
-    flops = (compiled.cost_analysis() or {}).get('flops', float('nan'))
-    runners[name] = functools.partial(_run_compiled, compiled, {'state': state}, device_batch)
+  runners, compile_s, flops, ours, state, lr = _compile_ours(config, on_mesh(batch), xla_options, on_cpu)
   model, optimizer = torch_reference(config, state, lr, channels_last, device)  # the same initial state (seed 0)
-  ours = names[ours_setting]
   runners['PyTorch reference (eager)'] = lambda: ref.train_step(model, optimizer, torch_batch)
   if torch_compile:
     compiled_model = torch.compile(model)
@@ -219,7 +225,7 @@ def run(config, steps=5, rounds=3, torch_compile=False, channels_last=True, xla_
     f'{torch.get_num_threads()}, median of {rounds} rounds:'
   )
   if on_cpu:
-    log(f'  ours = {ours}, the setting cpu_ynnpack_convolutions={config.cpu_ynnpack_convolutions!r} picks')
+    log(f'  ours = {ours}, the setting cpu_ynnpack_convolutions={config.cpu_ynnpack_convolutions!r}')
   for name, value in medians.items():
     log(f'  {name:44s} {value:8.1f} images/s   ours / this: {ours_rate / value:.2f}x')
   log(

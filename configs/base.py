@@ -82,8 +82,9 @@ def get_config():
   c.knn.every_epochs = 0.0  # also evaluate during training every this many epochs; 0 = before and after only
   c.knn.feature = 'backbone'  # or 'head': the normalised projection, as the MoCo CIFAR-10 Colab's monitor
 
-  # Whether XLA:CPU runs the convolutions through YNNPACK: 'auto' (the faster, see jax_moco/xla_cpu.py), 'on', 'off'.
-  c.cpu_ynnpack_convolutions = 'auto'
+  # Whether XLA:CPU runs the convolutions through YNNPACK: 'off' (XLA's own, measured faster; see jax_moco/xla_cpu.py)
+  # or 'on' (jaxlib's default). Nothing changes on GPU or TPU.
+  c.cpu_ynnpack_convolutions = 'off'
 
   c.log_every_steps = 50
   c.checkpoint_every_steps = 200
