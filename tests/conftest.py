@@ -16,11 +16,15 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import importlib.util  # noqa: E402
+
 import pytest  # noqa: E402
 
 # torchvision before TensorFlow: with torchvision 0.29.1 (CUDA build) and TensorFlow 2.21, importing torchvision
-# after TensorFlow segfaults while loading triton, so the test order must not decide which comes first.
-import torchvision  # noqa: E402, F401
+# after TensorFlow segfaults while loading triton, so the test order must not decide which comes first. Only the
+# tests that compare with PyTorch need it (they skip without it; requirements-test.txt installs it).
+if importlib.util.find_spec('torchvision') is not None:
+  import torchvision  # noqa: F401
 
 
 def pytest_configure(config):
@@ -31,8 +35,7 @@ def pytest_configure(config):
 @pytest.fixture(autouse=True)
 def fast_compile(request):
   """For tests marked fast_compile: most of XLA's optimisations off while they compile. They build many small
-  programs and run each a few times, so compiling is most of their time (the whole suite with it on everywhere:
-  test_step.py 161 -> 102 s, test_dense.py 52 -> 29 s on 2 Zen 3 cores), and what they check is the computation,
+  programs and run each a few times, so compiling is most of their time, and what they check is the computation,
   which the unoptimised program computes to float rounding (every test passes either way). Long runs and the
   benchmarks' comparisons with PyTorch keep the optimised programs users get."""
   if request.node.get_closest_marker('fast_compile') is None:

@@ -1,5 +1,5 @@
 """bench/gpu.sh, the one call that measures bench/RESULTS.md's GPU settings, runs its stages at toy sizes on CPU (so it
-cannot rot between the rare sessions lent a GPU; input_wait runs once, with input_wait_device's flag): each
+cannot rot between the rare runs on a GPU; input_wait runs once, with input_wait_device's flag): each
 stage's file holds its table. What bench/step.py and the other benchmarks compute is tested in test_bench_step.py and
 test_bench_tools.py; device_augment's and input_wait's tables are checked here, from the runs of this script."""
 
@@ -34,6 +34,7 @@ TABLES = {
 
 @pytest.mark.heavy(100)  # seconds on 2 cores, for the order of tests/conftest.py
 def test_gpu_script_runs_every_stage_at_a_tiny_size(tmp_path):
+  pytest.importorskip('torchvision')  # the step stage times the PyTorch reference beside ours
   result = subprocess.run(
     ['bash', os.path.join(ROOT, 'bench', 'gpu.sh'), '--tiny', str(tmp_path)],
     # One device, as on the GPU machine (the suite emulates 8, which input_wait's batch of 2 cannot be split over).

@@ -8,8 +8,8 @@ import sys
 import jax
 import numpy as np
 import pytest
-import torch
 
+torch = pytest.importorskip('torch')
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'bench')
 sys.path.insert(0, BENCH)
 _spec = importlib.util.spec_from_file_location('bench_step', os.path.join(BENCH, 'step.py'))

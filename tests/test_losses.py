@@ -1,10 +1,11 @@
-"""Losses against NumPy written from Eq. 1 / Eq. 2 and against a PyTorch transcription of Algorithm 2."""
+"""Losses against NumPy written from MoCo's Eq. 1 (He et al. 2020) and the NN loss's Eq. 2 (Van Gansbeke et al.
+2021, "Revisiting Contrastive Methods for Unsupervised Learning of Visual Representations"), and against a PyTorch
+transcription of the latter's Algorithm 2."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 
 from jax_moco import losses
 from tests.helpers import loss_atol
@@ -16,7 +17,7 @@ def unit(rng, *shape):
 
 
 def numpy_losses(positives, anchors, queue, pos_feats, queue_g, k, tau):
-  """Eq. 1 per positive (p with its own anchor a against the queue) and Eq. 2 as DESIGN.md states it."""
+  """Eq. 1 per positive (p with its own anchor a against the queue) and Eq. 2 as the papers write them."""
   inst, nn_terms, correct = [], [], []
   for p, a, f in zip(positives, anchors, pos_feats):
     l_pos = p @ a
@@ -32,7 +33,10 @@ def numpy_losses(positives, anchors, queue, pos_feats, queue_g, k, tau):
 
 
 def torch_algorithm2(anchors, positives, positives_small, queue, queue_g, positives_g, k, t):
-  """Algorithm 2 of paper 001 in PyTorch (B images, N small crops; queue as C x K, as in the pseudocode)."""
+  """Algorithm 2 of Van Gansbeke et al. 2021 in PyTorch (B images, N small crops; queue as C x K, as in the
+  pseudocode)."""
+  import torch
+
   B, C = anchors.shape
   n_views = 1 + positives_small.shape[1]
   pos = torch.cat([positives[:, None], positives_small], dim=1)  # B x N+1 x C
@@ -49,32 +53,58 @@ def torch_algorithm2(anchors, positives, positives_small, queue, queue_g, positi
   return loss_inst.item(), loss_nn.item()
 
 
-@pytest.mark.parametrize('k,tau', [(1, 0.2), (5, 0.07), (20, 0.5)])
-def test_losses_match_numpy_and_torch(k, tau):
-  rng = np.random.default_rng(k)
+def random_inputs(seed):
+  """Unit anchors [B, C], positives [B, N + 1, C] and queues, backbone features [B, N + 1, C_g]."""
+  rng = np.random.default_rng(seed)
   B, N, C, Cg, K = 6, 3, 16, 24, 64
-  anchors = unit(rng, B, C)
-  positives = unit(rng, B, N + 1, C)
-  pos_feats = rng.normal(size=(B, N + 1, Cg))
-  queue, queue_g = unit(rng, K, C), unit(rng, K, Cg)
-  flat = positives.reshape(-1, C)
-  flat_anchors = np.repeat(anchors, N + 1, axis=0)
+  anchors, positives, pos_feats = unit(rng, B, C), unit(rng, B, N + 1, C), rng.normal(size=(B, N + 1, Cg))
+  return anchors, positives, pos_feats, unit(rng, K, C), unit(rng, K, Cg)
 
-  l_pos, l_neg = losses.contrastive_logits(jnp.asarray(flat), jnp.asarray(flat_anchors), jnp.asarray(queue))
+
+def our_losses(anchors, positives, pos_feats, queue, queue_g, k, tau):
+  """(instance loss, NN loss, accuracy) from jax_moco.losses, every view of a positive with its anchor's key."""
+  views, C = positives.shape[1:]
+  flat_anchors = np.repeat(anchors, views, axis=0)
+  l_pos, l_neg = losses.contrastive_logits(
+    jnp.asarray(positives.reshape(-1, C)), jnp.asarray(flat_anchors), jnp.asarray(queue)
+  )
   loss_inst, acc = losses.instance_loss(l_pos, l_neg, tau)
-  indices = losses.nearest_neighbours(jnp.asarray(pos_feats.reshape(-1, Cg)), jnp.asarray(queue_g), k)
-  loss_nn = losses.nn_loss(l_neg, indices, tau)
+  indices = losses.nearest_neighbours(jnp.asarray(pos_feats.reshape(-1, pos_feats.shape[-1])), jnp.asarray(queue_g), k)
+  return loss_inst, losses.nn_loss(l_neg, indices, tau), acc
 
-  ref_inst, ref_nn, ref_acc = numpy_losses(flat, flat_anchors, queue, pos_feats.reshape(-1, Cg), queue_g, k, tau)
+
+@pytest.mark.parametrize('k,tau', [(1, 0.2), (5, 0.07), (20, 0.5)])
+def test_losses_match_numpy(k, tau):
+  anchors, positives, pos_feats, queue, queue_g = random_inputs(k)
+  loss_inst, loss_nn, acc = our_losses(anchors, positives, pos_feats, queue, queue_g, k, tau)
+  C, Cg = positives.shape[-1], pos_feats.shape[-1]
+  flat_anchors = np.repeat(anchors, positives.shape[1], axis=0)
+  ref_inst, ref_nn, ref_acc = numpy_losses(
+    positives.reshape(-1, C), flat_anchors, queue, pos_feats.reshape(-1, Cg), queue_g, k, tau
+  )
   atol = loss_atol(tau, C)  # float32 logits over C terms; relative tolerances alone fail for small losses
   np.testing.assert_allclose(loss_inst, ref_inst, rtol=1e-5, atol=atol)
   np.testing.assert_allclose(loss_nn, ref_nn, rtol=1e-5, atol=atol)
   np.testing.assert_allclose(acc, ref_acc)
 
+
+@pytest.mark.parametrize('k,tau', [(1, 0.2), (5, 0.07), (20, 0.5)])
+def test_losses_match_a_pytorch_transcription_of_algorithm_2(k, tau):
+  torch = pytest.importorskip('torch')
+  anchors, positives, pos_feats, queue, queue_g = random_inputs(k)
+  loss_inst, loss_nn, _ = our_losses(anchors, positives, pos_feats, queue, queue_g, k, tau)
   t = lambda x: torch.tensor(np.asarray(x), dtype=torch.float32)  # noqa: E731
   torch_inst, torch_nn = torch_algorithm2(
-    t(anchors), t(positives[:, 0]), t(positives[:, 1:]), t(queue.T), t(queue_g.T), t(pos_feats.reshape(-1, Cg)), k, tau
+    t(anchors),
+    t(positives[:, 0]),
+    t(positives[:, 1:]),
+    t(queue.T),
+    t(queue_g.T),
+    t(pos_feats.reshape(-1, pos_feats.shape[-1])),
+    k,
+    tau,
   )
+  atol = loss_atol(tau, positives.shape[-1])
   np.testing.assert_allclose(loss_inst, torch_inst, rtol=1e-5, atol=atol)
   np.testing.assert_allclose(loss_nn, torch_nn, rtol=1e-5, atol=atol)
 
