@@ -3,19 +3,16 @@
 # 8 minutes on one H200 (the budgets below are estimates; it has not run on one yet): bench/step.py,
 # bench/scaling.py, bench/device_augment.py, then bench/input_wait.py with the pixel work on the host and on the
 # device. Each stage's stdout (its table) goes to OUTDIR/<stage>.txt, scaling's
-# plot and data to OUTDIR/scaling.png and .json, what ran where to OUTDIR/env.txt: 8 files, all the device tool
-# brings back.
+# plot and data to OUTDIR/scaling.png and .json, what ran where to OUTDIR/env.txt: 8 files.
 #
 #   bash bench/gpu.sh [OUTDIR]          # OUTDIR: default $OUT, else bench/gpu_out
 #   bash bench/gpu.sh --tiny [OUTDIR]   # the same stages at toy sizes, on any machine (tests/test_bench_gpu.py)
 #
-# With the device tool, one call: command 'bash bench/gpu.sh "$OUT"', timeout_s 540, carry ['.whl']. That machine
-# has JAX with CUDA and PyTorch (the reference columns need PyTorch and torchvision) but no ml_collections and no
-# TensorFlow: carry ml_collections as a wheel (pure Python; once, here: echo /.whl/ >>.git/info/exclude;
-# python3 -m pip download --no-deps -d .whl ml-collections==1.1.0); every wheel in .whl is installed for this run
-# only. TensorFlow cannot be carried, so there device_augment (its records are drawn by the tf.data code) and both
-# input_wait runs write 'skipped: ...'. A stage whose modules are missing, or that would not fit in what is left of
-# the 8 minutes, is skipped, not failed; the exit status is non-zero only if a stage that ran failed.
+# It needs JAX with CUDA, and PyTorch and torchvision for the reference columns. Wheels in .whl/ are installed for
+# this run only (e.g. ml_collections, pure Python, on a machine that lacks it: python3 -m pip download --no-deps -d
+# .whl ml-collections==1.1.0). Without TensorFlow, device_augment (its records are drawn by the tf.data code) and
+# both input_wait runs write 'skipped: ...'. A stage whose modules are missing, or that would not fit in what is left
+# of the 8 minutes, is skipped, not failed; the exit status is non-zero only if a stage that ran failed.
 #
 # Budgets (timeout per stage; one ResNet-50 step compiles in ~1-2 min, then steps take ~0.2-0.5 s):
 #   env              30 s  versions and devices

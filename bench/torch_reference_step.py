@@ -1,6 +1,7 @@
-"""A PyTorch reference of the kNN-MoCo training step, written from Algorithm 2 of paper 001 (and the authors'
-builder): online and momentum torchvision ResNets with MoCo's MLP head, the key batch shuffled (shuffling BN on one
-device), multi-crop InfoNCE on Q_h, the NN loss with neighbours mined in Q_g, SGD with momentum and coupled weight
+"""A PyTorch reference of the kNN-MoCo training step, written from Algorithm 2 of Van Gansbeke et al. 2021,
+"Revisiting Contrastive Methods for Unsupervised Learning of Visual Representations" (and the authors' builder):
+online and momentum torchvision ResNets with MoCo's MLP head, the key batch shuffled (shuffling BN on one device),
+multi-crop InfoNCE on Q_h, the NN loss with neighbours mined in Q_g, SGD with momentum and coupled weight
 decay, then the enqueue. One device (the CPU or a GPU), one BN group; with `amp_dtype` the forward pass runs
 under autocast (PyTorch's mixed precision). Used by bench/step.py and by the test that checks it computes our
 step's losses on the same weights and inputs.

@@ -4,9 +4,9 @@ torchvision's AutoAugment (Van Gansbeke et al. 2021) applies it, as plain Python
 from the same op indices.
 
 big_vision's `policy_v0` is a different list; this is torchvision's `AutoAugmentPolicy.IMAGENET`, which A+
-(paper 001, Sec. 4.2) uses. Magnitude bins: 10, as torchvision. Where the backport departs from torchvision 0.29,
-we follow the backport: Solarize thresholds run from 256 (nothing inverted at bin 0) down to 0, and a shear's
-magnitude is an angle in radians, applied about the image centre (`op_argument`, ops.shear_x).
+(Van Gansbeke et al. 2021, Sec. 4.2) uses. Magnitude bins: 10, as torchvision. Where the backport departs from
+torchvision 0.29, we follow the backport: Solarize thresholds run from 256 (nothing inverted at bin 0) down to 0, and
+a shear's magnitude is an angle in radians, applied about the image centre (`op_argument`, ops.shear_x).
 """
 
 import math

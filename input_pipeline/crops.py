@@ -1,4 +1,5 @@
-"""RandomResizedCrop boxes as torchvision samples them, and the constrained small crops of paper 001, Sec. 4.1.
+"""RandomResizedCrop boxes as torchvision samples them, and the constrained small crops of Van Gansbeke et al.
+2021, "Revisiting Contrastive Methods for Unsupervised Learning of Visual Representations", Sec. 4.1.
 
 Boxes are int32 [..., 4] rows (top, left, height, width) in original-image pixels, so the overlap constraint and the
 visual check work in the same coordinates as the paper.

@@ -1,4 +1,4 @@
-"""The MoCo-v2 "aug+" chain and the A+ alternative of paper 001 (Sec. 4.2), split into two halves:
+"""The MoCo-v2 "aug+" chain and the A+ alternative of Van Gansbeke et al. 2021 (Sec. 4.2), split into two halves:
 
 - `moco_v2_record` / `aplus_record` turn a batch of views' uniforms (`draw_uniforms`) into every random choice,
   returned as a *parameter record*: a dict of small per-view tensors (`PARAM_KEYS`) that says exactly what happens

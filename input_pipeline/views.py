@@ -1,6 +1,6 @@
 """Views: anchor and positive (RandomResizedCrop) plus N small crops, optionally constrained to overlap the anchor
-(paper 001, Sec. 4.1). Each image is decoded once and cropped many times (`make_crops`, per image); the crops are
-given their augmentation parameters (`draw_augmentation`, per example), then augmented a batch at a time
+(Van Gansbeke et al. 2021, Sec. 4.1). Each image is decoded once and cropped many times (`make_crops`, per image);
+the crops are given their augmentation parameters (`draw_augmentation`, per example), then augmented a batch at a time
 (`augment_batch`), where vectorised ops cost a fraction of per-view ones, or, with `augment_on_device`, leave with
 the parameters for the train step to apply on the accelerator."""
 

@@ -70,8 +70,9 @@ def apply(images, params, autoaugment=True):
   """Applies a parameter record (input_pipeline.host_augment.PARAM_KEYS, leading axis V) to uint8 views [V, H, W, 3].
 
   The AutoAugment slots and the jitter positions run as scans: each stage reads its input many times, and XLA
-  fusing a chain of such stages recomputes every earlier one inside every later one (25x slower on CPU); a scan's
-  carry is materialised between iterations, and the program is compiled once per stage kind.
+  fusing a chain of such stages recomputes every earlier one inside every later one, many times slower
+  (bench/RESULTS.md, "The device side of the move"); a scan's carry is materialised between iterations, and the
+  program is compiled once per stage kind.
   autoaugment=False leaves out the AutoAugment slots (for records that have none, e.g. anchors').
   """
   images = _where(params['flip'], device_image_ops.flip_left_right(images), images)
@@ -88,8 +89,8 @@ def apply(images, params, autoaugment=True):
 
 def apply_to_batch(batch):
   """The batch with each view stack augmented by its record in batch['augment'] (and that entry dropped); a batch
-  the pipeline already augmented passes unchanged. Anchors always take aug+ (never AutoAugment; DESIGN.md, Sec. 1),
-  so their AutoAugment slots are not built."""
+  the pipeline already augmented passes unchanged. Anchors always take aug+ (never AutoAugment: Van Gansbeke et al.
+  2021, A.1), so their AutoAugment slots are not built."""
   if 'augment' not in batch:
     return batch
   batch = dict(batch)

@@ -27,13 +27,13 @@ def instance_loss(l_pos, l_neg, temperature):
 
 def nearest_neighbours(features, queue_g, k):
   """Indices [P, k] of the k rows of Q_g most cosine-similar to each (normalised) backbone feature. The indices
-  carry no gradient (paper 001, Algorithm 2)."""
+  carry no gradient (Van Gansbeke et al. 2021, Algorithm 2)."""
   similarity = jax.lax.stop_gradient(l2_normalize(features)) @ queue_g.T
   return jax.lax.top_k(similarity, k)[1]
 
 
 def nn_loss(l_neg, indices, temperature):
-  """Multi-label cross-entropy (paper 001, Eq. 2): minus the mean over the k neighbours of log softmax(l_neg / tau)
-  at each neighbour's index, averaged over positives."""
+  """Multi-label cross-entropy (Van Gansbeke et al. 2021, Eq. 2): minus the mean over the k neighbours of
+  log softmax(l_neg / tau) at each neighbour's index, averaged over positives."""
   log_probs = jax.nn.log_softmax(l_neg / temperature, axis=1)
   return -jnp.mean(jnp.take_along_axis(log_probs, indices, axis=1))

@@ -1,4 +1,4 @@
-"""The functional train state (DESIGN.md §3) and how it is created from a config.
+"""The functional train state and how it is created from a config.
 
 Everything a run needs to resume is in this one pytree of arrays: the data position is `step * batch_size`
 (input_pipeline.pipeline), so the state's step pins it down.
@@ -75,9 +75,9 @@ def nn_loss_enabled(config) -> bool:
 
 def create_train_state(config, encoder, tx, key) -> TrainState:
   """Fresh state: f' starts as a copy of f; both queues hold random unit vectors. Built by one compiled program
-  (op by op, a ResNet's initialisation compiles hundreds of tiny ones: ~14 s of a test's start-up on CPU), compiled
-  without backend optimisations: it runs once, and its values (random draws, constants) do not depend on them
-  (9 -> 2 s of compilation on CPU)."""
+  (op by op, a ResNet's initialisation compiles hundreds of tiny ones, most of a short run's start-up on CPU),
+  compiled without backend optimisations: it runs once, and its values (random draws, constants) do not depend on
+  them, while compiling it with them takes several times as long."""
   build = functools.partial(_fresh_state, config, encoder, tx)
   if isinstance(key, jax.core.Tracer):  # inside a trace (jax.eval_shape of the state's shapes): nothing to compile
     return build(key)

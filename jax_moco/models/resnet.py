@@ -33,11 +33,10 @@ def conv_small_maps_as_matmul(
   extent (a 3x3 conv on the 2x2 or 1x1 maps of the last stage for 16-32 px crops, or the stride-2 one that makes
   them), which is computed as patches @ kernel.
 
-  Why: XLA:CPU's convolution is pathological there, ~45x slower than the same FLOPs as a matmul (128 x 2 x 2 x 512,
-  3x3: 766 ms against 17 ms on 2 cores), and its input gradient of the stride-2 3x3 conv from 4x4 to 2x2 maps is
-  4.7x slower than the matmul path's (forward and backward, 128 x 4 x 4 x 256 -> 512: 367 against 78 ms on 2 Zen 3
-  cores); such maps are what small multi-crop views produce. Same result to float rounding; the parameter layout is
-  unchanged.
+  Why: XLA:CPU's convolution is pathological there, many times slower than the same FLOPs as a matmul, and so is its
+  input gradient of the stride-2 3x3 conv from 4x4 to 2x2 maps (bench/RESULTS.md, "Training step: ours vs a PyTorch
+  reference"); such maps are what small multi-crop views produce. Same result to float rounding; the parameter
+  layout is unchanged.
   """
   kh, kw = rhs.shape[:2]
   dh, dw = rhs_dilation or (1, 1)
