@@ -6,17 +6,14 @@
       [--max_examples=N] [--random_init] [protocol options]
 
 The protocols are jax_moco.evaluators' (each module says what it measures, which datasets it reads and at what
-size); their options are flags here, refused for a protocol that does not take them:
-- knn: --knn_k, --knn_temperature (default the config's, k = 200, T = 0.1).
-- linear_probe: --validation_dataset (choose the constant on it instead of 20 % of train).
-- linear_classification: --epochs, --batch_size, --lr; checkpointed and resumed under
-  DIR/eval/<step>_<encoder>/linear_classification/.
-- segment_retrieval: --dataset=voc:PATH (required; --test_dataset defaults to its val split), --kmeans_k,
-  --kmeans_seed, --batch_size; 512 px unless --image_size.
-- cam: --cam_images, --validation_dataset; writes DIR/eval/<step>_<encoder>/cam.png.
-- label_propagation (--dataset=davis:PATH[:SPLIT], DAVIS-2017 val by default; frames at their own size unless
-  --image_size): --propagation_context, --propagation_topk, --propagation_temperature, --propagation_radius
-  (default 20, 10, 0.07, 12), --propagation_save_masks (PNGs under DIR/eval/<step>_<encoder>/label_propagation/).
+size). Each protocol's options (jax_moco.evaluators.OPTIONS, listed by --help) are flags here, refused for a
+protocol that does not take them. What a protocol reads and writes besides its result:
+- segment_retrieval: --dataset=voc:PATH (required; --test_dataset defaults to its val split); 512 px unless
+  --image_size.
+- label_propagation: --dataset=davis:PATH[:SPLIT] (DAVIS-2017 val by default), frames at their own size unless
+  --image_size; --propagation_save_masks writes PNGs under DIR/eval/<step>_<encoder>/label_propagation/.
+- linear_classification: checkpointed and resumed under DIR/eval/<step>_<encoder>/linear_classification/.
+- cam: writes DIR/eval/<step>_<encoder>/cam.png.
 
 Features are extracted data-parallel over all devices without augmentation, every example exactly once, and cached
 under DIR/eval/<step>_<encoder>/, so a second protocol or a rerun does not run the network again. The result is
@@ -24,7 +21,6 @@ written there as <protocol>.json and printed as a table. `--random_init` scores 
 initialisation, the baseline a trained encoder must beat.
 """
 
-import inspect
 import json
 import os
 
@@ -38,40 +34,33 @@ from jax_moco import sharding
 from jax_moco import state as state_lib
 from jax_moco import xla_cpu
 
-# Flags that are protocol options, passed to the chosen Evaluator under the same names.
-OPTIONS = (
-  'knn_k',
-  'knn_temperature',
-  'validation_dataset',
-  'epochs',
-  'batch_size',
-  'lr',
-  'kmeans_k',
-  'kmeans_seed',
-  'cam_images',
-  'propagation_context',
-  'propagation_topk',
-  'propagation_temperature',
-  'propagation_radius',
-  'propagation_save_masks',
-)
-
 
 def _backbone_variables(config, state, encoder, random_init):
   if random_init:
     state = state_lib.initial_state(config, config.seed)
-  if encoder == 'online':
-    return state_lib.backbone_variables(state.params, state.batch_stats)
-  return state_lib.backbone_variables(state.ema_params, state.ema_batch_stats)
+  return state_lib.backbone_variables(*state_lib.encoder_variables(state, encoder))
 
 
-def _check_options(evaluator, protocol, options):
-  accepted = set(inspect.signature(evaluator).parameters) - {'task'}
-  unknown = sorted(set(options) - accepted)
-  if unknown:
-    raise ValueError(
-      f'{", ".join(unknown)}: not an option of protocol={protocol} (its options: {", ".join(sorted(accepted))})'
-    )
+def _feature_extractor(config, image_size, directory):
+  """The frozen backbone's Features over all devices, cached under `directory`."""
+  from jax_moco.evaluators import features  # reads data through TensorFlow (see evaluate)
+
+  return features.Features(
+    sharding.create_mesh(),
+    state_lib.create_encoder(config).backbone,
+    config.model.normalization,
+    image_size,
+    config.knn.batch_size,
+    cache_dir=directory,
+    compiler_options=xla_cpu.compiler_options(config.cpu_ynnpack_convolutions),
+  )
+
+
+def _write(result, directory):
+  if jax.process_index() == 0:
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, f'{result["protocol"]}.json'), 'w') as f:
+      json.dump(result, f, indent=2)
 
 
 def evaluate(
@@ -87,12 +76,11 @@ def evaluate(
   **options,
 ):
   """Runs one protocol on a checkpoint with the protocol's `options`; returns (and writes) its result dict."""
-  # Imported here: they read data through TensorFlow, whose import the command line quiets first (main).
+  # Imported here: it reads data through TensorFlow, whose import the command line quiets first (main).
   from jax_moco.evaluators import common
-  from jax_moco.evaluators import features
 
   evaluator = evaluators.get(protocol)
-  _check_options(evaluator, protocol, options)
+  evaluators.options(protocol, **options)  # an option of another protocol is refused before the run is read
   config, state, step = checkpointing.load_run(workdir, step)
   train, test = evaluator.open_datasets(config, dataset, test_dataset)
   image_size = image_size or evaluator.default_image_size
@@ -100,15 +88,7 @@ def evaluate(
     image_size = config.crops.large_size
   tag = f'random_init_{encoder}' if random_init else f'step_{step}_{encoder}'
   directory = os.path.join(os.path.abspath(workdir), 'eval', tag)
-  extractor = features.Features(
-    sharding.create_mesh(),
-    state_lib.create_encoder(config).backbone,
-    config.model.normalization,
-    image_size,
-    config.knn.batch_size,
-    cache_dir=directory,
-    compiler_options=xla_cpu.compiler_options(config.cpu_ynnpack_convolutions),
-  )
+  extractor = _feature_extractor(config, image_size, directory)
   task = common.Task(config, extractor, train, test, directory, max_examples, max_examples)
   scores = evaluator(task, **options).run(_backbone_variables(config, state, encoder, random_init))
   result = dict(
@@ -123,10 +103,7 @@ def evaluate(
     test_dataset=test.name,
   )
   result.update(scores)
-  if jax.process_index() == 0:
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, f'{protocol}.json'), 'w') as f:
-      json.dump(result, f, indent=2)
+  _write(result, directory)
   return result
 
 
@@ -146,7 +123,7 @@ def define_flags():
   flags.DEFINE_string('workdir', None, 'Work directory of a training run (or of jax_moco.import_torch).')
   flags.DEFINE_enum('protocol', 'knn', evaluators.PROTOCOLS, 'Evaluation protocol (a module of jax_moco.evaluators).')
   flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
-  flags.DEFINE_enum('encoder', 'online', ('online', 'momentum'), "Whose backbone: f (online, as the papers) or f'.")
+  flags.DEFINE_enum('encoder', 'online', state_lib.ENCODERS, "Whose backbone: f (online, as the papers) or f'.")
   flags.DEFINE_string(
     'dataset',
     None,
@@ -160,23 +137,30 @@ def define_flags():
   )
   flags.DEFINE_integer('max_examples', None, 'Use at most this many examples of each set (a quick look).')
   flags.DEFINE_bool('random_init', False, 'Score the architecture at initialisation instead (the baseline).')
-  # Protocol options (OPTIONS): unset, the protocol's own default.
-  flags.DEFINE_integer('knn_k', None, "knn: k (default: the config's, 200).")
-  flags.DEFINE_float('knn_temperature', None, "knn: T (default: the config's, 0.1).")
-  flags.DEFINE_string('validation_dataset', None, 'linear_probe, cam: choose L2 on this set (default: 20 % of train).')
-  flags.DEFINE_integer('epochs', None, 'linear_classification: epochs (default 100).')
-  flags.DEFINE_integer(
-    'batch_size', None, 'linear_classification: global batch (default 256); segment_retrieval: images a batch (16).'
-  )
-  flags.DEFINE_float('lr', None, 'linear_classification: learning rate (default 30).')
-  flags.DEFINE_integer('kmeans_k', None, 'segment_retrieval: K-means regions an image (default 15).')
-  flags.DEFINE_integer('kmeans_seed', None, 'segment_retrieval: K-means seed (default 0).')
-  flags.DEFINE_integer('cam_images', None, 'cam: test images in the picture (default 16).')
-  flags.DEFINE_integer('propagation_context', None, 'label_propagation: previous frames in the context (default 20).')
-  flags.DEFINE_integer('propagation_topk', None, 'label_propagation: neighbours a location takes (default 10).')
-  flags.DEFINE_float('propagation_temperature', None, 'label_propagation: softmax temperature (default 0.07).')
-  flags.DEFINE_float('propagation_radius', None, 'label_propagation: radius in feature cells (default 12).')
-  flags.DEFINE_bool('propagation_save_masks', None, 'label_propagation: write the predicted masks as PNGs.')
+  define_option_flags()
+
+
+_DEFINE = {int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string, bool: flags.DEFINE_bool}
+
+
+def option_flags():
+  """{name: (type, help)}: one flag for each option of the protocols (evaluators.OPTIONS); the help of an option
+  several protocols take says how each reads it."""
+  kinds, described = {}, {}  # described: name -> {description: [protocols]}
+  for protocol, options in evaluators.OPTIONS.items():
+    for option in options:
+      kinds.setdefault(option.name, option.type)
+      described.setdefault(option.name, {}).setdefault(option.description(), []).append(protocol)
+  return {
+    name: (kinds[name], '; '.join(f'{", ".join(protocols)}: {text}' for text, protocols in texts.items()))
+    for name, texts in described.items()
+  }
+
+
+def define_option_flags():
+  """The protocols' options as flags, unset by default: the protocol's own default applies."""
+  for name, (kind, text) in option_flags().items():
+    _DEFINE[kind](name, None, text + '.')
 
 
 def main(argv):
@@ -188,7 +172,7 @@ def main(argv):
   from jax_moco import console
 
   console.import_tensorflow(f.verbosity)
-  options = {name: f[name].value for name in OPTIONS if f[name].value is not None}
+  options = {name: f[name].value for name in option_flags() if f[name].value is not None}
   try:
     result = evaluate(
       f.workdir,

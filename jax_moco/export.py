@@ -25,6 +25,7 @@ import numpy as np
 
 from jax_moco import checkpointing
 from jax_moco import console
+from jax_moco import state as state_lib
 from jax_moco import torch_layout
 
 FORMATS = ('torchvision', 'moco', 'detectron2')
@@ -44,10 +45,8 @@ def check_exportable(config, fmt):
 
 
 def _encoder_arrays(state, encoder, with_head):
-  params, stats = (
-    (state.params, state.batch_stats) if encoder == 'online' else (state.ema_params, state.ema_batch_stats)
-  )
-  tree = torch_layout.encoder_tree(jax.device_get(params), jax.device_get(stats), with_head)
+  params, stats = jax.device_get(state_lib.encoder_variables(state, encoder))
+  tree = torch_layout.encoder_tree(params, stats, with_head)
   return torch_layout.to_state_dict(tree, num_batches_tracked=int(state.step))
 
 
@@ -137,7 +136,7 @@ def define_flags():
   flags.DEFINE_string('workdir', None, 'Work directory of a training run.')
   flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
   flags.DEFINE_enum('format', 'torchvision', FORMATS, 'Output format.')
-  flags.DEFINE_enum('encoder', 'online', ('online', 'momentum'), 'Which encoder (torchvision, detectron2).')
+  flags.DEFINE_enum('encoder', 'online', state_lib.ENCODERS, 'Which encoder (torchvision, detectron2).')
   flags.DEFINE_string('output', None, 'Output file (.pth for torchvision / moco, .pkl for detectron2).')
 
 

@@ -27,6 +27,24 @@ def batch_sharded(mesh) -> NamedSharding:
   return NamedSharding(mesh, P(AXIS))
 
 
+# Where an argument or a result of a data-parallel function lives (data_parallel_jit).
+REPLICATED, BATCH = 'replicated', 'batch'
+
+
+def data_parallel_jit(fn, mesh, in_placements, out_placements, **jit_options):
+  """jax.jit of `fn` with each argument (in_placements, one a positional argument) and each result (out_placements:
+  one, or a tuple for a tuple of results) REPLICATED, every device holding it whole, or BATCH, split over the
+  devices on its leading axis. `jit_options` (donate_argnums, compiler_options) go to jax.jit."""
+  by_placement = {REPLICATED: replicated(mesh), BATCH: batch_sharded(mesh)}
+
+  def shardings(placements):
+    if isinstance(placements, str):
+      return by_placement[placements]
+    return tuple(by_placement[p] for p in placements)
+
+  return jax.jit(fn, in_shardings=shardings(in_placements), out_shardings=shardings(out_placements), **jit_options)
+
+
 def multiple_of_devices(n, mesh) -> int:
   """The least multiple of the mesh's device count that is >= n: a global batch every device gets a share of."""
   return -(-n // mesh.size) * mesh.size

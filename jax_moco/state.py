@@ -47,6 +47,18 @@ def create_encoder(config) -> encoder_lib.Encoder:
   return encoder_lib.Encoder(backbone, projection_dim=m.projection_dim, hidden_dim=m.hidden_dim, head=m.head)
 
 
+ENCODERS = ('online', 'momentum')
+
+
+def encoder_variables(state, encoder='online'):
+  """(params, batch_stats) of the online encoder f or of the momentum encoder f' (`encoder`, one of ENCODERS)."""
+  if encoder == 'online':
+    return state.params, state.batch_stats
+  if encoder == 'momentum':
+    return state.ema_params, state.ema_batch_stats
+  raise ValueError(f'encoder={encoder!r}: choose one of {", ".join(ENCODERS)}')
+
+
 def backbone_variables(params, batch_stats):
   """The backbone's own variables within the encoder's parameter and BN-statistics trees."""
   return {'params': params['backbone'], 'batch_stats': batch_stats['backbone']}

@@ -10,6 +10,7 @@ import jax
 
 from configs import presets
 from jax_moco import config_checks
+from jax_moco import files
 
 
 def config(method, overrides, steps=None):
@@ -83,9 +84,8 @@ def cached_json(path, compute):
     with open(path) as f:
       return json.load(f)
   result = compute()
-  with open(path + '.tmp', 'w') as f:
+  with files.atomic_write(path) as f:
     json.dump(result, f, indent=2)
-  os.replace(path + '.tmp', path)
   return result
 
 

@@ -1,7 +1,8 @@
-"""Class activation maps (paper 001, Fig. S2): the CAM of a known linear map on a known feature map against the
-NumPy formula, the probe's classifier as one linear map whose CAMs average to scikit-learn's decision values (two
-classes and a class missing from training included), bilinear upsampling, the grid's size, and the protocol end
-to end on a tiny run's checkpoint, reading the classifier the linear probe saved."""
+"""Class activation maps (Van Gansbeke et al. 2021, "Revisiting Contrastive Methods for Unsupervised Learning of
+Visual Representations", Fig. S2): the CAM of a known linear map on a known feature map against the NumPy formula,
+the probe's classifier as one linear map whose CAMs average to scikit-learn's decision values (two classes and a
+class missing from training included), bilinear upsampling, the grid's layout, and the protocol end to end on a
+tiny run's checkpoint, reading the classifier the linear probe saved."""
 
 import functools
 import json
@@ -48,7 +49,15 @@ def test_the_probe_as_a_linear_map_averages_its_cams_to_the_decision_values(clas
   assert cam.true_classes(np.array([[1, 0, 1], [0, -1, 0]]), np.array([[0.0, 5.0, 2.0], [1, 2, 3]])).tolist() == [2, -1]
 
 
-def test_bilinear_upsampling_and_the_grid_size(tmp_path):
+def picture_shape(path):
+  """(height / width) of a PNG that opens as a whole picture."""
+  with Image.open(path) as picture:
+    picture.load()
+    width, height = picture.size
+  return height / width
+
+
+def test_bilinear_upsampling_and_the_grid_layout(tmp_path):
   ramp = np.array([[0.0, 1.0, 2.0, 3.0]] * 2)
   up = cam.upsample_bilinear(ramp, 4, 8)  # bilinear keeps a linear ramp linear between the outer pixel centres
   np.testing.assert_allclose(np.diff(up[0, 1:-1]), 0.5, atol=1e-6)
@@ -58,9 +67,12 @@ def test_bilinear_upsampling_and_the_grid_size(tmp_path):
   images = np.random.default_rng(2).integers(0, 256, (5, 32, 32, 3), np.uint8)
   heat = np.random.default_rng(3).random((5, 32, 32))
   titles = [[f'row {r} image {i}' for i in range(5)] for r in range(3)]
-  path = cam.draw_grid(str(tmp_path / 'grid.png'), images, heat, heat, titles, columns=4)
-  assert cam.grid_size(5, 4) == (640, 960)  # 4 columns, two groups of three rows, 160 px a picture
-  assert Image.open(path).size == (640, 960)
+  # Four images in four columns are one group of three rows (image, top class CAM, true class CAM) of square
+  # pictures; a fifth wraps into a second group below.
+  one_group = cam.draw_grid(str(tmp_path / 'four.png'), images[:4], heat, heat, titles, columns=4)
+  two_groups = cam.draw_grid(str(tmp_path / 'five.png'), images, heat, heat, titles, columns=4)
+  assert picture_shape(one_group) == pytest.approx(len(cam.ROWS) / 4, rel=0.01)
+  assert picture_shape(two_groups) == pytest.approx(2 * len(cam.ROWS) / 4, rel=0.01)
 
 
 @pytest.mark.heavy(15)  # seconds on 2 cores, for the order of tests/conftest.py
@@ -77,7 +89,8 @@ def test_the_protocol_end_to_end_reads_the_probes_classifier(tmp_path, monkeypat
   result = evaluate.evaluate(workdir, 'cam', max_examples=200, cam_images=5)
   directory = tmp_path / 'eval' / 'step_3_online'
   assert json.load(open(directory / 'cam.json')) == result
-  assert result['picture'] == str(directory / 'cam.png') and Image.open(result['picture']).size == cam.grid_size(5)
+  assert result['picture'] == str(directory / 'cam.png')
+  assert picture_shape(result['picture']) == pytest.approx(len(cam.ROWS) / 5, rel=0.01)  # a column an image
   assert result['l2'] == probe['l2'] and result['num_train'] == probe['num_train'] == 200
   assert result['map_size'] == [4, 4] and result['num_test'] == 5  # 32 px, CIFAR stem: output stride 8
   test = sources.get_source('embedded_subset:test')

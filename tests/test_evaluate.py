@@ -2,6 +2,7 @@
 fits, features with masked padding against one-image-at-a-time, and the CLI path on a saved run."""
 
 import json
+import os
 import warnings
 
 import jax.numpy as jnp
@@ -17,14 +18,17 @@ from input_pipeline import sources
 from jax_moco import checkpointing
 from jax_moco import evaluate
 from jax_moco import evaluators
+from jax_moco import files
 from jax_moco import monitor
 from jax_moco import normalization
 from jax_moco import sharding
 from jax_moco import state as state_lib
 from jax_moco.evaluators import features as features_lib
 from jax_moco.evaluators import knn
+from jax_moco.evaluators import label_propagation
 from jax_moco.evaluators import linear_classification
 from jax_moco.evaluators import linear_probe
+from jax_moco.evaluators import segment_retrieval
 
 
 def clusters(n, num_classes=5, dim=16, spread=0.1, seed=0):
@@ -57,6 +61,12 @@ def test_knn_separable_is_perfect_and_shuffled_is_chance():
   assert abs(knn.knn_classify(bank_x, shuffled, test_x, test_y, k=50)['top1'] - 20.0) < 12.0
 
 
+def probe_test_score(train_x, train_y, test_x, test_y, grid, metric='top1'):
+  """The probe's test score (%) after choosing the constant on 20 % of train: the protocol's two steps."""
+  model, _ = linear_probe.select_and_fit(train_x, train_y, grid=grid, n_jobs=1)
+  return linear_probe.test_scores(model, test_x, test_y)[metric]
+
+
 def test_linear_probe_follows_the_protocol():
   grid = linear_probe.L2_GRID
   assert len(grid) == 45 and grid[0] == pytest.approx(1e-5) and grid[-1] == pytest.approx(1e5)
@@ -65,42 +75,40 @@ def test_linear_probe_follows_the_protocol():
   val_x, val_y = clusters(100, spread=2.5, seed=1)
   test_x, test_y = clusters(200, spread=2.5, seed=2)
   short_grid = grid[::11]
-  result = linear_probe.linear_probe(
-    train_x, train_y, test_x, test_y, validation=(val_x, val_y), grid=short_grid, n_jobs=1
-  )
+  model, selection = linear_probe.select_and_fit(train_x, train_y, (val_x, val_y), short_grid, n_jobs=1)
   # Selection: the constant with the best validation accuracy (the first among ties), from direct fits.
   val_scores = [
     np.mean(LogisticRegression(C=1 / l2, max_iter=1000).fit(train_x, train_y).predict(val_x) == val_y)
     for l2 in short_grid
   ]
-  assert result['l2'] == pytest.approx(short_grid[int(np.argmax(val_scores))])
-  np.testing.assert_allclose([s for _, s in result['validation_curve']], np.array(val_scores) * 100)
+  assert selection['l2'] == pytest.approx(short_grid[int(np.argmax(val_scores))])
+  np.testing.assert_allclose([s for _, s in selection['validation_curve']], np.array(val_scores) * 100)
   # Refit on train + validation with that constant, scored on test.
-  refit = LogisticRegression(C=1 / result['l2'], max_iter=1000).fit(
+  refit = LogisticRegression(C=1 / selection['l2'], max_iter=1000).fit(
     np.concatenate([train_x, val_x]), np.concatenate([train_y, val_y])
   )
-  assert result['top1'] == pytest.approx(np.mean(refit.predict(test_x) == test_y) * 100)
+  scores = linear_probe.test_scores(model, test_x, test_y)
+  assert scores == {'metric': 'top1', 'top1': pytest.approx(np.mean(refit.predict(test_x) == test_y) * 100)}
 
 
 def test_linear_probe_reports_the_fits_that_stop_at_max_iter_instead_of_a_warning_each(monkeypatch):
   train_x, train_y = clusters(300, spread=2.5)
-  test_x, test_y = clusters(200, spread=2.5, seed=2)
   fit = linear_probe.fit
   monkeypatch.setattr(linear_probe, 'fit', lambda x, y, l2: fit(x, y, l2, max_iter=2 if l2 < 1 else 1000))
   with warnings.catch_warnings():
     warnings.simplefilter('error')  # a ConvergenceWarning that escaped would fail the test here
-    result = linear_probe.linear_probe(train_x, train_y, test_x, test_y, grid=[1e-3, 1e-1, 10.0], n_jobs=1)
-  assert result['unconverged_l2'] == [1e-3, 1e-1]
-  assert result['converged'] == (result['l2'] == 10.0)
+    _, selection = linear_probe.select_and_fit(train_x, train_y, grid=[1e-3, 1e-1, 10.0], n_jobs=1)
+  assert selection['unconverged_l2'] == [1e-3, 1e-1]
+  assert selection['converged'] == (selection['l2'] == 10.0)
 
 
 def test_linear_probe_separable_is_perfect_shuffled_is_chance_and_split_is_stratified():
   train_x, train_y = clusters(400)
   test_x, test_y = clusters(200, seed=1)
   grid = linear_probe.L2_GRID[::8]
-  assert linear_probe.linear_probe(train_x, train_y, test_x, test_y, grid=grid, n_jobs=1)['top1'] == 100.0
+  assert probe_test_score(train_x, train_y, test_x, test_y, grid) == 100.0
   shuffled = np.random.default_rng(3).permutation(train_y)
-  assert abs(linear_probe.linear_probe(train_x, shuffled, test_x, test_y, grid=grid, n_jobs=1)['top1'] - 20) < 12
+  assert abs(probe_test_score(train_x, shuffled, test_x, test_y, grid) - 20) < 12
   train_idx, val_idx = linear_probe.split_train_validation(train_y)
   assert len(val_idx) == 80 and not set(train_idx) & set(val_idx)
   np.testing.assert_allclose(np.bincount(train_y[val_idx]) / 80, np.bincount(train_y) / 400, atol=0.02)
@@ -119,8 +127,9 @@ def test_linear_probe_multi_label_is_per_class_binary_with_map():
   noisy = lambda x, seed: x + np.random.default_rng(seed).normal(scale=0.7, size=x.shape)  # noqa: E731
   train_y, val_y, test_y = (multi_label_targets(noisy(x, s), s) for s, x in enumerate((train_x, val_x, test_x)))
   grid = linear_probe.L2_GRID[::11]
-  result = linear_probe.linear_probe(train_x, train_y, test_x, test_y, validation=(val_x, val_y), grid=grid, n_jobs=1)
-  assert result['metric'] == 'map' and len(result['ap_per_class']) == 4
+  model, selection = linear_probe.select_and_fit(train_x, train_y, (val_x, val_y), grid, n_jobs=1)
+  scores = linear_probe.test_scores(model, test_x, test_y)
+  assert scores['metric'] == 'map' and len(scores['ap_per_class']) == 4
 
   def direct_map(fit_x, fit_y, l2, eval_x, eval_y):
     """One scikit-learn binary classifier per class on its known examples; AP on the known test examples."""
@@ -132,20 +141,20 @@ def test_linear_probe_multi_label_is_per_class_binary_with_map():
     return np.mean(aps) * 100
 
   val_maps = [direct_map(train_x, train_y, l2, val_x, val_y) for l2 in grid]
-  assert result['l2'] == pytest.approx(grid[int(np.argmax(val_maps))])
-  np.testing.assert_allclose([s for _, s in result['validation_curve']], val_maps)
+  assert selection['l2'] == pytest.approx(grid[int(np.argmax(val_maps))])
+  np.testing.assert_allclose([s for _, s in selection['validation_curve']], val_maps)
   expected = direct_map(
-    np.concatenate([train_x, val_x]), np.concatenate([train_y, val_y]), result['l2'], test_x, test_y
+    np.concatenate([train_x, val_x]), np.concatenate([train_y, val_y]), selection['l2'], test_x, test_y
   )
-  assert 60 < result['map'] < 100 and result['map'] == pytest.approx(expected)
+  assert 60 < scores['map'] < 100 and scores['map'] == pytest.approx(expected)
   # Separable targets give 100 %, shuffled ones about the classes' frequencies.
-  clean = linear_probe.linear_probe(
-    train_x, multi_label_targets(train_x, 0, 0), test_x, multi_label_targets(test_x, 1, 0), grid=grid, n_jobs=1
+  clean = probe_test_score(
+    train_x, multi_label_targets(train_x, 0, 0), test_x, multi_label_targets(test_x, 1, 0), grid, 'map'
   )
-  assert clean['map'] > 99
-  shuffled = linear_probe.linear_probe(train_x, rng.permutation(train_y), test_x, test_y, grid=grid, n_jobs=1)
+  assert clean > 99
+  shuffled = probe_test_score(train_x, rng.permutation(train_y), test_x, test_y, grid, 'map')
   prevalence = np.mean([np.mean(test_y[test_y[:, c] != -1, c]) for c in range(4)]) * 100
-  assert abs(shuffled['map'] - prevalence) < 15
+  assert abs(shuffled - prevalence) < 15
 
 
 def test_padded_extraction_equals_one_image_at_a_time(make_config):
@@ -176,6 +185,19 @@ def test_a_set_smaller_than_one_batch_is_padded_to_the_devices_not_to_the_batch(
   assert features.shape[0] == 37 and batches == [40] and mesh.size == 8  # 37 rounded up to 8 devices, not 500
 
 
+def test_a_cache_file_is_written_whole_or_not_at_all(tmp_path):
+  path = str(tmp_path / 'features.npz')
+  with files.atomic_write(path, 'wb') as f:
+    np.savez(f, features=np.ones(3))
+  with pytest.raises(KeyboardInterrupt):
+    with files.atomic_write(path, 'wb') as f:
+      f.write(b'half a file')
+      raise KeyboardInterrupt
+  with np.load(path) as kept:
+    np.testing.assert_array_equal(kept['features'], np.ones(3))
+  assert os.listdir(tmp_path) == ['features.npz']  # no temporary file left behind
+
+
 def test_normalization_statistics_and_the_head_feature_monitor(make_config):
   images = np.random.default_rng(0).integers(0, 256, (2, 4, 4, 3), np.uint8)
   for name, (mean, std) in normalization.NORMALIZATION.items():
@@ -193,6 +215,32 @@ def test_normalization_statistics_and_the_head_feature_monitor(make_config):
   image = pipeline.resize_for_eval(task.test.load(3)['image'], 32).numpy()[None]
   _, alone = encoder.apply(variables, normalization.normalize(jnp.asarray(image), 'cifar10'), train=False)
   np.testing.assert_allclose(features[3], np.asarray(alone)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_one_table_of_the_protocols_options_gives_the_flags_and_the_evaluators_options():
+  flags = evaluate.option_flags()
+  assert set(flags) == {option.name for options in evaluators.OPTIONS.values() for option in options}
+  # An option two protocols take is one flag whose help says how each reads it.
+  assert flags['batch_size'] == (
+    int,
+    'linear_classification: global batch (default 256); segment_retrieval: images a global batch (default: 16, '
+    'rounded up to a multiple of the device count)',
+  )
+  assert flags['n_jobs'][1].startswith('linear_probe, cam: ')
+  # What is not given takes its default; an option of another protocol is refused, naming it.
+  assert vars(evaluators.options('segment_retrieval', kmeans_k=4)) == dict(kmeans_k=4, kmeans_seed=0, batch_size=None)
+  refusal = r'^epochs: not an option of protocol=knn \(its options: knn_k, knn_temperature\)'
+  with pytest.raises(ValueError, match=refusal):
+    evaluators.options('knn', epochs=3)
+  # The protocols' library functions default to the same settings.
+  assert evaluators.options('segment_retrieval').kmeans_k == segment_retrieval.K
+  propagation = evaluators.options('label_propagation')
+  assert label_propagation.Propagation() == label_propagation.Propagation(
+    propagation.propagation_context,
+    propagation.propagation_topk,
+    propagation.propagation_temperature,
+    propagation.propagation_radius,
+  )
 
 
 def test_evaluate_a_saved_run_writes_results_and_reuses_features(make_config, tmp_path, monkeypatch):

@@ -1,8 +1,8 @@
-"""Semantic segment retrieval (paper 001, A.7): mIoU against a NumPy transcription of its definition, nearest
-upsampling against PIL's, the VOC folder reader on generated folders (its errors name the file), retrieval on
-generated images whose segments differ in colour (an "encoder" that reads colour retrieves them perfectly, and
-shuffled training labels score near chance), and the protocol end to end on a tiny run's checkpoint, through
-jax_moco.evaluate and its command line."""
+"""Semantic segment retrieval (Van Gansbeke et al. 2021, A.7): mIoU against a NumPy transcription of its definition,
+nearest upsampling against PIL's, the VOC folder reader on generated folders (its errors name the file), retrieval on
+generated images whose segments differ in colour (an "encoder" that reads colour retrieves them perfectly, and shuffled
+training labels score near chance), and the protocol end to end on a tiny run's checkpoint, through jax_moco.evaluate
+and its command line."""
 
 import json
 import os

@@ -2,22 +2,92 @@
 the protocol, each holding an `Evaluator(task, **options)` (task: `common.Task`) whose `run(variables)` yields
 (name, value) pairs and whose `describe(result)` gives the protocol and its scores in words; the class also says
 how its datasets are opened (`open_datasets`) and at what size (`default_image_size`), see `common`.
-`get(protocol)` is the one table from a protocol's name to its Evaluator."""
 
+`OPTIONS` is the one table of the protocols (their names, in order) and of each protocol's options, with their
+types, defaults and help: the Evaluators read their options from it (`options`), and `jax_moco.evaluate` makes a
+flag of each, refused for a protocol that does not take it. Adding an option is a row here and its use in the
+Evaluator. This module imports nothing heavy: the command line reads the table before TensorFlow is imported."""
+
+import dataclasses
 import importlib
+import types
+from typing import Any
 
-PROTOCOLS = (
-  'knn',
-  'linear_probe',
-  'linear_classification',
-  'segment_retrieval',
-  'cam',
-  'label_propagation',
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+  """One option of a protocol: the keyword its Evaluator reads and the command line's flag of the same name."""
+
+  name: str
+  type: type  # int, float, str or bool: the flag's kind
+  default: Any  # None: the protocol works it out, as `help` says
+  help: str
+
+  def description(self) -> str:
+    """The help with the default, when there is one to state."""
+    if self.default is None or self.type is bool:
+      return self.help
+    return f'{self.help} (default {self.default})'
+
+
+# Shared by the linear probe and the cam protocol, which reads the probe's classifier.
+VALIDATION_DATASET = Option(
+  'validation_dataset', str, None, 'a labelled dataset to choose the L2 constant on (default: 20 % of train)'
 )
+N_JOBS = Option('n_jobs', int, -1, 'parallel fits of the L2 grid as joblib counts them, -1 one a core')
+
+OPTIONS = {
+  'knn': (
+    Option('knn_k', int, None, "k neighbours (default: the run's knn.k)"),
+    Option('knn_temperature', float, None, "temperature T (default: the run's knn.temperature)"),
+  ),
+  'linear_probe': (VALIDATION_DATASET, N_JOBS),
+  # MoCo's ImageNet protocol (He et al. 2020, "Momentum Contrast for Unsupervised Visual Representation Learning",
+  # Sec. 4.1): 100 epochs of batch 256 at lr 30.
+  'linear_classification': (
+    Option('epochs', int, 100, 'epochs'),
+    Option('batch_size', int, 256, 'global batch'),
+    Option('lr', float, 30.0, 'learning rate'),
+  ),
+  'segment_retrieval': (
+    Option('kmeans_k', int, 15, 'K-means regions an image'),  # Van Gansbeke et al. 2021, A.7 (segment_retrieval.K)
+    Option('kmeans_seed', int, 0, 'K-means seed'),
+    Option(
+      'batch_size', int, None, 'images a global batch (default: 16, rounded up to a multiple of the device count)'
+    ),
+  ),
+  'cam': (Option('cam_images', int, 16, 'test images in the picture'), VALIDATION_DATASET, N_JOBS),
+  # Jabri et al. 2020's label propagation test, as Van Gansbeke et al. 2021 ran it (label_propagation.Propagation).
+  'label_propagation': (
+    Option('propagation_context', int, 20, 'previous frames in the context, besides the first'),
+    Option('propagation_topk', int, 10, 'neighbours a location takes its labels from'),
+    Option('propagation_temperature', float, 0.07, 'softmax temperature over their affinities'),
+    Option('propagation_radius', float, 12.0, 'how far (in feature cells) the previous frames are searched'),
+    Option('propagation_save_masks', bool, False, 'write the predicted masks as PNGs'),
+  ),
+}
+PROTOCOLS = tuple(OPTIONS)
+
+
+def _check(protocol):
+  if protocol not in OPTIONS:
+    raise ValueError(f'protocol={protocol!r}: choose one of {", ".join(PROTOCOLS)}')
 
 
 def get(protocol):
   """The Evaluator class of `protocol`; its module is imported only when asked for."""
-  if protocol not in PROTOCOLS:
-    raise ValueError(f'protocol={protocol!r}: choose one of {", ".join(PROTOCOLS)}')
+  _check(protocol)
   return importlib.import_module(f'{__name__}.{protocol}').Evaluator
+
+
+def options(protocol, **given) -> types.SimpleNamespace:
+  """Every option of `protocol` (OPTIONS), its given value or else its default; an option the protocol does not
+  take is refused, naming it."""
+  _check(protocol)
+  accepted = {option.name: option.default for option in OPTIONS[protocol]}
+  unknown = sorted(set(given) - set(accepted))
+  if unknown:
+    raise ValueError(
+      f'{", ".join(unknown)}: not an option of protocol={protocol} (its options: {", ".join(sorted(accepted))})'
+    )
+  return types.SimpleNamespace(**{**accepted, **given})

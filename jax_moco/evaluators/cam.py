@@ -1,7 +1,7 @@
 """The `cam` protocol: class activation maps (Zhou et al. 2016, "Learning Deep Features for Discriminative
-Localization") of the linear probe's classifier on the frozen backbone, the pictures of paper 001's Fig. 6 and
-Fig. S2 (there: linear classifiers on ImageNet over two-crop and multi-crop MoCo; the multi-crop model's maps cover
-the whole object).
+Localization") of the linear probe's classifier on the frozen backbone, the pictures of Fig. 6 and Fig. S2 of Van
+Gansbeke et al. 2021 (there: linear classifiers on ImageNet over two-crop and multi-crop MoCo; the multi-crop model's
+maps cover the whole object).
 
 The probe is logistic regression on the globally average-pooled last-stage features, so its logit of class c is
 sum_k w_ck mean_xy f_k(x, y) + b_c = mean_xy CAM_c(x, y) + b_c, with CAM_c(x, y) = sum_k w_ck f_k(x, y) on the
@@ -25,13 +25,13 @@ import numpy as np
 from PIL import Image
 
 from input_pipeline import pipeline
+from jax_moco import evaluators
 from jax_moco import sharding
 from jax_moco.evaluators import common
 from jax_moco.evaluators import features as features_lib
 from jax_moco.evaluators import linear_probe
 from jax_moco.normalization import normalize
 
-NUM_IMAGES = 16
 COLUMNS = 8  # images a row of the grid; more images wrap into further groups of three rows
 CELL_INCHES, DPI = 1.6, 100  # one picture of the grid: 160 x 160 px
 ROWS = ('image', 'top class CAM', 'true class CAM')
@@ -52,12 +52,9 @@ def make_cam_fn(mesh, backbone, statistics='imagenet', compiler_options=None):
     maps = class_activation_maps(module.apply(variables, normalize(images, statistics), train=False), weight)
     return maps, maps.mean(axis=(1, 2)) + bias
 
-  replicated, sharded = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-  return jax.jit(
-    cams,
-    in_shardings=(replicated, replicated, replicated, sharded),
-    out_shardings=(sharded, sharded),
-    compiler_options=compiler_options,
+  replicated, batch = sharding.REPLICATED, sharding.BATCH
+  return sharding.data_parallel_jit(
+    cams, mesh, (replicated, replicated, replicated, batch), (batch, batch), compiler_options=compiler_options
   )
 
 
@@ -74,12 +71,6 @@ def unit_range(x):
 
 def heat_map(cam, height, width):
   return unit_range(upsample_bilinear(cam, height, width))
-
-
-def grid_size(num_images, columns=COLUMNS):
-  """The grid's (width, height) in pixels."""
-  cols, groups = min(num_images, columns), math.ceil(num_images / columns)
-  return round(cols * CELL_INCHES * DPI), round(len(ROWS) * groups * CELL_INCHES * DPI)
 
 
 def draw_grid(path, images, top_maps, true_maps, titles, columns=COLUMNS):
@@ -123,19 +114,20 @@ def true_classes(labels, logits):
 
 
 class Evaluator:
-  """`cam_images` (16) test images in the picture; `validation_dataset` and `n_jobs` as for linear_probe, whose
-  classifier for the same train set, size and validation set is used."""
+  """Options (evaluators.OPTIONS): `cam_images` test images in the picture; `validation_dataset` and `n_jobs` as for
+  linear_probe, whose classifier for the same train set, size and validation set is used."""
 
   open_datasets = staticmethod(common.labelled_datasets)
   default_image_size = None  # the run's crops.large_size, as the probe
 
-  def __init__(self, task: common.Task, cam_images=NUM_IMAGES, validation_dataset=None, n_jobs=-1):
+  def __init__(self, task: common.Task, **options):
+    o = evaluators.options('cam', **options)
     if task.directory is None:
       raise ValueError('cam writes a picture: the task needs a directory')
-    if cam_images < 1:
-      raise ValueError(f'cam_images={cam_images}: show at least one image')
-    self.task, self.num_images, self.n_jobs = task, min(cam_images, task.test.num_examples), n_jobs
-    self.validation = linear_probe.open_validation(task, validation_dataset)
+    if o.cam_images < 1:
+      raise ValueError(f'cam_images={o.cam_images}: show at least one image')
+    self.task, self.num_images, self.n_jobs = task, min(o.cam_images, task.test.num_examples), o.n_jobs
+    self.validation = linear_probe.open_validation(task, o.validation_dataset)
     f = task.features
     self.cam_fn = make_cam_fn(f.mesh, f.module, f.statistics, f.compiler_options)
 

@@ -1,5 +1,5 @@
-"""Dense features of a frozen backbone, for the evaluations without finetuning that need a feature per location
-(paper 001, A.6 and A.7): the last stage's 3x3 convolutions with dilation 2 and stride 1 (torchvision's
+"""Dense features of a frozen backbone, for the evaluations without finetuning that need a feature per location (Van
+Gansbeke et al. 2021, A.6 and A.7): the last stage's 3x3 convolutions with dilation 2 and stride 1 (torchvision's
 `replace_stride_with_dilation=[False, False, True]`, the paper's R50 setting), no average pooling, each location's
 feature L2-normalised. The same parameters serve: dilation changes neither shapes nor names.
 
@@ -34,11 +34,8 @@ class DenseFeatures:
     def features(variables, images):
       return l2_normalize(self.module.apply(variables, normalize(images, statistics), train=False))
 
-    self.feature_fn = jax.jit(
-      features,
-      in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
-      out_shardings=sharding.batch_sharded(mesh),
-      compiler_options=compiler_options,
+    self.feature_fn = sharding.data_parallel_jit(
+      features, mesh, (sharding.REPLICATED, sharding.BATCH), sharding.BATCH, compiler_options=compiler_options
     )
 
   @property

@@ -10,6 +10,7 @@ import numpy as np
 from tqdm import tqdm
 
 from input_pipeline import pipeline
+from jax_moco import files
 from jax_moco import sharding
 from jax_moco.normalization import normalize
 
@@ -21,11 +22,8 @@ def make_feature_fn(mesh, module, statistics='imagenet', select=None, compiler_o
     out = module.apply(variables, normalize(images, statistics), train=False)
     return select(out) if select else out
 
-  return jax.jit(
-    features,
-    in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
-    out_shardings=sharding.batch_sharded(mesh),
-    compiler_options=compiler_options,
+  return sharding.data_parallel_jit(
+    features, mesh, (sharding.REPLICATED, sharding.BATCH), sharding.BATCH, compiler_options=compiler_options
   )
 
 
@@ -95,8 +93,8 @@ class Features:
     features, labels = self.extract(variables, source, max_examples, description=f'features of {source.name}')
     if jax.process_index() == 0:
       os.makedirs(self.cache_dir, exist_ok=True)
-      np.savez(path + '.tmp.npz', features=features, labels=labels)
-      os.replace(path + '.tmp.npz', path)  # never a half-written cache
+      with files.atomic_write(path, 'wb') as f:
+        np.savez(f, features=features, labels=labels)
     return features, labels
 
 

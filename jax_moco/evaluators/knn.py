@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax_moco import evaluators
 from jax_moco.evaluators import common
 from jax_moco.normalization import l2_normalize
 
@@ -74,16 +75,17 @@ def knn_classify(
 
 
 class Evaluator:
-  """k and T default to the run's config (`knn.k`, `knn.temperature`: 200 and 0.1)."""
+  """Options (evaluators.OPTIONS): k and T, by default the run's config's (`knn.k`, `knn.temperature`)."""
 
   open_datasets = staticmethod(common.labelled_datasets)
   default_image_size = None  # the run's crops.large_size
 
-  def __init__(self, task: common.Task, knn_k=None, knn_temperature=None):
+  def __init__(self, task: common.Task, **options):
+    o = evaluators.options('knn', **options)
     common.require_single_label(task, 'knn')
     self.task = task
-    self.k = knn_k or task.config.knn.k
-    self.temperature = knn_temperature or task.config.knn.temperature
+    self.k = o.knn_k or task.config.knn.k
+    self.temperature = o.knn_temperature or task.config.knn.temperature
 
   def run(self, variables):
     t = self.task

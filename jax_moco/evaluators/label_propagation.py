@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from jax_moco import evaluators
 from jax_moco.evaluators import common
 from jax_moco.evaluators import davis_metrics
 from jax_moco.evaluators.dense import DenseFeatures
@@ -45,7 +46,7 @@ from jax_moco.readers import davis
 
 @dataclasses.dataclass(frozen=True)
 class Propagation:
-  """The protocol's parameters, by default the reference's."""
+  """The protocol's parameters, by default the reference's (as the protocol's options, evaluators.OPTIONS)."""
 
   context: int = 20  # previous frames in the context, besides the first frame
   topk: int = 10  # neighbours a location takes its labels from
@@ -215,27 +216,20 @@ def label_propagation(
 
 
 class Evaluator:
-  """Every option defaults to the reference's value; `propagation_save_masks` also writes the predicted masks."""
+  """Options (evaluators.OPTIONS): the Propagation settings, by default the reference's; `propagation_save_masks`
+  also writes the predicted masks."""
 
   default_image_size = common.AS_STORED  # DAVIS 480p frames as they are, unless --image_size is given
 
-  def __init__(
-    self,
-    task,
-    propagation_context=Propagation.context,
-    propagation_topk=Propagation.topk,
-    propagation_temperature=Propagation.temperature,
-    propagation_radius=Propagation.radius,
-    propagation_save_masks=False,
-  ):
-    if propagation_context < 0 or propagation_topk < 1 or propagation_temperature <= 0 or propagation_radius < 0:
+  def __init__(self, task, **options):
+    o = evaluators.options('label_propagation', **options)
+    settings = Propagation(o.propagation_context, o.propagation_topk, o.propagation_temperature, o.propagation_radius)
+    if settings.context < 0 or settings.topk < 1 or settings.temperature <= 0 or settings.radius < 0:
       raise ValueError(
         'label_propagation: --propagation_context must be >= 0, --propagation_topk >= 1, '
         '--propagation_temperature > 0, --propagation_radius >= 0'
       )
-    self.task = task
-    self.settings = Propagation(propagation_context, propagation_topk, propagation_temperature, propagation_radius)
-    self.save_masks = propagation_save_masks
+    self.task, self.settings, self.save_masks = task, settings, o.propagation_save_masks
     f = task.features
     self.dense = DenseFeatures(f.mesh, f.module, f.statistics, compiler_options=f.compiler_options)
 

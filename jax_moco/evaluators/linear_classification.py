@@ -1,8 +1,7 @@
-"""The `linear_classification` protocol of paper 002, Sec. 4.1 (MoCo's ImageNet protocol): a linear layer on the
-frozen backbone's pooled features, BN frozen (inference mode), SGD with momentum 0.9, lr 30, weight decay 0, 100
-epochs, lr / 10 at 60 % and 80 % of training, RandomResizedCrop + flip; top-1 on the test set. Checkpointed every
-epoch (jax_moco.checkpointing) under the task's directory and resumed from there.
-"""
+"""The `linear_classification` protocol of He et al. 2020, Sec. 4.1 (MoCo's ImageNet protocol): a linear layer on the
+frozen backbone's pooled features, BN frozen (inference mode), SGD with momentum 0.9, lr 30, weight decay 0, 100 epochs,
+lr / 10 at 60 % and 80 % of training, RandomResizedCrop + flip; top-1 on the test set. Checkpointed every epoch
+(jax_moco.checkpointing) under the task's directory and resumed from there."""
 
 import os
 
@@ -15,12 +14,13 @@ from tqdm import tqdm
 
 from input_pipeline import pipeline
 from jax_moco import checkpointing
+from jax_moco import evaluators
 from jax_moco import sharding
 from jax_moco import state as state_lib
 from jax_moco.evaluators import common
 from jax_moco.normalization import normalize
 
-LR, MOMENTUM, WEIGHT_DECAY, EPOCHS, BATCH_SIZE = 30.0, 0.9, 0.0, 100, 256
+MOMENTUM, WEIGHT_DECAY = 0.9, 0.0  # the epochs, batch size and lr are the protocol's options (evaluators.OPTIONS)
 MILESTONES = (0.6, 0.8)  # epochs 60 and 80 of 100
 
 
@@ -63,12 +63,9 @@ def make_train_step(mesh, backbone, tx, statistics='imagenet'):
       step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state
     ), loss
 
-  replicated, sharded = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-  return jax.jit(
-    train_step,
-    in_shardings=(replicated, replicated, sharded, sharded),
-    out_shardings=(replicated, replicated),
-    donate_argnums=0,
+  replicated, batch = sharding.REPLICATED, sharding.BATCH
+  return sharding.data_parallel_jit(
+    train_step, mesh, (replicated, replicated, batch, batch), (replicated, replicated), donate_argnums=0
   )
 
 
@@ -78,19 +75,20 @@ def top1(params, features, labels):
 
 
 class Evaluator:
-  """`epochs`, `batch_size` (global) and `lr` default to MoCo's 100, 256 and 30; a rerun with other values refuses
-  the directory's checkpoint, naming them."""
+  """Options (evaluators.OPTIONS): `epochs`, `batch_size` (global) and `lr`, by default MoCo's; a rerun with other
+  values refuses the directory's checkpoint, naming them."""
 
   open_datasets = staticmethod(common.labelled_datasets)
   default_image_size = None  # the run's crops.large_size
 
-  def __init__(self, task: common.Task, epochs=EPOCHS, batch_size=BATCH_SIZE, lr=LR):
+  def __init__(self, task: common.Task, **options):
+    o = evaluators.options('linear_classification', **options)
     common.require_single_label(task, 'linear_classification')
     if task.directory is None:
       raise ValueError('linear_classification checkpoints its classifier: the task needs a directory')
-    self.task, self.epochs, self.batch_size, self.lr = task, epochs, batch_size, lr
-    self.steps_per_epoch = max(task.train.num_examples // batch_size, 1)
-    self.total_steps = epochs * self.steps_per_epoch
+    self.task, self.epochs, self.batch_size, self.lr = task, o.epochs, o.batch_size, o.lr
+    self.steps_per_epoch = max(task.train.num_examples // o.batch_size, 1)
+    self.total_steps = o.epochs * self.steps_per_epoch
 
   def run(self, variables):
     params = self.train(variables)

@@ -1,6 +1,6 @@
-"""The `linear_probe` protocol of paper 001, appendix A.2 (the protocol of Ericsson et al.): logistic regression
-(scikit-learn, L-BFGS) on frozen features; the L2 constant chosen on a validation split among 45 log-spaced values
-from 1e-5 to 1e5, then the model refit on train + validation and scored on test.
+"""The `linear_probe` protocol of Van Gansbeke et al. 2021, appendix A.2 (the protocol of Ericsson et al.): logistic
+regression (scikit-learn, L-BFGS) on frozen features; the L2 constant chosen on a validation split among 45 log-spaced
+values from 1e-5 to 1e5, then the model refit on train + validation and scored on test.
 
 Single-label data: one multinomial (softmax cross-entropy) classifier, top-1 accuracy. Multi-label data (targets
 [N, C] of 1 / 0 / -1, VOC07): one binary classifier per class sharing the constant, mean average precision; examples
@@ -19,6 +19,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score
 from sklearn.model_selection import train_test_split
 
+from jax_moco import evaluators
+from jax_moco import files
 from jax_moco.evaluators import common
 from jax_moco.evaluators import features as features_lib
 
@@ -152,13 +154,6 @@ def test_scores(model, test_features, test_labels):
   }
 
 
-def linear_probe(train_features, train_labels, test_features, test_labels, validation=None, grid=L2_GRID, n_jobs=-1):
-  """select_and_fit, then the test score (`top1`, or `map` for multi-label data, in %), the chosen constant and the
-  whole validation curve."""
-  model, selection = select_and_fit(train_features, train_labels, validation, grid, n_jobs)
-  return {**test_scores(model, test_features, test_labels), **selection}
-
-
 def weights(model, num_classes):
   """The fitted classifier as one linear map: (weight [num_classes, C], bias [num_classes]) whose logits
   features @ weight.T + bias rank the classes as the model does (the multinomial model's logits, or the per-class
@@ -187,18 +182,20 @@ def classifier_path(task, validation=None):
 
 
 def fit_classifier(task, variables, validation=None, n_jobs=-1):
-  """(model, selection, num_train) of the probe on the task's training features (and `validation`'s, a labelled
-  source); the classifier is saved (weights(), the constant, the training count) where classifier_path says."""
+  """(model, selection, classifier) of the probe on the task's training features (and `validation`'s, a labelled
+  source), the classifier as {weight [classes, C], bias [classes] (weights()), l2, num_train}, saved where
+  classifier_path says."""
   train_x, train_y = task.features(variables, task.train, task.max_train)
   validation_xy = validation and task.features(variables, validation, task.max_train)
   model, selection = select_and_fit(train_x, train_y, validation_xy, n_jobs=n_jobs)
+  weight, bias = weights(model, task.num_classes)
+  fitted = dict(weight=weight, bias=bias, l2=selection['l2'], num_train=len(train_y))
   path = classifier_path(task, validation)
   if path and jax.process_index() == 0:
-    weight, bias = weights(model, task.num_classes)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    np.savez(path + '.tmp.npz', weight=weight, bias=bias, l2=selection['l2'], num_train=len(train_y))
-    os.replace(path + '.tmp.npz', path)  # never a half-written file
-  return model, selection, len(train_y)
+    with files.atomic_write(path, 'wb') as f:
+      np.savez(f, **fitted)
+  return model, selection, fitted
 
 
 def classifier(task, variables, validation=None, n_jobs=-1):
@@ -206,9 +203,7 @@ def classifier(task, variables, validation=None, n_jobs=-1):
   classifier_path says when the linear_probe protocol (or an earlier call) fitted it there, else fitted now."""
   path = classifier_path(task, validation)
   if path is None or not os.path.exists(path):
-    model, selection, num_train = fit_classifier(task, variables, validation, n_jobs)
-    weight, bias = weights(model, task.num_classes)
-    return dict(weight=weight, bias=bias, l2=selection['l2'], num_train=num_train)
+    return fit_classifier(task, variables, validation, n_jobs)[2]
   with np.load(path) as saved:
     return dict(weight=saved['weight'], bias=saved['bias'], l2=float(saved['l2']), num_train=int(saved['num_train']))
 
@@ -219,25 +214,26 @@ def open_validation(task, validation_dataset):
 
 
 class Evaluator:
-  """`validation_dataset`: a labelled dataset string to choose the constant on (default: 20 % of train);
-  `n_jobs`: joblib's parallel fits of the grid. The fitted classifier is kept in the task's directory
-  (classifier_path), where the `cam` protocol reads it."""
+  """Options (evaluators.OPTIONS): `validation_dataset`, a labelled dataset string to choose the constant on
+  (default: 20 % of train); `n_jobs`, joblib's parallel fits of the grid. The fitted classifier is kept in the task's
+  directory (classifier_path), where the `cam` protocol reads it."""
 
   open_datasets = staticmethod(common.labelled_datasets)
   default_image_size = None  # the run's crops.large_size
 
-  def __init__(self, task: common.Task, validation_dataset=None, n_jobs=-1):
-    self.task, self.n_jobs = task, n_jobs
-    self.validation = open_validation(task, validation_dataset)
+  def __init__(self, task: common.Task, **options):
+    o = evaluators.options('linear_probe', **options)
+    self.task, self.n_jobs = task, o.n_jobs
+    self.validation = open_validation(task, o.validation_dataset)
 
   def run(self, variables):
     t = self.task
-    model, selection, num_train = fit_classifier(t, variables, self.validation, self.n_jobs)
+    model, selection, fitted = fit_classifier(t, variables, self.validation, self.n_jobs)
     test_x, test_y = t.features(variables, t.test, t.max_test)
     yield from {**test_scores(model, test_x, test_y), **selection}.items()
     if self.validation:
       yield 'validation_dataset', self.validation.name
-    yield from dict(num_train=num_train, num_test=len(test_y)).items()
+    yield from dict(num_train=fitted['num_train'], num_test=len(test_y)).items()
 
   @staticmethod
   def describe(result):

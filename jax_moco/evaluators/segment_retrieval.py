@@ -1,5 +1,5 @@
-"""The `segment_retrieval` protocol: semantic segment retrieval of paper 001, A.7 (Table 6, Fig. S4), on dense
-features without finetuning, from the training split of a PASCAL VOC folder (`--dataset=voc:PATH`, default split
+"""The `segment_retrieval` protocol: semantic segment retrieval of Van Gansbeke et al. 2021, A.7 (Table 6, Fig. S4), on
+dense features without finetuning, from the training split of a PASCAL VOC folder (`--dataset=voc:PATH`, default split
 train) to its validation split (`--test_dataset`, default the same folder's val).
 
 Each image is resized to `image_size` (512) squared; its dense feature map (jax_moco.evaluators.dense) is clustered
@@ -22,6 +22,7 @@ from PIL import Image
 from sklearn.cluster import KMeans
 from tqdm import tqdm
 
+from jax_moco import evaluators
 from jax_moco import sharding
 from jax_moco.evaluators import common
 from jax_moco.evaluators import dense as dense_lib
@@ -134,17 +135,18 @@ def open_datasets(config, dataset=None, test_dataset=None):
 
 
 class Evaluator:
-  """`kmeans_k` (15) regions per image, `kmeans_seed` (0) for KMeans; `batch_size` images a batch over the devices
-  (global; default 16, rounded up to a multiple of the device count). The image size is --image_size (default 512);
-  --max_examples caps both splits."""
+  """Options (evaluators.OPTIONS): `kmeans_k` regions per image, `kmeans_seed` for KMeans; `batch_size` images a
+  batch over the devices (global; default 16, rounded up to a multiple of the device count). The image size is
+  --image_size (default 512); --max_examples caps both splits."""
 
   open_datasets = staticmethod(open_datasets)
   default_image_size = IMAGE_SIZE
 
-  def __init__(self, task: common.Task, kmeans_k=K, kmeans_seed=0, batch_size=None):
+  def __init__(self, task: common.Task, **options):
+    o = evaluators.options('segment_retrieval', **options)
     f = task.features
-    batch_size = batch_size or sharding.multiple_of_devices(16, f.mesh)
-    self.task, self.k, self.seed = task, kmeans_k, kmeans_seed
+    batch_size = o.batch_size or sharding.multiple_of_devices(16, f.mesh)
+    self.task, self.k, self.seed = task, o.kmeans_k, o.kmeans_seed
     self.dense = dense_lib.DenseFeatures(
       f.mesh, f.module, f.statistics, batch_size, compiler_options=f.compiler_options
     )
