@@ -7,8 +7,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
-import torchvision
 
 from jax_moco import checkpointing
 from jax_moco import export
@@ -17,6 +15,9 @@ from jax_moco import state as state_lib
 from jax_moco import torch_layout
 from tests.helpers import run_quietly
 from tests.helpers import tiny_config
+
+torch = pytest.importorskip('torch')
+torchvision = pytest.importorskip('torchvision')
 
 SIZE = 32
 

@@ -13,7 +13,6 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 import pytest
-import torch
 
 from jax_moco import checkpointing
 from jax_moco import evaluate
@@ -126,6 +125,7 @@ def test_f_on_squares_whose_boundaries_are_counted_by_hand():
 
 
 def test_bilinear_resize_matches_pytorch_in_both_directions():
+  torch = pytest.importorskip('torch')
   x = np.random.default_rng(1).random((7, 11, 3)).astype(np.float32)
   for height, width in ((30, 45), (3, 4), (7, 5), (16, 11)):
     expected = torch.nn.functional.interpolate(
