@@ -16,6 +16,7 @@ import os
 import re
 import shlex
 
+from absl import app
 from absl import flags
 from absl import logging  # noqa: F401 (defines absl's logging flags, --verbosity / -v)
 import pytest
@@ -37,7 +38,8 @@ PLACEHOLDER = re.compile(r'[A-Z][A-Z_\[\]:.]*')
 
 @functools.lru_cache(maxsize=None)
 def absl_own_flags():
-  """The flags absl itself defines for every program (absl.logging's --verbosity / -v, absl.app's ...)."""
+  """The flags absl itself defines for every program (absl.logging's --verbosity / -v, absl.app's --help ...)."""
+  app.define_help_flags()  # what app.run defines before it parses a program's flags
   by_module = flags.FLAGS.flags_by_module_dict()
   defined = [f for module, fs in by_module.items() if module.startswith('absl.') for f in fs]
   return frozenset(name for f in defined for name in (f.name, f.short_name) if name)
