@@ -11,7 +11,11 @@ def get_config():
   c = ml_collections.ConfigDict()
   c.method = 'mocov2'  # A label for logs and the summary; the fields below define the method.
   c.dataset = 'embedded'  # embedded[:SPLIT] | embedded_subset[:SPLIT] | tfds:NAME[:SPLIT] | folder:PATH
-  c.eval_dataset = 'embedded:test'  # labelled set scored by the kNN monitor ('' disables it)
+  # The labelled queries the kNN monitor scores against its bank. 'auto': the split held out beside the bank
+  # (knn_bank_dataset, else dataset): embedded:test, tfds:NAME:test, or a train/ folder's sibling val/ (else test/)
+  # with the same class sub-folders; with none, the monitor is off and the console says so once
+  # (input_pipeline/sources.py, held_out_split). '' turns the monitor off; a dataset string names the queries.
+  c.eval_dataset = 'auto'
   c.knn_bank_dataset = ''  # labelled bank for the kNN monitor; '' = `dataset` (its labels)
   c.data_dir = ml_collections.FieldReference(None, field_type=str)  # TFDS data dir
 

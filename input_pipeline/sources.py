@@ -1,4 +1,4 @@
-"""Image sources named by one string (DESIGN.md §3): `embedded[:SPLIT]`, `embedded_subset[:SPLIT]`,
+"""Image sources named by one string: `embedded[:SPLIT]`, `embedded_subset[:SPLIT]`,
 `tfds:NAME[:SPLIT]` and `folder:PATH`.
 
 A source is random access: `load(index)` returns {'image': uint8 [H, W, 3], 'label': int32} for any index in
@@ -16,6 +16,7 @@ import os
 import stat
 from typing import Callable
 from typing import Optional
+from typing import Tuple
 
 import numpy as np
 from PIL import Image
@@ -138,14 +139,24 @@ def _tfds(name, split, data_dir):
     labels = data.get('label', np.full(len(data['image']), -1))
     images = data['image']
     images = images[..., 0] if images.shape[-1] == 1 else images
-    return _array_source(full_name, images, labels, num_classes, class_names)
+    return _array_source(full_name, images, labels, *_label_set(labels, num_classes, class_names))
   _check_fits_in_memory(full_name, info.splits[split].num_bytes)  # variable sizes: kept encoded, decoded on load
   encoded, labels = [], []
   dataset = builder.as_dataset(split=split, decoders={'image': tfds.decode.SkipDecoding()})
   for example in tfds.as_numpy(dataset):
     encoded.append(example['image'])
     labels.append(_multi_hot(example, num_classes) if multi_label else example.get('label', -1))
+  if not multi_label:
+    num_classes, class_names = _label_set(labels, num_classes, class_names)
   return _encoded_source(full_name, encoded, labels, num_classes, multi_label, class_names)
+
+
+def _label_set(labels, num_classes, class_names):
+  """(num_classes, class_names) of a single-label split, or (None, ()) when every label is -1: a split the dataset
+  leaves unlabelled (STL-10's `unlabelled`) although its label feature has classes."""
+  if len(labels) and np.all(np.asarray(labels) < 0):
+    return None, ()
+  return num_classes, class_names
 
 
 def _check_fits_in_memory(name, num_bytes):
@@ -302,3 +313,99 @@ def get_source(spec: str, data_dir: Optional[str] = None, default_split: str = '
   raise ValueError(
     f'dataset {spec!r}: unknown source {kind!r}; use embedded, embedded_subset, tfds:NAME or folder:PATH'
   )
+
+
+# eval_dataset='auto' on a folder: the sibling folders of a `train` folder that may hold its labelled held-out split,
+# in the order they are tried (ImageNet's layout: train/CLASS/*.JPEG beside val/CLASS/*.JPEG).
+HELD_OUT_FOLDERS = ('val', 'test')
+
+
+def held_out_split(spec: str, data_dir: Optional[str] = None) -> Tuple[Optional[str], str]:
+  """The labelled split held out beside the set `spec` names, found from what is on disk (nothing is downloaded or
+  decoded): (its dataset string, '') or (None, why there is none).
+
+  - embedded[_subset][:train]: the same source's test split;
+  - tfds:NAME[:SPLIT]: tfds:NAME:test, when the prepared dataset's metadata lists a test split and a single label;
+  - folder:PATH with class sub-folders, whose last part is `train`: the `val` (else `test`) folder beside it when it
+    has the same class sub-folders.
+  None when `spec` is the test split itself: nothing would be held out."""
+  kind, _, rest = spec.partition(':')
+  if kind in ('embedded', 'embedded_subset'):
+    return (None, f'{spec} is the test split itself') if rest == 'test' else (f'{kind}:test', '')
+  if kind == 'tfds' and rest:
+    name, _, split = rest.partition(':')
+    return _held_out_tfds(name, split, data_dir)
+  if kind == 'folder' and rest:
+    return _held_out_folder(rest)
+  return None, f'{spec!r} names no dataset'
+
+
+def _held_out_tfds(name, split, data_dir):
+  import tensorflow_datasets as tfds
+
+  if split == 'test':
+    return None, f'tfds:{name}:test is the test split itself'
+  builder = tfds.builder(name, data_dir=data_dir)
+  if not builder.is_prepared():
+    return None, f'tfds:{name} is not prepared in {builder.data_dir!r}'
+  if 'test' not in builder.info.splits:
+    return None, f'tfds:{name} has no test split (it has {", ".join(builder.info.splits)})'
+  if 'label' not in builder.info.features:
+    return None, f'tfds:{name} has no single label'
+  return f'tfds:{name}:test', ''
+
+
+def _held_out_folder(path):
+  root = os.path.normpath(os.path.expanduser(path))
+  classes = class_folders(root)
+  if not classes:
+    return None, f'folder:{path} has no class sub-folders (its images are unlabelled)'
+  if os.path.basename(root) != 'train':
+    return None, f'folder:{path} is not a folder named train, beside which a val or test folder is looked for'
+  for name in HELD_OUT_FOLDERS:
+    if class_folders(os.path.join(os.path.dirname(root), name)) == classes:
+      return f'folder:{os.path.join(os.path.dirname(os.path.normpath(path)), name)}', ''
+  return None, f'folder:{path} has no {" or ".join(HELD_OUT_FOLDERS)} folder with the same class sub-folders beside it'
+
+
+def class_folders(root) -> tuple:
+  """The sorted names of root's sub-folders when no image lies directly in root (list_image_files then labels its
+  images by them), else (): one directory listing, no walk."""
+  if not os.path.isdir(root):
+    return ()
+  with os.scandir(root) as entries:
+    entries = list(entries)
+  if any(entry.is_file() and entry.name.lower().endswith(IMAGE_EXTENSIONS) for entry in entries):
+    return ()
+  return tuple(sorted(entry.name for entry in entries if entry.is_dir()))
+
+
+def label_mismatch(bank: Source, queries: Source) -> Optional[str]:
+  """Why a kNN classifier cannot score `queries` against `bank` (both need the same single labels, class id for
+  class id), or None when it can."""
+  unlabelled = [s.name for s in (bank, queries) if s.num_classes is None or s.multi_label]
+  if unlabelled:
+    return f'{" and ".join(unlabelled)} {"has" if len(unlabelled) == 1 else "have"} no single labels'
+  if bank.class_names and queries.class_names and bank.class_names != queries.class_names:
+    only_bank = [c for c in bank.class_names if c not in queries.class_names]
+    only_queries = [c for c in queries.class_names if c not in bank.class_names]
+    if not only_bank and not only_queries:
+      return 'the same class names in another order (other class ids)'
+    return f'other class names (only in the bank: {_few(only_bank)}; only in the queries: {_few(only_queries)})'
+  if bank.num_classes != queries.num_classes:
+    return f'{bank.num_classes} classes in the bank, {queries.num_classes} in the queries'
+  return None
+
+
+def describe_labels(source: Source) -> str:
+  """'unlabelled', or the number of classes and the first few names."""
+  if source.num_classes is None:
+    return 'unlabelled'
+  kind = 'multi-label, ' if source.multi_label else ''
+  names = f' ({_few(source.class_names)})' if source.class_names else ''
+  return f'{kind}{source.num_classes} classes{names}'
+
+
+def _few(names, shown=5):
+  more = len(names) - shown
+  return ', '.join(names[:shown]) + (f' and {more} more' if more > 0 else '') or 'none'

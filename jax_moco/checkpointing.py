@@ -132,6 +132,10 @@ class Checkpointer:
   def latest_step(self):
     return self.manager.latest_step()
 
+  def should_save(self, step: int) -> bool:
+    """Whether `step` is one the policy saves (every `every_steps`): the caller checks the state first."""
+    return self.manager.should_save(step)
+
   def save(self, step: int, state, force: bool = False) -> bool:
     args = ocp.args.Composite(state=ocp.args.PyTreeSave(state), config=ocp.args.JsonSave(self.config_dict))
     saved = self.manager.save(step, args=args, force=force)

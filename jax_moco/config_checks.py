@@ -1,4 +1,7 @@
-"""Refuses invalid configs before anything is compiled, naming the field; resolves `bn_groups = 0` (auto)."""
+"""Refuses invalid configs before anything is compiled, naming the field; resolves `bn_groups = 0` and
+`eval_dataset = 'auto'` to what the run uses."""
+
+from typing import Tuple
 
 from jax_moco import xla_cpu
 from jax_moco.models import encoder
@@ -30,22 +33,45 @@ def bn_groups_for(config, num_devices: int) -> int:
   return max(config.batch_size // AUTHORS_BN_BATCH, 2)
 
 
-def with_resolved_bn_groups(config, num_devices: int):
-  """A copy of `config` whose `bn_groups` is the number the run uses (what checkpoints and config.json record)."""
-  resolved = config.copy_and_resolve_references()
-  resolved.bn_groups = bn_groups_for(config, num_devices)
-  return resolved
+# eval_dataset's default: the kNN monitor's queries follow its bank (see eval_dataset_for).
+AUTO_EVAL_DATASET = 'auto'
+
+
+def eval_dataset_for(config) -> Tuple[str, str]:
+  """(the kNN monitor's queries, why there are none): `config.eval_dataset` ('' turns the monitor off), with 'auto'
+  resolved to the labelled split held out beside the bank, `knn_bank_dataset` or else `dataset` (the rules are
+  input_pipeline.sources.held_out_split's), or to '' when there is none."""
+  if config.eval_dataset != AUTO_EVAL_DATASET:
+    return config.eval_dataset, ''
+  from input_pipeline import sources  # TensorFlow: imported once the command line has quieted it
+
+  spec, why = sources.held_out_split(config.knn_bank_dataset or config.dataset, config.data_dir)
+  return spec or '', why
+
+
+def resolved(config, num_devices: int):
+  """A copy of `config` with `bn_groups` and `eval_dataset` as the run uses them (what checkpoints and config.json
+  record, so that evaluation reads the queries the monitor scored)."""
+  run = config.copy_and_resolve_references()
+  run.bn_groups = bn_groups_for(config, num_devices)
+  run.eval_dataset = eval_dataset_for(config)[0]
+  return run
 
 
 def validate(config, num_devices: int = 1, process_count: int = 1):
-  """Checks every field whose valid range is known, naming the field: batch_size (divisible by devices and
-  processes), bn_groups (splits the per-device batch; at least 2 BN groups in all, since shuffling BN needs
-  another group to send keys to), the queue (a multiple of the keys enqueued a step), the symmetric loss (two crops
-  only), temperature, EMA momentum, the NN loss, the model (arch, stem, dtype, width, head, input normalisation),
-  crop sizes and scales, the constrained multi-crop threshold, the blur probability, the optimiser (positive
-  learning rate, momentum in [0, 1), non-negative weight decay and warm-up, the decay unit), the schedule length
-  and the kNN monitor (k, temperature, frequency, feature, non-negative bank and query caps)."""
-  b, m, cr = config.batch_size, config.moco, config.crops
+  """Checks every field whose valid range is known, naming the field (ConfigError)."""
+  _check_batch(config, num_devices, process_count)
+  _check_moco(config)
+  _check_model(config.model)
+  _check_crops(config.crops)
+  _check_optimizer(config.optim)
+  _check_schedule_and_monitor(config)
+
+
+def _check_batch(config, num_devices, process_count):
+  """batch_size divisible by the devices and the processes; bn_groups splitting the per-device batch, with at least
+  2 BN groups in all (shuffling BN needs another group to send keys to)."""
+  b = config.batch_size
   _require(b > 0, 'batch_size', f'must be positive, got {b}')
   _require(b % num_devices == 0, 'batch_size', f'{b} is not divisible by the {num_devices} devices')
   _require(b % process_count == 0, 'batch_size', f'{b} is not divisible by the {process_count} processes')
@@ -62,6 +88,12 @@ def validate(config, num_devices: int = 1, process_count: int = 1):
     f'{groups} BN group on {num_devices} device leaves shuffling BN nothing to shuffle (every key would be '
     "normalised with its own positive's images, which lets the model cheat): use bn_groups >= 2, or 0 (auto)",
   )
+
+
+def _check_moco(config):
+  """The queue (a multiple of the keys enqueued a step), the symmetric loss (two crops only), temperature, EMA
+  momentum and the NN loss."""
+  b, m, cr = config.batch_size, config.moco, config.crops
   enqueued = 2 * b if m.symmetric else b  # the symmetric loss enqueues both crops' keys
   _require(
     m.queue_size > 0 and m.queue_size % enqueued == 0,
@@ -89,20 +121,28 @@ def validate(config, num_devices: int = 1, process_count: int = 1):
     f'{m.nn_topk} must be in [1, queue_size={m.queue_size}]',
   )
   _require(m.nn_order in ENQUEUE_ORDERS, 'moco.nn_order', f'{m.nn_order!r}: use one of {ENQUEUE_ORDERS}')
-  _require(config.model.arch in resnet.ARCHS, 'model.arch', f'{config.model.arch!r}: use one of {list(resnet.ARCHS)}')
-  _require(config.model.stem in ('imagenet', 'cifar'), 'model.stem', f'{config.model.stem!r}: use imagenet or cifar')
+
+
+def _check_model(model):
+  """Arch, stem, dtype, width, head and input normalisation."""
+  _require(model.arch in resnet.ARCHS, 'model.arch', f'{model.arch!r}: use one of {list(resnet.ARCHS)}')
+  _require(model.stem in ('imagenet', 'cifar'), 'model.stem', f'{model.stem!r}: use imagenet or cifar')
   _require(
-    config.model.dtype in ('float32', 'bfloat16', 'float16'),
+    model.dtype in ('float32', 'bfloat16', 'float16'),
     'model.dtype',
-    f'{config.model.dtype!r}: use float32, bfloat16 or float16',
+    f'{model.dtype!r}: use float32, bfloat16 or float16',
   )
-  _require(config.model.width > 0 and int(64 * config.model.width) > 0, 'model.width', 'too small')
-  _require(config.model.head in encoder.HEADS, 'model.head', f'{config.model.head!r}: use one of {encoder.HEADS}')
+  _require(model.width > 0 and int(64 * model.width) > 0, 'model.width', 'too small')
+  _require(model.head in encoder.HEADS, 'model.head', f'{model.head!r}: use one of {encoder.HEADS}')
   _require(
-    config.model.normalization in NORMALIZATION,
+    model.normalization in NORMALIZATION,
     'model.normalization',
-    f'{config.model.normalization!r}: use one of {list(NORMALIZATION)}',
+    f'{model.normalization!r}: use one of {list(NORMALIZATION)}',
   )
+
+
+def _check_crops(cr):
+  """Crop sizes and scales, the constrained multi-crop threshold and the blur probability."""
   _require(cr.large_size > 0 and cr.small_size > 0, 'crops.large_size', 'crop sizes must be positive')
   _require(cr.num_small >= 0, 'crops.num_small', f'must be >= 0, got {cr.num_small}')
   for field, scale in (('crops.large_scale', cr.large_scale), ('crops.small_scale', cr.small_scale)):
@@ -110,7 +150,10 @@ def validate(config, num_devices: int = 1, process_count: int = 1):
   _require(0 <= cr.min_overlap <= 1, 'crops.min_overlap', f'must be in [0, 1], got {cr.min_overlap}')
   _require(cr.overlap_tries >= 1, 'crops.overlap_tries', 'must be >= 1')
   _require(0 <= cr.blur_probability <= 1, 'crops.blur_probability', f'must be in [0, 1], got {cr.blur_probability}')
-  o = config.optim
+
+
+def _check_optimizer(o):
+  """A positive learning rate, momentum in [0, 1), non-negative weight decay and warm-up, the decay unit."""
   _require(o.base_lr > 0, 'optim.base_lr', f'must be positive, got {o.base_lr}')
   _require(0 <= o.momentum < 1, 'optim.momentum', f'must be in [0, 1), got {o.momentum}')
   _require(o.weight_decay >= 0, 'optim.weight_decay', f'must be >= 0, got {o.weight_decay}')
@@ -121,13 +164,18 @@ def validate(config, num_devices: int = 1, process_count: int = 1):
     'optim.lr_decay_every',
     "a per-epoch cosine (the MoCo CIFAR-10 Colab's) has no warm-up: set optim.warmup_epochs=0",
   )
+
+
+def _check_schedule_and_monitor(config):
+  """The schedule's length, the kNN monitor (k, temperature, frequency, feature, non-negative bank and query caps)
+  and the XLA:CPU convolution setting."""
   _require(config.num_train_steps > 0 or config.num_epochs > 0, 'num_epochs', 'set num_epochs or num_train_steps')
-  _require(config.knn.k > 0 and config.knn.temperature > 0, 'knn.k', 'k and temperature must be positive')
+  knn = config.knn
+  _require(knn.k > 0 and knn.temperature > 0, 'knn.k', 'k and temperature must be positive')
   for field in ('max_bank_examples', 'max_query_examples'):
-    value = config.knn[field]
-    _require(value >= 0, f'knn.{field}', f'must be >= 0 (0: all), got {value}')
-  _require(config.knn.every_epochs >= 0, 'knn.every_epochs', f'must be >= 0, got {config.knn.every_epochs}')
-  _require(config.knn.feature in ('backbone', 'head'), 'knn.feature', f'{config.knn.feature!r}: use backbone or head')
+    _require(knn[field] >= 0, f'knn.{field}', f'must be >= 0 (0: all), got {knn[field]}')
+  _require(knn.every_epochs >= 0, 'knn.every_epochs', f'must be >= 0, got {knn.every_epochs}')
+  _require(knn.feature in ('backbone', 'head'), 'knn.feature', f'{knn.feature!r}: use backbone or head')
   _require(
     config.cpu_ynnpack_convolutions in xla_cpu.SETTINGS,
     'cpu_ynnpack_convolutions',

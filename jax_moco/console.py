@@ -50,11 +50,17 @@ def quiet_logging(verbosity: int):
 def import_tensorflow(verbosity: int):
   """Imports TensorFlow for the input pipeline (hidden from the accelerators); below verbosity 1 without its C++
   notices (start-up, oneDNN, libjpeg's warnings on a bad file, which jax_moco reports itself), and with
-  quiet_logging."""
+  quiet_logging. Call it before anything imports TensorFlow (clu's metric writers do): its C++ log reads its level
+  once, at the import.
+
+  Below verbosity 1 the level is 3 (fatal only) whatever the environment says: at the widespread
+  TF_CPP_MIN_LOG_LEVEL=2, errors still print, and the oneDNN kernels log one when the pipeline's first uint8 op runs
+  ("oneDNN supports DT_UINT8 only on platforms with AVX-512", also on AVX-512 machines), which is no error of the
+  run. `-v 1` leaves the environment's level."""
   quiet_logging(verbosity)
   if verbosity >= 1:
     input_pipeline.tensorflow_on_cpu_only()
     return
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+  os.environ['TF_CPP_MIN_LOG_LEVEL'] = '3'
   with _stderr_silenced():
     input_pipeline.tensorflow_on_cpu_only()

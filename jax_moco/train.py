@@ -22,12 +22,12 @@ from input_pipeline import sources
 from jax_moco import checkpointing
 from jax_moco import config_checks
 from jax_moco import curves
+from jax_moco import monitor as monitor_lib
 from jax_moco import schedules
 from jax_moco import sharding
 from jax_moco import state as state_lib
 from jax_moco import step as step_lib
 from jax_moco import xla_cpu
-from jax_moco.monitor import KnnMonitor
 
 STEP_INPUTS = ('anchor', 'positive', 'small', 'augment')
 # Values the step reads from its schedules (or the queue's fill): logged as they are at the log step. Every other
@@ -135,18 +135,25 @@ def make_step(config, mesh, encoder, tx, total_steps, steps_per_epoch):
   )
 
 
-def train_and_evaluate(config, workdir: str, on_metrics=None) -> state_lib.TrainState:
-  """Trains `config` in `workdir` (resuming from its newest checkpoint) and returns the final state.
-
-  `on_metrics(step, scalars)`, if given, receives every logged scalar dict on process 0 (training metrics every
-  `log_every_steps`, `knn/top1` and `knn/top5` at each kNN evaluation): live plots in a notebook, for example.
-  """
-  config = config_checks.with_resolved_bn_groups(config, jax.device_count())
+def prepare(config):
+  """What a run is made of, checked before anything is built: (the config as the run uses it, see
+  config_checks.resolved; the training source; the kNN monitor's (bank, queries), None when it is off). Invalid
+  fields, and a bank and queries that cannot be compared, are refused naming the fields (config_checks.ConfigError).
+  When eval_dataset='auto' finds no labelled split to monitor, the console says so once."""
   config_checks.validate(config, jax.device_count(), jax.process_count())
-  os.makedirs(workdir, exist_ok=True)
-  is_chief = jax.process_index() == 0
-  mesh = sharding.create_mesh()
-  source = sources.get_source(config.dataset, config.data_dir)
+  run = config_checks.resolved(config, jax.device_count())
+  if config.eval_dataset == config_checks.AUTO_EVAL_DATASET and not run.eval_dataset:
+    logging.warning(
+      'kNN monitor off: %s. To monitor training, name a labelled split of the same classes: '
+      '--config.eval_dataset=folder:VAL',
+      config_checks.eval_dataset_for(config)[1],
+    )
+  source = sources.get_source(run.dataset, run.data_dir)
+  return run, source, monitor_lib.datasets(run, source) if run.eval_dataset else None
+
+
+def plan(config, source):
+  """(steps_per_epoch, total_steps) of `config` on `source`, logged with the method and the devices."""
   steps_per_epoch = max(source.num_examples // config.batch_size, 1)
   total_steps = config.num_train_steps or int(config.num_epochs * steps_per_epoch)
   logging.info(
@@ -158,133 +165,211 @@ def train_and_evaluate(config, workdir: str, on_metrics=None) -> state_lib.Train
     source.num_examples,
     jax.device_count(),
   )
+  return steps_per_epoch, total_steps
 
+
+def train_and_evaluate(config, workdir: str, on_metrics=None) -> state_lib.TrainState:
+  """Trains `config` in `workdir` (resuming from its newest checkpoint) and returns the final state.
+
+  `on_metrics(step, scalars)`, if given, receives every logged scalar dict on process 0 (training metrics every
+  `log_every_steps`, `knn/top1` and `knn/top5` at each kNN evaluation): live plots in a notebook, for example.
+  """
+  config, source, monitor_data = prepare(config)
+  steps_per_epoch, total_steps = plan(config, source)
+  os.makedirs(workdir, exist_ok=True)
+  is_chief = jax.process_index() == 0
+  mesh = sharding.create_mesh()
   encoder = state_lib.create_encoder(config)
   tx = state_lib.create_optimizer(config, total_steps, steps_per_epoch)
-  state = state_lib.create_train_state(config, encoder, tx, jax.random.key(config.seed))
-  state = jax.device_put(state, sharding.replicated(mesh))
   checkpointer = checkpointing.Checkpointer(
     os.path.join(workdir, 'checkpoints'), config.to_dict(), config.checkpoint_every_steps, config.keep_checkpoints
   )
-  if checkpointer.latest_step() is not None:
-    state = checkpointer.restore(state)
-  start_step = int(state.step)
+  state = initial_state(config, encoder, tx, mesh, checkpointer)
   if is_chief:
     _write_json(os.path.join(workdir, 'config.json'), config.to_dict())
-    if start_step == 0:
+    if int(state.step) == 0:
       parameter_overview.log_parameter_overview(state.params)
 
-  train_step = make_step(config, mesh, encoder, tx, total_steps, steps_per_epoch)
-  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
-  monitor = KnnMonitor(config, mesh, encoder) if config.eval_dataset else None
-
-  def report(step, scalars, to_jsonl=False):
-    writer.write_scalars(step, scalars)
-    if is_chief and to_jsonl:
-      _write_json(os.path.join(workdir, 'metrics.jsonl'), {'step': step, **scalars}, 'a')
-    if is_chief and on_metrics:
-      on_metrics(step, scalars)
-
-  def evaluate_knn(step, state):
-    result = monitor.run(state.params, state.batch_stats)
-    report(step, {f'knn/{k}': v for k, v in result.items()}, to_jsonl=True)
-    return result
-
+  monitor = monitor_lib.KnnMonitor(config, mesh, encoder, *monitor_data) if monitor_data else None
   knn_every = max(round(config.knn.every_epochs * steps_per_epoch), 1) if monitor and config.knn.every_epochs else 0
-  summary = {
+  reports = Reports(workdir, is_chief, on_metrics, monitor, knn_every, total_steps)
+  summary = {**_run_summary(config, source, workdir), **reports.before_training(state)}
+  train_step = make_step(config, mesh, encoder, tx, total_steps, steps_per_epoch)
+  state, unreadable, seconds = train_on(source, config, state, train_step, mesh, checkpointer, total_steps, reports)
+  step = int(state.step)
+  summary.update(
+    steps=step,
+    total_steps=total_steps,
+    epochs=round(step / steps_per_epoch, 2),
+    train_seconds=round(seconds, 1),
+    checkpoint_dir=checkpointer.directory,
+    unreadable_files=unreadable,
+    **reports.after_training(state),
+  )
+  reports.writer.flush()
+  if is_chief:
+    _write_results(workdir, summary, f'{config.method} on {source.name}')
+  return state
+
+
+def initial_state(config, encoder, tx, mesh, checkpointer):
+  """The train state replicated over `mesh`: restored from the newest checkpoint that restores, if there is one,
+  else at its initialisation."""
+  state = state_lib.create_train_state(config, encoder, tx, jax.random.key(config.seed))
+  state = jax.device_put(state, sharding.replicated(mesh))
+  return checkpointer.restore(state) if checkpointer.latest_step() is not None else state
+
+
+def _run_summary(config, source, workdir):
+  return {
     'method': config.method,
     'dataset': source.name,
     'workdir': os.path.abspath(workdir),
     'knn_k': config.knn.k,
     'knn_temperature': config.knn.temperature,
   }
-  if monitor and start_step == 0:
-    summary['knn_raw_pixels'] = monitor.run_raw_pixels()
-    summary['knn_before'] = evaluate_knn(0, state)
-    before, raw = (percentages(summary[key]) for key in ('knn_before', 'knn_raw_pixels'))
+
+
+def _write_results(workdir, summary, title):
+  """The learning curves, summary.json and the summary's lines on the console (process 0)."""
+  summary['curves'] = os.path.join(os.path.abspath(workdir), 'curves.png')
+  curves.plot(os.path.join(workdir, 'metrics.jsonl'), summary['curves'], title)
+  _write_json(os.path.join(workdir, 'summary.json'), summary)
+  print(format_summary(summary), flush=True)
+
+
+class Reports:
+  """Where a run's scalars go (the metric writer: TensorBoard and the log lines; on process 0 also metrics.jsonl
+  and `on_metrics`), and when the kNN `monitor` (None: off) runs: before training, every `knn_every` steps (0:
+  never) and at the last step."""
+
+  def __init__(self, workdir, is_chief, on_metrics, monitor, knn_every, total_steps):
+    self.writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+    self.jsonl = os.path.join(workdir, 'metrics.jsonl') if is_chief else None
+    self.on_metrics = on_metrics if is_chief else None
+    self.monitor, self.knn_every, self.total_steps = monitor, knn_every, total_steps
+
+  def write(self, step, scalars):
+    self.writer.write_scalars(step, scalars)
+    if self.jsonl:
+      _write_json(self.jsonl, {'step': step, **scalars}, 'a')
+    if self.on_metrics:
+      self.on_metrics(step, scalars)
+
+  def knn(self, step, state):
+    result = self.monitor.run(state.params, state.batch_stats)
+    self.write(step, {f'knn/{k}': v for k, v in result.items()})
+    return result
+
+  def before_training(self, state):
+    """The monitor on raw pixels and at initialisation, for the summary; nothing when resuming."""
+    if not self.monitor or int(state.step) != 0:
+      return {}
+    results = {'knn_raw_pixels': self.monitor.run_raw_pixels(), 'knn_before': self.knn(0, state)}
+    before, raw = (percentages(results[key]) for key in ('knn_before', 'knn_raw_pixels'))
     logging.info('kNN before training: %s (raw pixels: %s)', before, raw)
+    return results
 
-  def after_step(step, state, metrics):
+  def after_step(self, step, state, metrics):
+    """The train loop's after_step: the step's logged metrics (None between log steps), and the monitor when due."""
     if metrics is not None:
-      report(step, metrics, to_jsonl=True)
-    if knn_every and step % knn_every == 0 and step < total_steps:
-      evaluate_knn(step, state)
+      self.write(step, metrics)
+    if self.knn_every and step % self.knn_every == 0 and step < self.total_steps:
+      self.knn(step, state)
 
+  def after_training(self, state):
+    """The monitor on a finished run's state, for the summary; nothing after a stop."""
+    if not self.monitor or int(state.step) != self.total_steps:
+      return {}
+    return {'knn_after': self.knn(int(state.step), state)}
+
+
+def train_on(source, config, state, train_step, mesh, checkpointer, total_steps, reports):
+  """Trains on `source` from the state's step to total_steps (or a stop request), saves the last step and closes
+  the checkpointer: (state, the number of unreadable files, seconds)."""
   unreadable = pipeline.UnreadableFiles(source)
-  data = unreadable.watch(
-    pipeline.train_dataset(
-      source,
-      pipeline.view_spec(config.crops),
-      config.batch_size,
-      config.seed,
-      start_step,
-      jax.process_index(),
-      jax.process_count(),
-    ).as_numpy_iterator()
+  batches = pipeline.train_dataset(
+    source,
+    pipeline.view_spec(config.crops),
+    config.batch_size,
+    config.seed,
+    int(state.step),
+    jax.process_index(),
+    jax.process_count(),
   )
   started = time.time()
   try:
-    state = _train_loop(config, state, train_step, data, mesh, checkpointer, total_steps, is_chief, after_step)
+    state = train_loop(
+      config,
+      state,
+      train_step,
+      unreadable.watch(batches.as_numpy_iterator()),
+      mesh,
+      checkpointer,
+      total_steps,
+      reports.after_step,
+      show_progress=jax.process_index() == 0,
+    )
     if checkpointer.latest_step() != int(state.step):
       checkpointer.save(int(state.step), state, force=True)
   finally:
     checkpointer.close()  # commits pending asynchronous saves, also when training stops with an error
-  summary.update(
-    steps=int(state.step),
-    total_steps=total_steps,
-    epochs=round(int(state.step) / steps_per_epoch, 2),
-    train_seconds=round(time.time() - started, 1),
-    checkpoint_dir=checkpointer.directory,
-    unreadable_files=unreadable.count,
-  )
-  if monitor and int(state.step) == total_steps:
-    summary['knn_after'] = evaluate_knn(int(state.step), state)
-  writer.flush()
-  if is_chief:
-    summary['curves'] = os.path.join(os.path.abspath(workdir), 'curves.png')
-    curves.plot(os.path.join(workdir, 'metrics.jsonl'), summary['curves'], f'{config.method} on {source.name}')
-    _write_json(os.path.join(workdir, 'summary.json'), summary)
-    print(format_summary(summary), flush=True)
-  return state
+  return state, unreadable.count, time.time() - started
 
 
-def _train_loop(config, state, train_step, data, mesh, checkpointer, total_steps, is_chief, after_step):
-  """Runs steps until total_steps or a stop request; checks finiteness and checkpoints on the way, and calls
-  after_step(step, state, metrics) after every step (metrics: a dict at log steps, else None)."""
+class MetricWindow:
+  """The step's metrics summed on device since the last log line, which logs their means (see window_means) and
+  the steps and images a second since the line before (the first window includes the step's compilation, as flax's
+  examples log it)."""
+
+  def __init__(self, batch_size, step):
+    self.batch_size, self.total, self.count, self.since = batch_size, None, 0, (step, time.time())
+
+  def add(self, metrics):
+    self.total = metrics if self.total is None else _add_metrics(self.total, metrics)
+    self.count += 1
+
+  def scalars(self, step, last):
+    """The logged scalars at `step` (`last`: its own metrics, on the host); a new window begins."""
+    scalars = window_means(_on_host(self.total), self.count, last)
+    now = time.time()
+    scalars['steps_per_second'] = (step - self.since[0]) / max(now - self.since[1], 1e-9)
+    scalars['images_per_second'] = scalars['steps_per_second'] * self.batch_size
+    self.total, self.count, self.since = None, 0, (step, now)
+    return scalars
+
+
+def _on_host(metrics):
+  return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+def train_loop(config, state, train_step, batches, mesh, checkpointer, total_steps, after_step, show_progress=True):
+  """Runs steps until total_steps or a stop request (SIGTERM, SIGINT); checks finiteness and saves checkpoints on
+  the way (every config.log_every_steps and wherever the checkpointer's policy saves, and at a stop), and calls
+  after_step(step, state, metrics) after every step (metrics: the logged scalars at log steps, else None)."""
   start_step = int(state.step)
-  last_log = (start_step, time.time())
-  with (
-    stop_requests() as stop,
-    tqdm(
-      total=total_steps, initial=start_step, disable=not is_chief, unit='step', dynamic_ncols=True, mininterval=2.0
-    ) as progress,
-  ):
-    data = until_stopped(data, stop)
-    window, window_steps = None, 0  # the metrics summed on device since the last log line
+  progress = tqdm(
+    total=total_steps, initial=start_step, disable=not show_progress, unit='step', dynamic_ncols=True, mininterval=2.0
+  )
+  with stop_requests() as stop, progress:
+    batches, window = until_stopped(batches, stop), MetricWindow(config.batch_size, start_step)
     for step in range(start_step + 1, total_steps + 1):
-      batch = next(data, None)
+      batch = next(batches, None)
       if batch is None:  # a stop while waiting for input (the stream is endless): the caller saves the last step
         logging.warning(
           '%s received at step %d while waiting for input: stopping; run the same command to resume.', stop[0], step - 1
         )
         break
       state, metrics = train_step(state, sharding.shard_batch(mesh, step_inputs(batch)))
-      window = metrics if window is None else _add_metrics(window, metrics)
-      window_steps += 1
+      window.add(metrics)
       progress.update(1)
       log_now = step % config.log_every_steps == 0 or step == total_steps
-      if log_now or stop or checkpointer.manager.should_save(step):
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      if log_now or stop or checkpointer.should_save(step):
+        metrics = _on_host(metrics)
         _check_finite(metrics, step, checkpointer)  # before saving: a bad state is never written
         checkpointer.save(step, state, force=bool(stop))
       if log_now:
-        metrics = window_means({k: float(v) for k, v in jax.device_get(window).items()}, window_steps, metrics)
-        window, window_steps = None, 0
-        # Since the last log line, so the first window includes the step's compilation (as flax's examples log it).
-        now = time.time()
-        metrics['steps_per_second'] = (step - last_log[0]) / max(now - last_log[1], 1e-9)
-        metrics['images_per_second'] = metrics['steps_per_second'] * config.batch_size
-        last_log = (step, now)
+        metrics = window.scalars(step, metrics)
         progress.set_postfix(
           loss=f'{metrics["loss"]:.3f}', acc=f'{metrics["acc_inst"]:.2f}', img_s=f'{metrics["images_per_second"]:.0f}'
         )

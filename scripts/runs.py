@@ -69,7 +69,7 @@ def _refuse_another_config(config, workdir):
     return
   with open(path) as f:
     recorded = dict(flat_fields(json.load(f)))
-  resolved = config_checks.with_resolved_bn_groups(config, jax.device_count()).to_dict()
+  resolved = config_checks.resolved(config, jax.device_count()).to_dict()
   expected = dict(flat_fields(json.loads(json.dumps(resolved))))
   differing = sorted(k for k in recorded.keys() & expected.keys() if recorded[k] != expected[k])
   if differing:

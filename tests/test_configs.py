@@ -1,16 +1,25 @@
-"""Every config and preset builds and validates; bad fields are refused, by the CLI too, with the field named."""
+"""Every config and preset builds and validates; bad fields are refused, by the CLI too, with the field named; the
+kNN monitor's queries follow the training set (eval_dataset='auto'), and a bank and queries that cannot be compared
+are refused naming both fields."""
 
 import os
 import subprocess
 import sys
 
+import numpy as np
+from PIL import Image
 import pytest
 
+from configs import base
 from configs import knn
 from configs import mocov2
 from configs import multicrop
 from configs import presets
+from input_pipeline import sources
 from jax_moco import config_checks
+from jax_moco import monitor
+from jax_moco import train
+from tests.helpers import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -123,3 +132,162 @@ def test_out_of_range_fields_are_refused(field, value):
   config[section][name] = value
   with pytest.raises(config_checks.ConfigError, match=field.replace('.', r'\.')):
     config_checks.validate(config, num_devices=1)
+
+
+@pytest.mark.parametrize(
+  'field,overrides',
+  [
+    ('moco.queue_size', {'moco.queue_size': 100}),
+    ('batch_size', {'batch_size': 36}),
+    ('bn_groups', {'bn_groups': 3}),
+    ('moco.nn_order', {'moco.nn_order': 'sometimes'}),
+    ('model.arch', {'model.arch': 'vit'}),
+    ('crops.min_overlap', {'crops.min_overlap': 1.5}),
+  ],
+)
+def test_invalid_configs_are_refused_naming_the_field(field, overrides):
+  with pytest.raises(config_checks.ConfigError, match=field.replace('.', r'\.')):
+    config_checks.validate(tiny_config(**overrides), num_devices=8)
+
+
+def test_one_bn_group_in_all_is_refused_and_auto_groups_resolve():
+  with pytest.raises(config_checks.ConfigError, match='bn_groups.*nothing to shuffle'):
+    config_checks.validate(tiny_config(bn_groups=1), num_devices=1)
+  config_checks.validate(tiny_config(bn_groups=1), num_devices=8)  # 8 devices are 8 groups
+  auto = tiny_config(bn_groups=0, batch_size=256)
+  assert config_checks.bn_groups_for(auto, 1) == 2  # the authors' BN batch of 128
+  assert config_checks.bn_groups_for(auto, 8) == 1
+  assert config_checks.bn_groups_for(tiny_config(bn_groups=0, batch_size=64), 1) == 2
+  assert config_checks.resolved(auto, 1).bn_groups == 2 and auto.bn_groups == 0
+
+
+def two_crop(**overrides):
+  """The MoCo-v2 two-crop test config (no small crops, no A+, no NN loss) with `overrides`."""
+  return tiny_config(**{'moco.nn_weight': 0.0, 'crops.num_small': 0, 'crops.aplus': False, **overrides})
+
+
+@pytest.mark.parametrize(
+  'overrides',
+  [{}, {'moco.nn_weight': 0.0, 'crops.aplus': False}, {'crops.num_small': 0, 'moco.nn_weight': 0.0}],
+)
+def test_symmetric_loss_is_refused_where_it_is_not_defined(overrides):
+  with pytest.raises(config_checks.ConfigError, match=r'moco\.symmetric'):
+    config_checks.validate(tiny_config(**{'moco.symmetric': True, **overrides}), num_devices=8)
+
+
+def test_symmetric_loss_needs_room_for_both_crops_keys():
+  config_checks.validate(two_crop(**{'moco.symmetric': True}), num_devices=8)
+  with pytest.raises(config_checks.ConfigError, match=r'moco\.queue_size.*both crops'):
+    config_checks.validate(two_crop(**{'moco.symmetric': True, 'moco.queue_size': 96}), num_devices=8)
+
+
+def image_folders(root, layout):
+  """{folder: [class sub-folder, ...] or a number of images directly in it}: two 8 x 8 PNGs a class; returns root."""
+  pixels = np.random.default_rng(0).integers(0, 256, (8, 8, 3), np.uint8)
+  for folder, classes in layout.items():
+    for sub in [''] if isinstance(classes, int) else classes:
+      (root / folder / sub).mkdir(parents=True, exist_ok=True)
+      for i in range(classes if isinstance(classes, int) else 2):
+        Image.fromarray(pixels).save(root / folder / sub / f'{i}.png')
+  return root
+
+
+def test_auto_eval_dataset_follows_the_training_set(tmp_path):
+  image_folders(
+    tmp_path,
+    {
+      'flat': 3,
+      'imagenet/train': ['cat', 'dog'],
+      'imagenet/val': ['cat', 'dog'],
+      'other_classes/train': ['cat', 'dog'],
+      'other_classes/val': ['cat', 'fox'],
+      'other_classes/test': ['cat', 'dog'],
+      'alone/train': ['cat', 'dog'],
+      'labelled': ['cat', 'dog'],
+    },
+  )
+
+  def queries(dataset, **overrides):
+    return config_checks.eval_dataset_for(tiny_config(**{'dataset': dataset, 'eval_dataset': 'auto', **overrides}))
+
+  assert base.get_config().eval_dataset == 'auto'
+  assert queries('embedded') == ('embedded:test', '')  # the demo's monitor, as before 'auto'
+  assert queries('embedded_subset:train') == ('embedded_subset:test', '')
+  assert queries('embedded:test')[0] == ''  # nothing held out
+  assert queries(f'folder:{tmp_path}/imagenet/train') == (f'folder:{tmp_path}/imagenet/val', '')
+  assert queries(f'folder:{tmp_path}/imagenet/train/') == (f'folder:{tmp_path}/imagenet/val', '')
+  assert queries(f'folder:{tmp_path}/other_classes/train') == (f'folder:{tmp_path}/other_classes/test', '')
+  spec, why = queries(f'folder:{tmp_path}/flat')
+  assert spec == '' and why == f'folder:{tmp_path}/flat has no class sub-folders (its images are unlabelled)'
+  assert queries(f'folder:{tmp_path}/alone/train') == (
+    '',
+    f'folder:{tmp_path}/alone/train has no val or test folder with the same class sub-folders beside it',
+  )
+  assert queries(f'folder:{tmp_path}/labelled')[0] == ''  # not a train folder: no sibling is looked for
+  # The queries follow the bank, which is knn_bank_dataset when it is set.
+  bank = f'folder:{tmp_path}/imagenet/train'
+  assert queries(f'folder:{tmp_path}/flat', knn_bank_dataset=bank)[0] == f'folder:{tmp_path}/imagenet/val'
+  # What the user sets is kept; the resolved value is what config.json and the checkpoints record.
+  assert queries(bank, eval_dataset='')[0] == '' and queries(bank, eval_dataset='embedded:test')[0] == 'embedded:test'
+  assert config_checks.resolved(tiny_config(dataset=bank, eval_dataset='auto'), 8).eval_dataset == bank[:-5] + 'val'
+
+
+def test_unlabelled_folder_trains_without_monitor_saying_so_once(tmp_path, caplog):
+  image_folders(tmp_path, {'flat': 3})
+  config = tiny_config(dataset=f'folder:{tmp_path}/flat', eval_dataset='auto')
+  with caplog.at_level('WARNING'):
+    run, source, monitor_data = train.prepare(config)
+  assert run.eval_dataset == '' and monitor_data is None and source.num_classes is None
+  said = [r.getMessage() for r in caplog.records if 'kNN monitor' in r.getMessage()]
+  assert said == [
+    f'kNN monitor off: folder:{tmp_path}/flat has no class sub-folders (its images are unlabelled). To monitor '
+    'training, name a labelled split of the same classes: --config.eval_dataset=folder:VAL'
+  ]
+  caplog.clear()
+  with caplog.at_level('WARNING'):  # turned off by the user: nothing to say
+    assert train.prepare(tiny_config(dataset=f'folder:{tmp_path}/flat', eval_dataset=''))[2] is None
+  assert not [r for r in caplog.records if 'kNN monitor' in r.getMessage()]
+
+
+def test_labelled_folder_is_monitored_on_its_val_folder(tmp_path):
+  image_folders(tmp_path, {'train': ['cat', 'dog'], 'val': ['cat', 'dog']})
+  run, source, (bank, queries) = train.prepare(tiny_config(dataset=f'folder:{tmp_path}/train', eval_dataset='auto'))
+  assert run.eval_dataset == f'folder:{tmp_path}/val' and bank is source
+  assert queries.name == f'folder:{tmp_path}/val' and queries.class_names == bank.class_names == ('cat', 'dog')
+
+
+@pytest.mark.parametrize(
+  'overrides,refused',
+  [
+    # Fashion-MNIST's queries against the user's images: what eval_dataset's old default did.
+    ({'dataset': 'folder:{root}/train', 'eval_dataset': 'embedded_subset:test'}, 'other class names'),
+    ({'dataset': 'folder:{root}/train', 'eval_dataset': 'folder:{root}/val_fox'}, r'only in the bank: dog; only'),
+    ({'dataset': 'folder:{root}/flat', 'eval_dataset': 'folder:{root}/train'}, r'folder:.*/flat has no single labels'),
+    ({'dataset': 'folder:{root}/train', 'eval_dataset': 'folder:{root}/flat'}, 'has no single labels'),
+  ],
+)
+def test_a_bank_and_queries_that_cannot_be_compared_are_refused_naming_the_fields(tmp_path, overrides, refused):
+  image_folders(tmp_path, {'flat': 3, 'train': ['cat', 'dog'], 'val_fox': ['cat', 'fox']})
+  config = tiny_config(**{k: v.format(root=tmp_path) for k, v in overrides.items()})
+  with pytest.raises(config_checks.ConfigError, match=refused) as error:
+    train.prepare(config)
+  first, bank, queries, advice = str(error.value).splitlines()
+  assert first.startswith('dataset and eval_dataset: the kNN monitor cannot score these queries against this bank')
+  assert bank.startswith(f'  dataset={config.dataset}') and queries.startswith(f'  eval_dataset={config.eval_dataset}')
+  assert '--config.eval_dataset=' in advice
+  # Through knn_bank_dataset the bank's field is named.
+  config = tiny_config(knn_bank_dataset=f'folder:{tmp_path}/train', eval_dataset='embedded_subset:test')
+  with pytest.raises(config_checks.ConfigError, match='^knn_bank_dataset and eval_dataset: '):
+    monitor.datasets(config)
+
+
+def test_label_sets_compare_names_then_counts():
+  def source(num_classes, names=(), multi_label=False):
+    return sources.Source('s', 10, num_classes, None, multi_label=multi_label, class_names=names)
+
+  assert sources.label_mismatch(source(2, ('a', 'b')), source(2, ('a', 'b'))) is None
+  assert sources.label_mismatch(source(2), source(2, ('a', 'b'))) is None  # names on one side only: the count
+  assert sources.label_mismatch(source(2), source(3)) == '2 classes in the bank, 3 in the queries'
+  assert 'another order' in sources.label_mismatch(source(2, ('a', 'b')), source(2, ('b', 'a')))
+  assert 'no single labels' in sources.label_mismatch(source(4, multi_label=True), source(4))
+  assert sources.label_mismatch(source(None), source(None)) == 's and s have no single labels'

@@ -207,7 +207,7 @@ def test_normalization_statistics_and_the_head_feature_monitor(make_config):
   config = make_config(**{'knn.feature': 'head', 'model.head': 'linear', 'model.normalization': 'cifar10'})
   encoder = state_lib.create_encoder(config)
   state = state_lib.initial_state(config, 0)
-  task = monitor.KnnMonitor(config, sharding.create_mesh(), encoder).knn.task
+  task = monitor.KnnMonitor(config, sharding.create_mesh(), encoder, *monitor.datasets(config)).knn.task
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
   features, _ = task.features(variables, task.test, 16)
   assert features.shape == (16, 128)

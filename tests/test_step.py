@@ -7,7 +7,6 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 import pytest
 
-from jax_moco import config_checks
 from jax_moco import queues
 from jax_moco import sharding
 from jax_moco import shuffle
@@ -178,33 +177,6 @@ def test_mocov2_has_no_backbone_queue(make_config, batches):
   assert state.queue_g is None and 'loss_nn' not in metrics[0]
 
 
-@pytest.mark.parametrize(
-  'field,overrides',
-  [
-    ('moco.queue_size', {'moco.queue_size': 100}),
-    ('batch_size', {'batch_size': 36}),
-    ('bn_groups', {'bn_groups': 3}),
-    ('moco.nn_order', {'moco.nn_order': 'sometimes'}),
-    ('model.arch', {'model.arch': 'vit'}),
-    ('crops.min_overlap', {'crops.min_overlap': 1.5}),
-  ],
-)
-def test_invalid_configs_are_refused_naming_the_field(make_config, field, overrides):
-  with pytest.raises(config_checks.ConfigError, match=field.replace('.', r'\.')):
-    config_checks.validate(make_config(**overrides), num_devices=8)
-
-
-def test_one_bn_group_in_all_is_refused_and_auto_groups_resolve(make_config):
-  with pytest.raises(config_checks.ConfigError, match='bn_groups.*nothing to shuffle'):
-    config_checks.validate(make_config(bn_groups=1), num_devices=1)
-  config_checks.validate(make_config(bn_groups=1), num_devices=8)  # 8 devices are 8 groups
-  auto = make_config(bn_groups=0, batch_size=256)
-  assert config_checks.bn_groups_for(auto, 1) == 2  # the authors' BN batch of 128
-  assert config_checks.bn_groups_for(auto, 8) == 1
-  assert config_checks.bn_groups_for(make_config(bn_groups=0, batch_size=64), 1) == 2
-  assert config_checks.with_resolved_bn_groups(auto, 1).bn_groups == 2 and auto.bn_groups == 0
-
-
 def test_bfloat16_compute_keeps_float32_params(make_config, batches):
   state, metrics, _ = run(make_config(**{'model.dtype': 'bfloat16'}), batches[:2])
   assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(state.params))
@@ -257,18 +229,3 @@ def test_symmetric_loss_on_eight_devices_stays_replicated(batches):
   state, metrics, _ = run(config, two)
   assert_replicated(state)
   assert int(state.queue_ptr) == 4 * config.batch_size and all(np.isfinite(list(metrics[-1].values())))
-
-
-@pytest.mark.parametrize(
-  'overrides',
-  [{}, {'moco.nn_weight': 0.0, 'crops.aplus': False}, {'crops.num_small': 0, 'moco.nn_weight': 0.0}],
-)
-def test_symmetric_loss_is_refused_where_it_is_not_defined(overrides):
-  with pytest.raises(config_checks.ConfigError, match=r'moco\.symmetric'):
-    config_checks.validate(tiny_config(**{'moco.symmetric': True, **overrides}), num_devices=8)
-
-
-def test_symmetric_loss_needs_room_for_both_crops_keys():
-  config_checks.validate(two_crop({'moco.symmetric': True}, [])[0], num_devices=8)
-  with pytest.raises(config_checks.ConfigError, match=r'moco\.queue_size.*both crops'):
-    config_checks.validate(two_crop({'moco.symmetric': True, 'moco.queue_size': 96}, [])[0], num_devices=8)

@@ -9,7 +9,8 @@ from input_pipeline import views
 
 
 class JaxMocoTinyImages(tfds.core.GeneratorBasedBuilder):
-  """12 train / 5 test grayscale 20 x 24 images, label = index mod 3."""
+  """12 train / 5 test grayscale 20 x 24 images, label = index mod 3, and 4 unlabelled ones (label -1, as STL-10's
+  unlabelled split)."""
 
   VERSION = tfds.core.Version('1.0.0')
 
@@ -21,11 +22,15 @@ class JaxMocoTinyImages(tfds.core.GeneratorBasedBuilder):
     )
 
   def _split_generators(self, dl_manager):
-    return {'train': self._generate_examples(12), 'test': self._generate_examples(5)}
+    return {
+      'train': self._generate_examples(12),
+      'test': self._generate_examples(5),
+      'unlabelled': self._generate_examples(4, labelled=False),
+    }
 
-  def _generate_examples(self, n):
+  def _generate_examples(self, n, labelled=True):
     for i in range(n):
-      yield i, {'image': np.full((20, 24, 1), 10 * i, np.uint8), 'label': i % 3}
+      yield i, {'image': np.full((20, 24, 1), 10 * i, np.uint8), 'label': i % 3 if labelled else -1}
 
 
 def test_tfds_source_reads_a_prepared_dataset(tmp_path):
@@ -33,6 +38,15 @@ def test_tfds_source_reads_a_prepared_dataset(tmp_path):
   source = sources.get_source('tfds:jax_moco_tiny_images', data_dir=str(tmp_path))
   assert (source.num_examples, source.num_classes) == (12, 3)
   assert source.class_names == ('0', '1', '2')  # a ClassLabel given only its size names its ids
+  unlabelled = sources.get_source('tfds:jax_moco_tiny_images:unlabelled', data_dir=str(tmp_path))
+  assert (unlabelled.num_examples, unlabelled.num_classes, unlabelled.class_names) == (4, None, ())
+  # eval_dataset='auto' reads the test split from the prepared metadata.
+  for split in ('', ':train', ':unlabelled'):
+    held_out = sources.held_out_split(f'tfds:jax_moco_tiny_images{split}', str(tmp_path))
+    assert held_out == ('tfds:jax_moco_tiny_images:test', '')
+  assert sources.held_out_split('tfds:jax_moco_tiny_images:test', str(tmp_path))[0] is None
+  spec, why = sources.held_out_split('tfds:mnist', str(tmp_path))  # nothing downloaded
+  assert spec is None and why.startswith(f"tfds:mnist is not prepared in '{tmp_path}")
   test = sources.get_source('tfds:jax_moco_tiny_images:test', data_dir=str(tmp_path))
   batches = list(pipeline.eval_dataset(test, 16, 4).as_numpy_iterator())
   images = np.concatenate([b['image'] for b in batches])[np.concatenate([b['mask'] for b in batches])]
@@ -73,6 +87,10 @@ def test_tfds_multi_label_source_with_variable_sizes(tmp_path):
   JaxMocoTinyMultiLabel(data_dir=str(tmp_path)).download_and_prepare()
   source = sources.get_source('tfds:jax_moco_tiny_multi_label', data_dir=str(tmp_path))
   assert (source.num_examples, source.num_classes, source.multi_label) == (6, 4, True)
+  assert sources.held_out_split('tfds:jax_moco_tiny_multi_label', str(tmp_path)) == (
+    None,
+    'tfds:jax_moco_tiny_multi_label has no test split (it has train)',
+  )
   assert len(source.class_names) == 4
   loaded = {int(source.load(i)['image'][0, 0, 0]): source.load(i) for i in range(6)}
   for i in range(6):  # examples may come in any order: identify them by their pixel value

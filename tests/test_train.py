@@ -8,9 +8,10 @@ import subprocess
 import sys
 import threading
 import time
-import types
 
+import flax
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -24,7 +25,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def leaves_equal(a, b):
-  for x, y in zip(jax.tree.leaves(jax.device_get(a)), jax.tree.leaves(jax.device_get(b))):
+  """The same tree (every field, None where the other has None) with equal leaves, bit for bit."""
+  a, b = jax.device_get(a), jax.device_get(b)
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(x, y)
 
 
@@ -64,16 +68,16 @@ CLI_RUN = {
 }
 
 
-def cli(workdir, overrides):
+def cli(workdir, overrides, **environment):
   """The command line of `python -m jax_moco.main` on the demo config with `overrides`, in the environment a user
-  has (TensorFlow's log level unset, one device): (argv, env)."""
-  env = user_environment()
+  has (TensorFlow's log level unset, one device) plus `environment`: (argv, env)."""
+  env = dict(user_environment(), XLA_FLAGS='', **environment)
   argv = [sys.executable, '-m', 'jax_moco.main', '--config=configs/knn.py', f'--workdir={workdir}']
-  return argv + [f'--config.{k}={v}' for k, v in {**CLI_RUN, **overrides}.items()], dict(env, XLA_FLAGS='')
+  return argv + [f'--config.{k}={v}' for k, v in {**CLI_RUN, **overrides}.items()], env
 
 
-def run_cli(workdir, overrides):
-  argv, env = cli(workdir, overrides)
+def run_cli(workdir, overrides, **environment):
+  argv, env = cli(workdir, overrides, **environment)
   return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
 
 
@@ -215,10 +219,16 @@ def test_curves_draw_the_panels_the_metrics_have(tmp_path):
   path.write_text(''.join(json.dumps(r) + '\n' for r in rows))
   panels = curves.plot(str(path), str(tmp_path / 'curves.png'))
   assert panels == ['loss', 'instance accuracy', 'learning rate', 'kNN top-1 (%)']
-  assert Image.open(tmp_path / 'curves.png').size == (1600, 320)
+  with Image.open(tmp_path / 'curves.png') as image:
+    assert image.format == 'PNG'
+    four_panels = image.size
+    assert np.asarray(image.convert('L')).std() > 10  # drawn on, not a blank page
+  assert four_panels[0] > 3 * four_panels[1]  # the panels side by side in one row
   assert curves.read_metrics(str(path))['loss'] == ([50], [5.0])
   path.write_text(json.dumps(rows[1]) + '\n')  # no kNN monitor: no kNN panel
   assert 'kNN top-1 (%)' not in curves.plot(str(path), str(tmp_path / 'curves.png'))
+  with Image.open(tmp_path / 'curves.png') as image:
+    assert image.size[1] == four_panels[1] and image.size[0] < four_panels[0]  # one panel fewer, as high
 
 
 @pytest.mark.heavy(30)  # seconds on 2 cores, for the order of tests/conftest.py
@@ -255,36 +265,59 @@ def test_the_default_console_shows_the_run_and_none_of_the_chatter(tmp_path):
   assert re.search(r'kNN before training: top1 \d+\.\d\d %, top5 \d+\.\d\d % \(raw pixels: top1 \d+\.\d\d %', console)
 
 
-def test_logged_metrics_are_window_means_and_schedules_are_at_the_step(make_config):
+@pytest.mark.heavy(25)  # seconds on 2 cores, for the order of tests/conftest.py
+def test_own_unlabelled_images_train_without_the_monitor_saying_so_once(tmp_path, folder_with_bad_files):
+  """`--config.dataset=folder:MY_IMAGES`, everything else the demo's (eval_dataset='auto'), on images without class
+  sub-folders: the run trains, says once that the kNN monitor is off and how to turn it on, scores nothing against
+  Fashion-MNIST, and records eval_dataset=''. In a user's environment with TF_CPP_MIN_LOG_LEVEL=2, where TensorFlow's
+  errors print: the pipeline's first uint8 op made oneDNN log one (chatter)."""
+  folder = f'folder:{folder_with_bad_files}'
+  result = run_cli(tmp_path / 'run', {'dataset': folder, 'num_train_steps': 2}, TF_CPP_MIN_LOG_LEVEL='2')
+  console = result.stdout + result.stderr
+  assert result.returncode == 0, console[-4000:]
+  assert chatter(console) == []
+  (said,) = [line for line in console.splitlines() if 'kNN monitor' in line]
+  assert said.endswith(
+    f'kNN monitor off: {folder} has no class sub-folders (its images are unlabelled). To monitor training, name a '
+    'labelled split of the same classes: --config.eval_dataset=folder:VAL'
+  )
+  assert 'kNN top-1' not in console and 'kNN before training' not in console
+  assert json.load(open(tmp_path / 'run' / 'summary.json'))['steps'] == 2
+  assert json.load(open(tmp_path / 'run' / 'config.json'))['eval_dataset'] == ''
+
+
+@flax.struct.dataclass
+class Counter:
+  """A stand-in train state: the step alone."""
+
+  step: jax.Array
+
+
+def test_logged_metrics_are_window_means_and_checkpoints_follow_the_policy(make_config, tmp_path):
   """Losses and accuracies are logged as their means over the steps since the last log line, the learning rate and
-  the other scheduled values as they are at the log step; the loop is driven by a stand-in step whose metrics are
-  known."""
+  the other scheduled values as they are at the log step; checkpoints are written at the policy's steps. The loop is
+  driven by a stand-in step whose metrics are known, and saves through a real Checkpointer."""
   config = make_config(num_train_steps=7, log_every_steps=3)
 
   def train_step(state, batch):
     step = state.step + 1
-    return types.SimpleNamespace(step=step), {
-      'loss': jax.numpy.float32(step * step),
-      'acc_inst': jax.numpy.float32(step),
-      'lr': step / 10.0,
-    }
-
-  class Checkpointer:
-    manager = type('Manager', (), {'should_save': staticmethod(lambda step: False)})()
-    save = latest_step = staticmethod(lambda *args, **kwargs: None)
+    return Counter(step), {'loss': jnp.float32(step * step), 'acc_inst': jnp.float32(step), 'lr': step / 10.0}
 
   logged = {}
   batches = iter([{'anchor': np.zeros((1, 2, 2, 3), np.uint8)}] * 7)
   mesh = jax.make_mesh((1,), ('data',), devices=jax.devices()[:1])
+  checkpointer = checkpointing.Checkpointer(str(tmp_path), {}, every_steps=2, keep=10)
   record = lambda step, state, metrics: metrics and logged.setdefault(step, metrics)  # noqa: E731
-  final = train._train_loop(
-    config, types.SimpleNamespace(step=0), train_step, batches, mesh, Checkpointer(), 7, False, record
+  final = train.train_loop(
+    config, Counter(jnp.int32(0)), train_step, batches, mesh, checkpointer, 7, record, show_progress=False
   )
+  checkpointer.close()
   assert final.step == 7 and sorted(logged) == [3, 6, 7]  # every third step and the last
   for step, window in ((3, [1, 2, 3]), (6, [4, 5, 6]), (7, [7])):
     np.testing.assert_allclose(logged[step]['loss'], np.mean(np.square(window)), rtol=1e-6)
     np.testing.assert_allclose(logged[step]['acc_inst'], np.mean(window), rtol=1e-6)
     np.testing.assert_allclose(logged[step]['lr'], step / 10.0, rtol=1e-6)
+  assert sorted(int(d) for d in os.listdir(tmp_path) if d.isdigit()) == [2, 4, 6]  # every_steps=2
 
 
 @pytest.mark.heavy(70)  # seconds on 2 cores, for the order of tests/conftest.py
