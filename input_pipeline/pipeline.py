@@ -43,8 +43,8 @@ def view_spec(crops_config) -> views.ViewSpec:
 
 def graph_code(fn):
   """Marks a map function as written in graph ops only (tf.cond, tf.where, tf.case; no Python control flow on
-  tensors), so tf.data traces it without AutoGraph's conversion, which took more than half of the train pipeline's
-  tracing time (8.4 -> 3.5 s) and warned about the lambdas it could not convert."""
+  tensors), so tf.data traces it without AutoGraph's conversion, which took most of the train pipeline's tracing time
+  and warned about the lambdas it could not convert."""
   return tf.autograph.experimental.do_not_convert(fn)
 
 

@@ -86,10 +86,10 @@ def newest_restorable(steps, restore, directory):
 def _state_handler():
   """The state's handler: Orbax's pytree handler with one replica writing each replicated array. Its
   replica-parallel default off the GPU writes them as slices, one per device, and compiles a slicing program for
-  every (shape, device) pair at the first save: with 8 devices and the test ResNet that was 160 compiles, half of a
-  4-step run's time. Our state is small enough (at most a ResNet-50, its EMA and the queues) for one replica to
-  write it, as Orbax does on GPUs. Its own registry (every leaf of our states is a jax.Array), so that nothing global
-  is overridden, which Orbax would log as a warning in every run."""
+  every (shape, device) pair at the first save (160 with 8 devices and the test ResNet, a large part of a short
+  run's time). Our state is small enough (at most a ResNet-50, its EMA and the queues) for one replica to write it,
+  as Orbax does on GPUs. Its own registry (every leaf of our states is a jax.Array), so that nothing global is
+  overridden, which Orbax would log as a warning in every run."""
   array_handler = ocp.type_handlers.ArrayHandler(use_replica_parallel=False)
   registry = ocp.type_handlers.create_type_handler_registry((jax.Array, array_handler))
   return ocp.PyTreeCheckpointHandler(type_handler_registry=registry)

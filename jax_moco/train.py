@@ -195,7 +195,9 @@ def train_and_evaluate(config, workdir: str, on_metrics=None) -> state_lib.Train
   reports = Reports(workdir, is_chief, on_metrics, monitor, knn_every, total_steps)
   summary = {**_run_summary(config, source, workdir), **reports.before_training(state)}
   train_step = make_step(config, mesh, encoder, tx, total_steps, steps_per_epoch)
-  state, unreadable, seconds = train_on(source, config, state, train_step, mesh, checkpointer, total_steps, reports)
+  state, unreadable, seconds = train_on(
+    source, config, state, train_step, mesh, checkpointer, total_steps, reports.after_step
+  )
   step = int(state.step)
   summary.update(
     steps=step,
@@ -284,9 +286,9 @@ class Reports:
     return {'knn_after': self.knn(int(state.step), state)}
 
 
-def train_on(source, config, state, train_step, mesh, checkpointer, total_steps, reports):
-  """Trains on `source` from the state's step to total_steps (or a stop request), saves the last step and closes
-  the checkpointer: (state, the number of unreadable files, seconds)."""
+def train_on(source, config, state, train_step, mesh, checkpointer, total_steps, after_step):
+  """Trains on `source` from the state's step to total_steps (or a stop request) with train_loop, saves the last
+  step and closes the checkpointer: (state, the number of unreadable files, seconds)."""
   unreadable = pipeline.UnreadableFiles(source)
   batches = pipeline.train_dataset(
     source,
@@ -307,7 +309,7 @@ def train_on(source, config, state, train_step, mesh, checkpointer, total_steps,
       mesh,
       checkpointer,
       total_steps,
-      reports.after_step,
+      after_step,
       show_progress=jax.process_index() == 0,
     )
     if checkpointer.latest_step() != int(state.step):
@@ -344,8 +346,8 @@ def _on_host(metrics):
 
 
 def train_loop(config, state, train_step, batches, mesh, checkpointer, total_steps, after_step, show_progress=True):
-  """Runs steps until total_steps or a stop request (SIGTERM, SIGINT); checks finiteness and saves checkpoints on
-  the way (every config.log_every_steps and wherever the checkpointer's policy saves, and at a stop), and calls
+  """Runs steps until total_steps or a stop request (SIGTERM, SIGINT). Checks that the loss is finite at every log
+  step and before every save (at the checkpointer's policy's steps, and at a stop whatever the step), and calls
   after_step(step, state, metrics) after every step (metrics: the logged scalars at log steps, else None)."""
   start_step = int(state.step)
   progress = tqdm(
