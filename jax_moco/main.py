@@ -2,6 +2,10 @@
 
 `--verbosity=1` (absl's flag) brings back what the console leaves out by default (see jax_moco/console.py).
 
+Your own images: `--config.dataset=folder:PATH`. The kNN monitor then scores PATH's labelled held-out split when
+there is one (eval_dataset='auto', see configs/base.py), is off (said once) when there is none, and a bank and
+queries that cannot be compared are refused before training.
+
 Several hosts (JAX's multi-controller runtime: one process per host, all running the same command):
 `--distributed` lets `jax.distributed.initialize()` find the cluster itself (TPU pods, SLURM, Open MPI, or the
 JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID variables); `--coordinator_address=HOST:PORT
