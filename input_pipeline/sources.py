@@ -380,12 +380,15 @@ def class_folders(root) -> tuple:
   return tuple(sorted(entry.name for entry in entries if entry.is_dir()))
 
 
-def label_mismatch(bank: Source, queries: Source) -> Optional[str]:
-  """Why a kNN classifier cannot score `queries` against `bank` (both need the same single labels, class id for
-  class id), or None when it can."""
-  unlabelled = [s.name for s in (bank, queries) if s.num_classes is None or s.multi_label]
+def label_mismatch(bank: Source, queries: Source, multi_label: bool = False) -> Optional[str]:
+  """Why a classifier of `bank`'s labels cannot score `queries` (both need the same labels, class id for class id:
+  single labels, or with `multi_label` also per-class targets on both sides), or None when it can."""
+  unlabelled = [s.name for s in (bank, queries) if s.num_classes is None or (s.multi_label and not multi_label)]
   if unlabelled:
-    return f'{" and ".join(unlabelled)} {"has" if len(unlabelled) == 1 else "have"} no single labels'
+    kind = 'labels' if multi_label else 'single labels'
+    return f'{" and ".join(unlabelled)} {"has" if len(unlabelled) == 1 else "have"} no {kind}'
+  if bank.multi_label != queries.multi_label:
+    return f'{(bank if bank.multi_label else queries).name} has per-class targets, the other single labels'
   if bank.class_names and queries.class_names and bank.class_names != queries.class_names:
     only_bank = [c for c in bank.class_names if c not in queries.class_names]
     only_queries = [c for c in queries.class_names if c not in bank.class_names]

@@ -19,6 +19,7 @@ from input_pipeline import sources
 from jax_moco import config_checks
 from jax_moco import monitor
 from jax_moco import train
+from jax_moco.evaluators import common
 from tests.helpers import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -291,3 +292,17 @@ def test_label_sets_compare_names_then_counts():
   assert 'another order' in sources.label_mismatch(source(2, ('a', 'b')), source(2, ('b', 'a')))
   assert 'no single labels' in sources.label_mismatch(source(4, multi_label=True), source(4))
   assert sources.label_mismatch(source(None), source(None)) == 's and s have no single labels'
+  # The classification protocols take per-class targets on both sides, not on one.
+  assert sources.label_mismatch(source(4, multi_label=True), source(4, multi_label=True), multi_label=True) is None
+  assert 'per-class targets' in sources.label_mismatch(source(4, multi_label=True), source(4), multi_label=True)
+
+
+def test_evaluation_refuses_a_test_set_of_other_classes_or_none(tmp_path):
+  image_folders(tmp_path, {'flat': 3, 'train': ['cat', 'dog'], 'val': ['cat', 'dog']})
+  config = tiny_config(dataset=f'folder:{tmp_path}/train', eval_dataset='')  # a run whose monitor was off
+  with pytest.raises(ValueError, match='has no eval_dataset .* --test_dataset'):
+    common.labelled_datasets(config)
+  with pytest.raises(ValueError, match=r'^--dataset and --test_dataset: .*other class names'):
+    common.labelled_datasets(config, test_dataset='embedded_subset:test')
+  train_set, test_set = common.labelled_datasets(config, test_dataset=f'folder:{tmp_path}/val')
+  assert train_set.class_names == test_set.class_names == ('cat', 'dog')

@@ -34,7 +34,7 @@ class Task:
 
   @property
   def num_classes(self) -> int:
-    return max(self.train.num_classes, self.test.num_classes)
+    return self.train.num_classes  # the test set's too: labelled_datasets refuses another
 
 
 def labelled(spec, data_dir, default_split):
@@ -49,9 +49,22 @@ def labelled(spec, data_dir, default_split):
 
 def labelled_datasets(config, dataset=None, test_dataset=None):
   """The classification protocols' (train, test): `dataset` and `test_dataset`, by default the run's kNN bank (or
-  training set) and its eval_dataset; both must be labelled."""
+  training set) and its eval_dataset. Both must be labelled with the same classes; a run without an eval_dataset
+  (its kNN monitor off) needs --test_dataset."""
   train = labelled(dataset or config.knn_bank_dataset or config.dataset, config.data_dir, 'train')
-  test = labelled(test_dataset or config.eval_dataset or 'embedded:test', config.data_dir, 'test')
+  test_spec = test_dataset or config.eval_dataset
+  if not test_spec:
+    raise ValueError(
+      f'the run of {train.name} has no eval_dataset (its kNN monitor was off): name a labelled test set of the same '
+      'classes with --test_dataset'
+    )
+  test = labelled(test_spec, config.data_dir, 'test')
+  why = sources.label_mismatch(train, test, multi_label=True)
+  if why:
+    raise ValueError(
+      f'--dataset and --test_dataset: the test set cannot be scored by a classifier of the training set: {why}.\n'
+      f'  train: {train.name}: {sources.describe_labels(train)}\n  test: {test.name}: {sources.describe_labels(test)}'
+    )
   return train, test
 
 
