@@ -212,11 +212,13 @@ def classification_dataset(
   return ds.prefetch(AUTOTUNE).with_options(_options())
 
 
-def resize_for_eval(image, size):
-  """Resizes the shorter side to `size` (antialiased bilinear) and centre-crops size x size."""
+def resize_for_eval(image, size, resize=None):
+  """Resizes the shorter side to `resize` (default `size`; antialiased bilinear) and centre-crops size x size, as
+  torchvision's Resize(resize) + CenterCrop(size)."""
+  resize = resize or size
   shape = tf.cast(tf.shape(image)[:2], tf.float32)
-  scale = size / tf.reduce_min(shape)
-  new = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), size)
+  scale = resize / tf.reduce_min(shape)
+  new = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), resize)
   image = tf.image.resize(image, new, method='bilinear', antialias=True)
   top, left = (new[0] - size) // 2, (new[1] - size) // 2
   image = image[top : top + size, left : left + size]
@@ -230,8 +232,10 @@ def eval_dataset(
   process_index: int = 0,
   process_count: int = 1,
   max_examples: Optional[int] = None,
+  resize: Optional[int] = None,
 ) -> tf.data.Dataset:
-  """Every example exactly once, in order, un-augmented, in whole batches: the tail is padded with mask = False.
+  """Every example exactly once, in order, un-augmented (resize_for_eval), in whole batches: the tail is padded with
+  mask = False.
 
   Files that do not decode (folder sources) are skipped; the batch they leave short is padded like the tail.
   """
@@ -241,7 +245,8 @@ def eval_dataset(
 
   def load(i):
     example = source.load(tf.minimum(i, n - 1))
-    return {'image': resize_for_eval(example['image'], image_size), 'label': example['label'], 'mask': i < n}
+    image = resize_for_eval(example['image'], image_size, resize)
+    return {'image': image, 'label': example['label'], 'mask': i < n}
 
   def pad_to_batch(examples):
     missing = batch - tf.shape(examples['mask'])[0]

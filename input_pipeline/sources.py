@@ -1,10 +1,11 @@
 """Image sources named by one string: `embedded[:SPLIT]`, `embedded_subset[:SPLIT]`,
-`tfds:NAME[:SPLIT]` and `folder:PATH`.
+`tfds:NAME[:SPLIT]`, `folder:PATH` and `voc07:PATH[:SPLIT]` (PASCAL VOC 2007 classification, `voc07` module).
 
 A source is random access: `load(index)` returns {'image': uint8 [H, W, 3], 'label': int32} for any index in
 [0, num_examples), so the pipeline can shuffle, shard and resume by index arithmetic alone. Multi-label sources
-(TFDS datasets with a `labels` sequence, such as `voc/2007`) give `label` as int32 [num_classes]: 1 present,
-0 absent, -1 present only as objects marked difficult (ignored by the VOC07 protocol).
+(TFDS datasets with a `labels` sequence, such as `voc/2007`, and `voc07:`) give `label` as int32 [num_classes]: 1
+present, 0 absent, -1 present only as objects marked difficult (which the VOC07 protocols leave out or count as
+negatives).
 """
 
 import concurrent.futures
@@ -21,6 +22,8 @@ from typing import Tuple
 import numpy as np
 from PIL import Image
 import tensorflow as tf
+
+from input_pipeline import voc07
 
 EMBEDDED_SUBSET = os.path.join(os.path.dirname(__file__), 'data', 'fashion_mnist_subset.npz')
 DEBIAN_FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
@@ -266,34 +269,50 @@ def listing(unreadable) -> str:
   return ''.join(lines) + (f'\n  ... and {more} more' if more > 0 else '')
 
 
-def _folder(root):
-  paths, labels, classes = list_image_files(root)
+def _file_source(name, paths, labels, classes, multi_label=False):
+  """A source over image files (decoded when loaded) with their labels; files that hold no image (scan) are left out
+  and logged. `classes`: the class names, or None for unlabelled files."""
   reasons = scan(paths)
   unreadable = tuple((p, r) for p, r in zip(paths, reasons) if r)
   if len(unreadable) == len(paths):
-    raise ValueError(f'folder:{root}: none of its {len(paths)} image files holds an image:{listing(unreadable)}')
+    raise ValueError(f'{name}: none of its {len(paths)} image files holds an image:{listing(unreadable)}')
   if unreadable:
-    logging.warning('folder:%s: %d of %d files left out:%s', root, len(unreadable), len(paths), listing(unreadable))
+    logging.warning('%s: %d of %d files left out:%s', name, len(unreadable), len(paths), listing(unreadable))
   keep = [i for i, r in enumerate(reasons) if r is None]
-  paths, labels = [paths[i] for i in keep], [labels[i] for i in keep]
+  paths, labels = [paths[i] for i in keep], np.asarray(labels, np.int32)[keep]
   paths_t = tf.constant(paths)
-  labels_t = tf.constant(labels, tf.int32)
-  logging.info('folder:%s: %d images, %s', root, len(paths), f'{len(classes)} classes' if classes else 'unlabelled')
+  labels_t = tf.constant(labels)
+  logging.info('%s: %d images, %s', name, len(paths), f'{len(classes)} classes' if classes else 'unlabelled')
 
   def load(index):
     return {'image': decode_image(tf.io.read_file(tf.gather(paths_t, index))), 'label': tf.gather(labels_t, index)}
 
   num_classes = len(classes) if classes else None
   return Source(
-    f'folder:{root}',
+    name,
     len(paths),
     num_classes,
     load,
     True,
+    multi_label=multi_label,
     files=tuple(paths),
     unreadable=unreadable,
     class_names=tuple(classes or ()),
   )
+
+
+def _folder(root):
+  paths, labels, classes = list_image_files(root)
+  return _file_source(f'folder:{root}', paths, labels, classes)
+
+
+# A training set of VOC07 reads trainval (the split its classifiers are fitted on), a validation set val.
+_VOC07_SPLITS = {'train': 'trainval', 'validation': 'val'}
+
+
+def _voc07(spec, default_split):
+  name, paths, targets = voc07.read(spec, _VOC07_SPLITS.get(default_split, default_split))
+  return _file_source(name, paths, targets, voc07.CLASSES, multi_label=True)
 
 
 def get_source(spec: str, data_dir: Optional[str] = None, default_split: str = 'train') -> Source:
@@ -310,8 +329,10 @@ def get_source(spec: str, data_dir: Optional[str] = None, default_split: str = '
     if not rest:
       raise ValueError(f'dataset {spec!r}: expected folder:PATH')
     return _folder(os.path.expanduser(rest))
+  if kind == 'voc07':
+    return _voc07(spec, default_split)
   raise ValueError(
-    f'dataset {spec!r}: unknown source {kind!r}; use embedded, embedded_subset, tfds:NAME or folder:PATH'
+    f'dataset {spec!r}: unknown source {kind!r}; use embedded, embedded_subset, tfds:NAME, folder:PATH or voc07:PATH'
   )
 
 

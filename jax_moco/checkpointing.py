@@ -36,7 +36,10 @@ class ConfigMismatchError(ValueError):
 
 
 def _lookup(config_dict, dotted):
+  """The value of a dotted field; None where the config (one written before the field existed) lacks it."""
   for part in dotted.split('.'):
+    if not isinstance(config_dict, dict) or part not in config_dict:
+      return None
     config_dict = config_dict[part]
   return config_dict
 

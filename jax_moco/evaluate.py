@@ -1,13 +1,14 @@
 """Evaluate a checkpoint's frozen backbone:
 
   python -m jax_moco.evaluate --workdir=DIR
-      --protocol=knn|linear_probe|linear_classification|segment_retrieval|cam|label_propagation
+      --protocol=knn|linear_probe|voc07_svm|linear_classification|segment_retrieval|cam|label_propagation
       [--step=N] [--encoder=online|momentum] [--dataset=...] [--test_dataset=...] [--image_size=...]
       [--max_examples=N] [--random_init] [protocol options]
 
 The protocols are jax_moco.evaluators' (each module says what it measures, which datasets it reads and at what
 size). Each protocol's options (jax_moco.evaluators.OPTIONS, listed by --help) are flags here, refused for a
 protocol that does not take them. What a protocol reads and writes besides its result:
+- voc07_svm: --dataset=voc07:PATH scores PATH's test split unless --test_dataset; 256 px resized, 224 px cropped.
 - segment_retrieval: --dataset=voc:PATH (required; --test_dataset defaults to its val split); 512 px unless
   --image_size.
 - label_propagation: --dataset=davis:PATH[:SPLIT] (DAVIS-2017 val by default), frames at their own size unless
@@ -41,7 +42,7 @@ def _backbone_variables(config, state, encoder, random_init):
   return state_lib.backbone_variables(*state_lib.encoder_variables(state, encoder))
 
 
-def _feature_extractor(config, image_size, directory):
+def _feature_extractor(config, image_size, directory, resize=None):
   """The frozen backbone's Features over all devices, cached under `directory`."""
   from jax_moco.evaluators import features  # reads data through TensorFlow (see evaluate)
 
@@ -53,6 +54,7 @@ def _feature_extractor(config, image_size, directory):
     config.knn.batch_size,
     cache_dir=directory,
     compiler_options=xla_cpu.compiler_options(config.cpu_ynnpack_convolutions),
+    resize=resize,
   )
 
 
@@ -88,7 +90,7 @@ def evaluate(
     image_size = config.crops.large_size
   tag = f'random_init_{encoder}' if random_init else f'step_{step}_{encoder}'
   directory = os.path.join(os.path.abspath(workdir), 'eval', tag)
-  extractor = _feature_extractor(config, image_size, directory)
+  extractor = _feature_extractor(config, image_size, directory, common.resize_before_crop(evaluator, image_size))
   task = common.Task(config, extractor, train, test, directory, max_examples, max_examples)
   scores = evaluator(task, **options).run(_backbone_variables(config, state, encoder, random_init))
   result = dict(

@@ -5,6 +5,7 @@ import json
 import os
 import warnings
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
@@ -317,3 +318,16 @@ def test_linear_classification_learns_and_resumes_exactly(make_config, tmp_path,
   assert 'linear classification (10 epochs' in evaluate.format_table(resumed)
   with pytest.raises(checkpointing.ConfigMismatchError, match=r'lr: checkpoint 10\.0 vs now 5\.0'):
     evaluate.evaluate(str(tmp_path / 'resumed'), 'linear_classification', **{**settings, 'lr': 5.0})
+  with pytest.raises(checkpointing.ConfigMismatchError, match=r'weight_decay: checkpoint 0\.0 vs now 0\.0001'):
+    evaluate.evaluate(str(tmp_path / 'resumed'), 'linear_classification', **{**settings, 'weight_decay': 1e-4})
+
+
+def test_linear_classification_weight_decay_is_coupled_as_in_pytorch():
+  # With a zero gradient, PyTorch's SGD (coupled decay, momentum buffer starting at the first gradient) moves a
+  # weight by -lr * weight_decay * w in its first step.
+  tx = linear_classification.optimizer(30.0, 100, weight_decay=1e-4)
+  w = {'kernel': jnp.full((2, 3), 2.0)}
+  updates, _ = tx.update(jax.tree.map(jnp.zeros_like, w), tx.init(w), w)
+  np.testing.assert_allclose(updates['kernel'], -30.0 * 1e-4 * 2.0, rtol=1e-6)
+  none, _ = linear_classification.optimizer(30.0, 100).update(jax.tree.map(jnp.zeros_like, w), tx.init(w), w)
+  np.testing.assert_array_equal(none['kernel'], 0.0)

@@ -48,6 +48,8 @@ OPTIONS = {
     Option('epochs', int, 100, 'epochs'),
     Option('batch_size', int, 256, 'global batch'),
     Option('lr', float, 30.0, 'learning rate'),
+    # MoCo's main_lincls.py uses 0; Van Gansbeke et al. 2021, appendix A.2, 1e-4 (their ImageNet and Places columns).
+    Option('weight_decay', float, 0.0, "weight decay (Van Gansbeke et al. 2021's tables: 1e-4)"),
   ),
   'segment_retrieval': (
     Option('kmeans_k', int, 15, 'K-means regions an image'),  # Van Gansbeke et al. 2021, A.7 (segment_retrieval.K)
@@ -57,6 +59,12 @@ OPTIONS = {
     ),
   ),
   'cam': (Option('cam_images', int, 16, 'test images in the picture'), VALIDATION_DATASET, N_JOBS),
+  # Van Gansbeke et al. 2021's VOC07 SVMs (voc07_svm.COST), Goyal et al. 2019's cross-validated costs as a variant.
+  'voc07_svm': (
+    Option('svm_costs', str, '0.5', "the SVMs' cost C; several, comma-separated: each class's by 3-fold CV"),
+    Option('svm_difficult', str, 'negative', "difficult-only images: 'negative' (the authors') or 'ignore' (devkit)"),
+    Option('n_jobs', int, -1, 'classes fitted in parallel as joblib counts them, -1 one a core'),
+  ),
   # Jabri et al. 2020's label propagation test, as Van Gansbeke et al. 2021 ran it (label_propagation.Propagation).
   'label_propagation': (
     Option('propagation_context', int, 20, 'previous frames in the context, besides the first'),

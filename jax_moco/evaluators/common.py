@@ -4,7 +4,9 @@
 An Evaluator class says how its data is opened and at what size, so the CLI needs no per-protocol code:
 `Evaluator.open_datasets(config, dataset, test_dataset) -> (train, test)` (the --dataset / --test_dataset strings,
 None when not given) and `Evaluator.default_image_size` (None: the run's crops.large_size;
-AS_STORED: the images at their own size)."""
+AS_STORED: the images at their own size); optionally `Evaluator.resize_ratio`, the shorter side before the centre
+crop as a multiple of the image size (`resize_before_crop`; 256 / 224 for torchvision's Resize(256) +
+CenterCrop(224), by default 1: the crop is the whole shorter side)."""
 
 import dataclasses
 from typing import Any
@@ -35,6 +37,11 @@ class Task:
   @property
   def num_classes(self) -> int:
     return self.train.num_classes  # the test set's too: labelled_datasets refuses another
+
+
+def resize_before_crop(evaluator, image_size):
+  """The shorter side `evaluator`'s images are resized to before their centre image_size crop (module docstring)."""
+  return round(image_size * getattr(evaluator, 'resize_ratio', 1.0))
 
 
 def labelled(spec, data_dir, default_split):

@@ -51,15 +51,26 @@ def slug(name):
 
 
 class Features:
-  """features(variables, source, max_examples) -> (features [n, C], labels) of a labelled source at `image_size`,
-  on every process. With a `cache_dir` (which must belong to one network: a run's step and encoder) the result is
-  read back from there when this source was already seen at this size."""
+  """features(variables, source, max_examples) -> (features [n, C], labels) of a labelled source at `image_size`
+  (each image's shorter side resized to `resize`, default `image_size`, then centre-cropped), on every process. With
+  a `cache_dir` (which must belong to one network: a run's step and encoder) the result is read back from there when
+  this source was already seen at this size."""
 
   def __init__(
-    self, mesh, module, statistics, image_size, batch_size, cache_dir=None, select=None, compiler_options=None
+    self,
+    mesh,
+    module,
+    statistics,
+    image_size,
+    batch_size,
+    cache_dir=None,
+    select=None,
+    compiler_options=None,
+    resize=None,
   ):
     self.mesh, self.module, self.statistics = mesh, module, statistics
     self.image_size, self.batch_size, self.cache_dir = image_size, batch_size, cache_dir
+    self.resize = resize if resize != image_size else None  # the shorter side before the centre crop
     self.compiler_options = compiler_options
     self.feature_fn = module and make_feature_fn(mesh, module, statistics, select, compiler_options)
 
@@ -72,7 +83,13 @@ class Features:
     n = min(source.num_examples, max_examples or source.num_examples)
     batch = min(self.batch_size, sharding.multiple_of_devices(n, self.mesh))
     ds = pipeline.eval_dataset(
-      source, self.image_size, batch, jax.process_index(), jax.process_count(), max_examples=max_examples
+      source,
+      self.image_size,
+      batch,
+      jax.process_index(),
+      jax.process_count(),
+      max_examples=max_examples,
+      resize=self.resize,
     )
     cardinality = int(ds.cardinality())
     return unmasked(
@@ -85,8 +102,9 @@ class Features:
   def __call__(self, variables, source, max_examples=None):
     if self.cache_dir is None:
       return self.extract(variables, source, max_examples)
+    size = f'{self.image_size}px' + (f'_from{self.resize}' if self.resize else '')
     suffix = f'_max{max_examples}' if max_examples else ''
-    path = os.path.join(self.cache_dir, f'features_{slug(source.name)}_{self.image_size}px{suffix}.npz')
+    path = os.path.join(self.cache_dir, f'features_{slug(source.name)}_{size}{suffix}.npz')
     if os.path.exists(path):
       with np.load(path) as cached:
         return cached['features'], cached['labels']

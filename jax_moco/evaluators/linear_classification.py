@@ -1,7 +1,8 @@
 """The `linear_classification` protocol of He et al. 2020, Sec. 4.1 (MoCo's ImageNet protocol): a linear layer on the
 frozen backbone's pooled features, BN frozen (inference mode), SGD with momentum 0.9, lr 30, weight decay 0, 100 epochs,
-lr / 10 at 60 % and 80 % of training, RandomResizedCrop + flip; top-1 on the test set. Checkpointed every epoch
-(jax_moco.checkpointing) under the task's directory and resumed from there."""
+lr / 10 at 60 % and 80 % of training, RandomResizedCrop + flip; top-1 on the test set. Van Gansbeke et al. 2021
+(appendix A.2) train their ImageNet and Places classifiers the same way with weight decay 1e-4: the `weight_decay`
+option. Checkpointed every epoch (jax_moco.checkpointing) under the task's directory and resumed from there."""
 
 import os
 
@@ -20,7 +21,7 @@ from jax_moco import state as state_lib
 from jax_moco.evaluators import common
 from jax_moco.normalization import normalize
 
-MOMENTUM, WEIGHT_DECAY = 0.9, 0.0  # the epochs, batch size and lr are the protocol's options (evaluators.OPTIONS)
+MOMENTUM = 0.9  # the epochs, batch size, lr and weight decay are the protocol's options (evaluators.OPTIONS)
 MILESTONES = (0.6, 0.8)  # epochs 60 and 80 of 100
 
 
@@ -34,8 +35,8 @@ def learning_rate(lr, total_steps):
   return optax.piecewise_constant_schedule(lr, {int(m * total_steps): 0.1 for m in MILESTONES})
 
 
-def optimizer(lr, total_steps):
-  return state_lib.sgd(learning_rate(lr, total_steps), MOMENTUM, WEIGHT_DECAY)
+def optimizer(lr, total_steps, weight_decay=0.0):
+  return state_lib.sgd(learning_rate(lr, total_steps), MOMENTUM, weight_decay)
 
 
 def init_state(num_features, num_classes, tx, seed=0):
@@ -75,8 +76,8 @@ def top1(params, features, labels):
 
 
 class Evaluator:
-  """Options (evaluators.OPTIONS): `epochs`, `batch_size` (global) and `lr`, by default MoCo's; a rerun with other
-  values refuses the directory's checkpoint, naming them."""
+  """Options (evaluators.OPTIONS): `epochs`, `batch_size` (global), `lr` and `weight_decay`, by default MoCo's; a
+  rerun with other values refuses the directory's checkpoint, naming them."""
 
   open_datasets = staticmethod(common.labelled_datasets)
   default_image_size = None  # the run's crops.large_size
@@ -87,6 +88,7 @@ class Evaluator:
     if task.directory is None:
       raise ValueError('linear_classification checkpoints its classifier: the task needs a directory')
     self.task, self.epochs, self.batch_size, self.lr = task, o.epochs, o.batch_size, o.lr
+    self.weight_decay = o.weight_decay
     self.steps_per_epoch = max(task.train.num_examples // o.batch_size, 1)
     self.total_steps = o.epochs * self.steps_per_epoch
 
@@ -94,17 +96,24 @@ class Evaluator:
     params = self.train(variables)
     test_x, test_y = self.task.features(variables, self.task.test, self.task.max_test)
     yield 'top1', top1(params, test_x, test_y)
-    yield from dict(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, steps=self.total_steps).items()
+    yield from dict(epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay, batch_size=self.batch_size).items()
+    yield 'steps', self.total_steps
     yield from dict(num_train=self.task.train.num_examples, num_test=len(test_y)).items()
 
   def train(self, variables):
     """Trains (or resumes) the classifier on the frozen backbone; returns its parameters on the host."""
     t, f = self.task, self.task.features
     seed = t.config.seed
-    tx = optimizer(self.lr, self.total_steps)
+    tx = optimizer(self.lr, self.total_steps, self.weight_decay)
     state = jax.device_put(init_state(f.module.num_features, t.num_classes, tx, seed), sharding.replicated(f.mesh))
     settings = dict(
-      epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=seed, image_size=f.image_size, train=t.train.name
+      epochs=self.epochs,
+      lr=self.lr,
+      weight_decay=self.weight_decay,
+      batch_size=self.batch_size,
+      seed=seed,
+      image_size=f.image_size,
+      train=t.train.name,
     )
     checkpointer = checkpointing.Checkpointer(
       os.path.join(t.directory, 'linear_classification'), settings, self.steps_per_epoch, 2, tuple(settings)
@@ -137,6 +146,7 @@ class Evaluator:
   @staticmethod
   def describe(result):
     return (
-      f'linear classification ({result["epochs"]} epochs, lr {result["lr"]}, batch {result["batch_size"]})',
+      f'linear classification ({result["epochs"]} epochs, lr {result["lr"]}, weight decay '
+      f'{result.get("weight_decay", 0.0):g}, batch {result["batch_size"]})',
       f'top-1 {result["top1"]:.2f} %',
     )

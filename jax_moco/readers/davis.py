@@ -17,7 +17,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from jax_moco.readers import split_lists
+from input_pipeline import split_lists
 
 RESOLUTION = '480p'
 VOID = 255

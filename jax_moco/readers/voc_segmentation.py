@@ -13,7 +13,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from jax_moco.readers import split_lists
+from input_pipeline import split_lists
 
 NUM_CLASSES = 21
 IGNORE = 255
