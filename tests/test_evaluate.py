@@ -273,6 +273,7 @@ def test_evaluate_a_saved_run_writes_results_and_reuses_features(make_config, tm
     'linear_classification',
     'segment_retrieval',
     'cam',
+    'voc07_svm',
     'label_propagation',
   )
   with pytest.raises(ValueError, match="protocol='linear': choose one of knn, linear_probe, linear_classification, "):
