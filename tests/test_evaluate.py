@@ -229,7 +229,9 @@ def test_one_table_of_the_protocols_options_gives_the_flags_and_the_evaluators_o
   )
   assert flags['n_jobs'][1].startswith('linear_probe, cam: ')
   # What is not given takes its default; an option of another protocol is refused, naming it.
-  assert vars(evaluators.options('segment_retrieval', kmeans_k=4)) == dict(kmeans_k=4, kmeans_seed=0, batch_size=None)
+  assert vars(evaluators.options('segment_retrieval', kmeans_k=4)) == dict(
+    kmeans_k=4, kmeans_seed=0, batch_size=None, dense_output='stride8_dilated'
+  )
   refusal = r'^epochs: not an option of protocol=knn \(its options: knn_k, knn_temperature\)'
   with pytest.raises(ValueError, match=refusal):
     evaluators.options('knn', epochs=3)

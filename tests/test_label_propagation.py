@@ -303,6 +303,12 @@ def test_evaluate_a_saved_run_on_generated_videos(make_config, tmp_path):
   assert len(os.listdir(os.path.join(result['masks_dir'], 'b'))) == 4
   table = evaluate.format_table(result)
   assert 'label propagation (context 1 + 2 frames, top-10, T=0.07' in table and 'train' not in table
+  # The reference's network by default: stage 3 unstrided, stage 4 dropped (stride 8; 2 with the CIFAR stem).
+  assert 'stride8_no_stage4, output stride 2)' in table
+  other = evaluate.evaluate(
+    run, 'label_propagation', dataset=f'davis:{tmp_path / "davis"}', max_examples=1, dense_output='stride16_dilated'
+  )
+  assert (other['dense_output'], other['output_stride'], other['num_videos']) == ('stride16_dilated', 4, 1)
   with pytest.raises(ValueError, match='label_propagation reads one dataset.*--dataset=davis:PATH'):
     evaluate.evaluate(run, 'label_propagation')
   with pytest.raises(ValueError, match='propagation_topk: not an option of protocol=knn'):

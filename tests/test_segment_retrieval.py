@@ -128,8 +128,13 @@ def test_the_protocol_end_to_end_on_a_saved_run_and_its_command_line(tmp_path):
   write_voc(tmp_path / 'voc', {'train': [segments(rng) for _ in range(3)], 'val': [segments(rng) for _ in range(2)]})
   workdir = helpers.save_tiny_run(tmp_path / 'run')
   voc = f'voc:{tmp_path / "voc"}'
-  # 3 + 2 images in global batches of 16 over 8 devices: masked padding on every batch.
-  result = evaluate.evaluate(workdir, 'segment_retrieval', dataset=voc, image_size=64, kmeans_k=4)
+  # 3 + 2 images in global batches of 16 over 8 devices: masked padding on every batch. By default stages 3 and 4
+  # are dilated: output stride 8 with the ImageNet stem, 2 with the tiny run's CIFAR stem.
+  default = evaluate.evaluate(workdir, 'segment_retrieval', dataset=voc, image_size=64, kmeans_k=4)
+  assert (default['dense_output'], default['output_stride']) == ('stride8_dilated', 2)
+  result = evaluate.evaluate(
+    workdir, 'segment_retrieval', dataset=voc, image_size=64, kmeans_k=4, dense_output='stride16_dilated'
+  )
   assert result['test_dataset'] == f'{voc}:val' and result['image_size'] == 64
   assert (result['num_train'], result['num_test'], result['kmeans_k'], result['output_stride']) == (3, 2, 4, 4)
   assert 3 <= result['num_train_regions'] <= 12 and 0 <= result['miou'] <= 100
@@ -139,8 +144,11 @@ def test_the_protocol_end_to_end_on_a_saved_run_and_its_command_line(tmp_path):
     evaluate.evaluate(workdir, 'segment_retrieval')
   with pytest.raises(ValueError, match='cam_images: not an option of protocol=segment_retrieval'):
     evaluate.evaluate(workdir, 'segment_retrieval', dataset=voc, cam_images=3)
+  with pytest.raises(ValueError, match="dense_output='stride4': choose one of stride32, stride16_dilated"):
+    evaluate.evaluate(workdir, 'segment_retrieval', dataset=voc, dense_output='stride4')
 
   command = ['-m', 'jax_moco.evaluate', f'--workdir={workdir}', '--protocol=segment_retrieval']
   command += [f'--dataset={voc}:train', f'--test_dataset={voc}:val', '--image_size=64', '--kmeans_k=4']
-  printed = helpers.run_quietly(command)
+  printed = helpers.run_quietly(command + ['--dense_output=stride16_dilated'])
   assert f'mIoU {result["miou"]:.2f} %' in printed.stdout and f'{voc}:train (3 images, 64 px)' in printed.stdout
+  assert 'stride16_dilated, output stride 4)' in printed.stdout

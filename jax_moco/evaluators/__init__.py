@@ -36,6 +36,17 @@ VALIDATION_DATASET = Option(
 )
 N_JOBS = Option('n_jobs', int, -1, 'parallel fits of the L2 grid as joblib counts them, -1 one a core')
 
+
+def dense_output(default):
+  """The dense protocols' network (evaluators.dense.OUTPUTS), each protocol defaulting to its reference's."""
+  return Option(
+    'dense_output',
+    str,
+    default,
+    'dense features: stride16_dilated, stride8_dilated, stride8_no_stage4 or stride32 (docs/evaluation.md)',
+  )
+
+
 OPTIONS = {
   'knn': (
     Option('knn_k', int, None, "k neighbours (default: the run's knn.k)"),
@@ -57,6 +68,8 @@ OPTIONS = {
     Option(
       'batch_size', int, None, 'images a global batch (default: 16, rounded up to a multiple of the device count)'
     ),
+    # MaskContrast's retrieval network, which the authors' README runs for A.7 (its 64 x 64 maps at 512 px).
+    dense_output('stride8_dilated'),
   ),
   'cam': (Option('cam_images', int, 16, 'test images in the picture'), VALIDATION_DATASET, N_JOBS),
   # Van Gansbeke et al. 2021's VOC07 SVMs (voc07_svm.COST), Goyal et al. 2019's cross-validated costs as a variant.
@@ -72,6 +85,7 @@ OPTIONS = {
     Option('propagation_temperature', float, 0.07, 'softmax temperature over their affinities'),
     Option('propagation_radius', float, 12.0, 'how far (in feature cells) the previous frames are searched'),
     Option('propagation_save_masks', bool, False, 'write the predicted masks as PNGs'),
+    dense_output('stride8_no_stage4'),  # the reference's network (its radius is in cells of this map)
   ),
 }
 PROTOCOLS = tuple(OPTIONS)

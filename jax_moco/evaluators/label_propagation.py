@@ -4,16 +4,17 @@ Contrastive Methods for Unsupervised Learning of Visual Representations", A.6, T
 Jabri et al. 2020, "Space-Time Correspondence as a Contrastive Random Walk" (their label propagation test, whose
 code Van Gansbeke et al. ran), scored as the DAVIS toolkit scores the semi-supervised task (`davis_metrics`).
 
-Per video, every frame's dense features (`dense.DenseFeatures`: unit norm per location, last stage dilated) are
-computed at the frames' own size (DAVIS 480p; `--image_size` resizes the shorter side instead). The first frame's
-mask becomes one-hot labels over its objects and the background (void counted as background), resized to the
-feature map bilinearly (half-pixel centres, no antialiasing, as OpenCV's resize). Then frame by frame:
+Per video, every frame's dense features (`dense.DenseFeatures`, unit norm per location; by default the reference's
+network, `stride8_no_stage4`: stage 3 at stride 1 without dilation, stage 4 dropped) are computed at the frames' own
+size (DAVIS 480p; `--image_size` resizes the shorter side instead). The first frame's mask becomes one-hot labels
+over its objects and the background (void counted as background), resized to the feature map bilinearly
+(half-pixel centres, no antialiasing, as OpenCV's resize). Then frame by frame:
 
 - the context is the first frame plus the previous `context` frames (20); before there are that many, the missing
   ones are copies of the first frame with its labels, as the reference pads a video with its first frame;
 - every location of the current frame takes the cosine affinity to every location of the context; for the
-  previous frames only locations closer than `radius` feature cells (12; Euclidean, strict) are candidates, while
-  the first frame is searched whole;
+  previous frames only locations closer than `radius` feature cells (12; Euclidean, strict; cells of the feature
+  map, so 96 px at the reference's stride 8) are candidates, while the first frame is searched whole;
 - the `topk` (10) largest affinities over the whole context, divided by `temperature` (0.07), are softmax-weighted,
   and the location's label distribution is the weighted sum of their labels;
 - that soft label map joins the context as the frame's labels (soft, as in the reference; never re-normalised or
@@ -216,8 +217,8 @@ def label_propagation(
 
 
 class Evaluator:
-  """Options (evaluators.OPTIONS): the Propagation settings, by default the reference's; `propagation_save_masks`
-  also writes the predicted masks."""
+  """Options (evaluators.OPTIONS): the Propagation settings and `dense_output` (dense.OUTPUTS), by default the
+  reference's; `propagation_save_masks` also writes the predicted masks."""
 
   default_image_size = common.AS_STORED  # DAVIS 480p frames as they are, unless --image_size is given
 
@@ -231,7 +232,7 @@ class Evaluator:
       )
     self.task, self.settings, self.save_masks = task, settings, o.propagation_save_masks
     f = task.features
-    self.dense = DenseFeatures(f.mesh, f.module, f.statistics, compiler_options=f.compiler_options)
+    self.dense = DenseFeatures(f.mesh, f.module, o.dense_output, f.statistics, compiler_options=f.compiler_options)
 
   @staticmethod
   def open_datasets(config, dataset=None, test_dataset=None):
@@ -265,6 +266,7 @@ class Evaluator:
     yield from result.items()
     yield from dataclasses.asdict(self.settings).items()
     yield 'image_size', t.features.image_size
+    yield from dict(dense_output=self.dense.output, output_stride=self.dense.stride).items()
     if save_dir:
       yield 'masks_dir', save_dir
 
@@ -273,7 +275,7 @@ class Evaluator:
     size = f'{result["image_size"]} px shorter side' if result['image_size'] else 'frames at their own size'
     return (
       f'label propagation (context 1 + {result["context"]} frames, top-{result["topk"]}, T={result["temperature"]}, '
-      f'radius {result["radius"]}; {size})',
+      f'radius {result["radius"]}; {size}; {result["dense_output"]}, output stride {result["output_stride"]})',
       f'J&F {result["jf_mean"]:.2f}, J {result["j_mean"]:.2f}, F {result["f_mean"]:.2f} '
       f'({result["num_objects"]} objects in {result["num_videos"]} videos)',
     )

@@ -2,15 +2,16 @@
 dense features without finetuning, from the training split of a PASCAL VOC folder (`--dataset=voc:PATH`, default split
 train) to its validation split (`--test_dataset`, default the same folder's val).
 
-Each image is resized to `image_size` (512) squared; its dense feature map (jax_moco.evaluators.dense) is clustered
-with scikit-learn's KMeans (K = 15, k-means++ initialisation, one run, seeded) into regions; a region's descriptor is
-the mean feature of its locations, L2-normalised. A training region's label is the majority class of the
-ground-truth pixels it covers at the mask's resolution, 255 (ignore) left out; a region that covers only ignored
-pixels is left out of the bank. Every validation region takes the label of its single nearest training region by
-cosine similarity (plain nearest neighbour, not a weighted kNN). The predicted region map is upsampled to the
-original image by nearest neighbour and scored by mIoU over the 21 VOC classes, 255 ignored: IoU_c = TP / (TP + FP +
-FN) from the confusion matrix summed over the whole validation set, averaged over the classes that occur in the
-ground truth or the predictions.
+Each image is resized to `image_size` (512) squared; its dense feature map (jax_moco.evaluators.dense; by default
+`stride8_dilated`, stages 3 and 4 dilated: 64 x 64 at 512 px as A.7 says and as the MaskContrast code the authors point
+to computes it) is clustered with scikit-learn's KMeans (K = 15, k-means++ initialisation, one run, seeded) into
+regions; a region's descriptor is the mean feature of its locations, L2-normalised. A training region's label is the
+majority class of the ground-truth pixels it covers at the mask's resolution, 255 (ignore) left out; a region that
+covers only ignored pixels is left out of the bank. Every validation region takes the label of its single nearest
+training region by cosine similarity (plain nearest neighbour, not a weighted kNN). The predicted region map is
+upsampled to the original image by nearest neighbour and scored by mIoU over the 21 VOC classes, 255 ignored:
+IoU_c = TP / (TP + FP + FN) from the confusion matrix summed over the whole validation set, averaged over the classes
+that occur in the ground truth or the predictions.
 
 Every process reads each batch's images whole and feeds its share to the devices (DenseFeatures.of_global_batch);
 the clustering and the retrieval then run on every process alike, on the same gathered features.
@@ -136,8 +137,8 @@ def open_datasets(config, dataset=None, test_dataset=None):
 
 class Evaluator:
   """Options (evaluators.OPTIONS): `kmeans_k` regions per image, `kmeans_seed` for KMeans; `batch_size` images a
-  batch over the devices (global; default 16, rounded up to a multiple of the device count). The image size is
-  --image_size (default 512); --max_examples caps both splits."""
+  batch over the devices (global; default 16, rounded up to a multiple of the device count); `dense_output` the
+  network (dense.OUTPUTS). The image size is --image_size (default 512); --max_examples caps both splits."""
 
   open_datasets = staticmethod(open_datasets)
   default_image_size = IMAGE_SIZE
@@ -148,7 +149,7 @@ class Evaluator:
     batch_size = o.batch_size or sharding.multiple_of_devices(16, f.mesh)
     self.task, self.k, self.seed = task, o.kmeans_k, o.kmeans_seed
     self.dense = dense_lib.DenseFeatures(
-      f.mesh, f.module, f.statistics, batch_size, compiler_options=f.compiler_options
+      f.mesh, f.module, o.dense_output, f.statistics, batch_size, compiler_options=f.compiler_options
     )
 
   def run(self, variables):
@@ -166,13 +167,16 @@ class Evaluator:
       progress=True,
     )
     yield from result.items()
-    yield from dict(kmeans_k=self.k, kmeans_seed=self.seed, output_stride=self.dense.stride).items()
+    yield from dict(
+      kmeans_k=self.k, kmeans_seed=self.seed, dense_output=self.dense.output, output_stride=self.dense.stride
+    ).items()
 
   @staticmethod
   def describe(result):
     classes = sum(v is not None for v in result['iou_per_class'])
     return (
       f'segment retrieval (K-means, K={result["kmeans_k"]} regions an image, nearest of '
-      f'{result["num_train_regions"]} training regions)',
+      f'{result["num_train_regions"]} training regions; {result["dense_output"]}, output stride '
+      f'{result["output_stride"]})',
       f'mIoU {result["miou"]:.2f} % over {classes} classes',
     )

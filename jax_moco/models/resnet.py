@@ -2,7 +2,9 @@
 one onto torchvision's state-dict names: `layer2_0/downsample_1/scale` <-> `layer2.0.downsample.1.weight`.
 
 Options: width multiplier, ImageNet or CIFAR stem (3x3 conv, no max-pool), dilation in the last stage, zero-init of
-the last BN of each block, compute dtype (parameters stay float32), and split BN groups.
+the last BN of each block, compute dtype (parameters stay float32), and split BN groups. For dense features,
+`stage_strides` runs each stage after the first strided as trained, dilated, unstrided or not at all; none of
+these changes a parameter's name or shape.
 """
 
 import functools
@@ -72,7 +74,7 @@ def conv_small_maps_as_matmul(
 class ResidualBlock(nn.Module):
   """Fields shared by both block types; `expansion` is the output width over `planes`. `dilation` is the stage's;
   `first_dilation` that of the block's first 3x3 conv, the one that may stride (timm's convention: in the first
-  block of a dilated stage it keeps the previous stage's dilation, 1; torchvision's BasicBlock has no dilation)."""
+  block of a dilated stage it keeps the previous stage's dilation; torchvision's BasicBlock has no dilation)."""
 
   planes: int
   stride: int = 1
@@ -111,6 +113,14 @@ class Bottleneck(ResidualBlock):
     return nn.relu(out + _shortcut(self, x, train))
 
 
+# How a stage after the first may run (ResNet.stage_strides): 'strided' as trained (its first block at stride 2);
+# 'dilated', stride 1 and the dilation of its 3x3 convs (and of every later stage's) doubled, so that it computes the
+# strided stage's outputs and the locations between them (torchvision's replace_stride_with_dilation); 'unstrided',
+# stride 1 without dilation (Jabri et al. 2020, "Space-Time Correspondence as a Contrastive Random Walk": their
+# ResNet.modify); 'dropped', not run, nor any stage after it.
+STAGE_STRIDES = ('strided', 'dilated', 'unstrided', 'dropped')
+
+
 def _shortcut(block, x, train):
   if not block.downsample:
     return x
@@ -120,13 +130,15 @@ def _shortcut(block, x, train):
 
 class ResNet(nn.Module):
   """Backbone: images [B, H, W, 3] (normalised) -> globally pooled features [B, C], or with `pool=False` the last
-  stage's feature maps [B, ceil(H / output_stride), ceil(W / output_stride), C] (float32) for dense evaluations."""
+  stage's feature maps [B, ceil(H / output_stride), ceil(W / output_stride), C] (float32) for dense evaluations
+  (C = num_features: that of the last stage that runs)."""
 
   stage_sizes: Sequence[int]
   block: type
   width: float = 1.0
   stem: str = 'imagenet'  # or 'cifar'
-  dilate_last: bool = False
+  dilate_last: bool = False  # the last stage 'dilated' (the one setting of stage_strides a config can give)
+  stage_strides: Sequence[str] = ()  # one of STAGE_STRIDES for each stage after the first; () as trained
   zero_init_residual: bool = False
   bn_groups: int = 1
   dtype: jnp.dtype = jnp.float32
@@ -134,14 +146,47 @@ class ResNet(nn.Module):
 
   @property
   def num_features(self):
-    return int(512 * self.width) * self.block.expansion
+    """Channels of the last stage that runs."""
+    return int(64 * self.width) * 2 ** (len(self.stages()) - 1) * self.block.expansion
 
   @property
   def output_stride(self):
-    """Input pixels per feature-map location: x4 in the ImageNet stem, x2 in every stage after the first, except a
-    dilated last stage."""
+    """Input pixels per feature-map location: x4 in the ImageNet stem, x2 in every strided stage."""
     stem = 4 if self.stem == 'imagenet' else 1
-    return stem * 2 ** (len(self.stage_sizes) - 2 + (not self.dilate_last))
+    return stem * 2 ** sum(stride == 2 for stride, _, _ in self.stages())
+
+  def stage_modes(self) -> tuple:
+    """How each stage after the first runs (STAGE_STRIDES): `stage_strides`, or as trained with the last stage
+    dilated under `dilate_last`."""
+    later = len(self.stage_sizes) - 1
+    if not self.stage_strides:
+      return ('strided',) * (later - 1) + ('dilated' if self.dilate_last else 'strided',)
+    modes = tuple(self.stage_strides)
+    first_dropped = modes.index('dropped') if 'dropped' in modes else later
+    if (
+      self.dilate_last
+      or len(modes) != later
+      or not set(modes) <= set(STAGE_STRIDES)
+      or modes[first_dropped:] != (('dropped',) * (later - first_dropped))
+    ):
+      raise ValueError(
+        f'model: stage_strides={modes!r} needs {later} of {", ".join(STAGE_STRIDES)}, dropped ones last, '
+        f'and no dilate_last (dilate_last={self.dilate_last})'
+      )
+    return modes
+
+  def stages(self) -> list:
+    """(stride, dilation, first dilation) of each stage that runs, torchvision's rule: a dilated stage doubles the
+    dilation and its first block's strided 3x3 conv keeps the previous one (timm's for BasicBlock, which torchvision
+    does not dilate)."""
+    plan, dilation = [(1, 1, 1)], 1
+    for mode in self.stage_modes():
+      if mode == 'dropped':
+        break
+      previous = dilation
+      dilation *= 2 if mode == 'dilated' else 1
+      plan.append((2 if mode == 'strided' else 1, dilation, previous))
+    return plan
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -160,12 +205,9 @@ class ResNet(nn.Module):
     else:
       raise ValueError(f'model.stem={self.stem!r}: use imagenet or cifar')
     in_planes = base
-    for stage, num_blocks in enumerate(self.stage_sizes):
+    for stage, (stride, dilation, first_dilation) in enumerate(self.stages()):
       planes = base * 2**stage
-      last = stage == len(self.stage_sizes) - 1
-      stride = 1 if stage == 0 or (last and self.dilate_last) else 2
-      dilation = 2 if last and self.dilate_last else 1
-      for i in range(num_blocks):
+      for i in range(self.stage_sizes[stage]):
         downsample = i == 0 and (stride != 1 or in_planes != planes * self.block.expansion)
         x = self.block(
           planes,
@@ -175,7 +217,7 @@ class ResNet(nn.Module):
           self.zero_init_residual,
           norm=norm,
           conv=conv,
-          first_dilation=dilation if i > 0 or not downsample else 1,
+          first_dilation=first_dilation if i == 0 else dilation,
           name=f'layer{stage + 1}_{i}',
         )(x, train)
         in_planes = planes * self.block.expansion
