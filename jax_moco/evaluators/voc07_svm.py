@@ -128,8 +128,9 @@ def fit_class(features, targets, costs, difficult='negative', name='a class'):
 
 
 def fit(features, targets, costs=(COST,), difficult='negative', n_jobs=-1):
-  """Per class (columns of `targets`) fit_class's (model, selection), fitted in parallel."""
-  return joblib.Parallel(n_jobs=n_jobs)(
+  """Per class (columns of `targets`) fit_class's (model, selection), fitted in parallel threads (liblinear releases
+  the GIL; worker processes would import this module, and TensorFlow with it, again)."""
+  return joblib.Parallel(n_jobs=n_jobs, prefer='threads')(
     joblib.delayed(fit_class)(features, targets[:, c], tuple(costs), difficult, f'class {c}')
     for c in range(targets.shape[1])
   )
