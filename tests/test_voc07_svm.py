@@ -192,6 +192,8 @@ def test_the_protocol_on_a_voc07_folder_sees_colour_and_not_shuffled_labels(tmp_
   np.testing.assert_array_equal(test.load(0)['label'].numpy()[[0, 3, 10]], [1, -1, 0])  # image 60: 0, 3 difficult
   result = dict(voc07_svm.Evaluator(colour_task(config, train, test), n_jobs=1).run({}))
   assert result['map'] > 95 and len(result['ap_per_class']) == 20 and result['costs'] == [0.5] * 20
+  method, scores = voc07_svm.Evaluator.describe(result)
+  assert method.startswith('linear SVM per class (C = 0.5') and 'AP per class (%): aeroplane 100.0, bicycle' in scores
   # The same images with every class list shuffled across them: about chance.
   shuffled = voc07_folder(tmp_path / 'shuffled')
   rng = np.random.default_rng(0)

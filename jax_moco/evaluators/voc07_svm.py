@@ -192,6 +192,7 @@ class Evaluator:
     if unconverged:
       logging.warning('voc07_svm: the SVMs of classes %s stopped at max_iter', unconverged)
     yield from result.items()
+    yield 'classes', list(t.train.class_names) or [str(c) for c in range(t.num_classes)]
     if np.ndim(test_y) == 1:
       yield 'top1', float(np.mean(np.argmax(decisions, axis=1) == test_y) * 100)
     costs = [s['cost'] for s in selections]
@@ -206,4 +207,10 @@ class Evaluator:
       f'C = {costs[0]:g}' if len(costs) == 1 else f'C per class by 3-fold CV ({", ".join(f"{c:g}" for c in costs)})'
     )
     top1 = f', top-1 {result["top1"]:.2f} %' if 'top1' in result else ''
-    return (f'linear SVM per class ({cost}, difficult as {result["difficult"]})', f'mAP {result["map"]:.2f} %{top1}')
+    aps = ', '.join(
+      f'{name} {"-" if ap is None else f"{ap:.1f}"}' for name, ap in zip(result['classes'], result['ap_per_class'])
+    )
+    return (
+      f'linear SVM per class ({cost}, difficult as {result["difficult"]})',
+      f'mAP {result["map"]:.2f} %{top1}; AP per class (%): {aps}',
+    )
