@@ -11,6 +11,8 @@ def get_config():
   c = ml_collections.ConfigDict()
   c.method = 'mocov2'  # A label for logs and the summary; the fields below define the method.
   c.dataset = 'embedded'  # embedded[:SPLIT] | embedded_subset[:SPLIT] | tfds:NAME[:SPLIT] | folder:PATH
+  # Any of them may end in a subset (input_pipeline/subsets.py): |uniform=N, |pareto=ALPHA,total=N or |random=N,
+  # then ,seed=S and ,scale=F; the run writes the list it draws to WORKDIR/subset.tsv.
   # The labelled queries the kNN monitor scores against its bank. 'auto': the split held out beside the bank
   # (knn_bank_dataset, else dataset): embedded:test, tfds:NAME:test, or a train/ folder's sibling val/ (else test/)
   # with the same class sub-folders; with none, the monitor is off and the console says so once
@@ -62,6 +64,10 @@ def get_config():
   c.crops.small_scale = (0.05, 0.14)
   c.crops.min_overlap = 0.0  # constrained multi-crop threshold (0.2 in the paper); 0 = unconstrained
   c.crops.overlap_tries = 10
+  # Cap on the anchor-positive IoU (Van Gansbeke et al. 2021, Figs. 2-3): the positive is redrawn, up to
+  # max_iou_tries times, while its IoU with the anchor exceeds max_iou (else the try of lowest IoU). 1.0 = no cap.
+  c.crops.max_iou = 1.0
+  c.crops.max_iou_tries = 20
   c.crops.aplus = False  # A+ (AutoAugment branch) for positives
   c.crops.blur_reference_size = 224  # blur sigma [0.1, 2] px is for 224 px views; scaled to the view size
   c.crops.blur_probability = 0.5  # MoCo-v2's; the MoCo CIFAR-10 Colab applies no blur

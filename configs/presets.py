@@ -101,6 +101,12 @@ COCO = {
   'checkpoint_every_steps': 2000,
 }
 
+# Van Gansbeke et al. 2021, Sec. 3 (appendix A.1: MoCo-v2's defaults, lr 0.3, 400 epochs), on the pretraining sets of
+# its Table 1, drawn by input_pipeline/subsets.py (with seed 0; the run writes the list to WORKDIR/subset.tsv). The
+# paths are where the data is expected: set others with --config.dataset, keeping the subset suffix.
+SECTION3 = {**COCO, 'num_epochs': 400}
+IMAGENET_VAL = 'folder:data/imagenet/val'
+
 PRESETS = {
   '': DEMO,
   'cifar10': CIFAR10,
@@ -108,7 +114,17 @@ PRESETS = {
   'coco': COCO,
   # The final 800-epoch model: the authors warm the NN loss up for 20 epochs there.
   'coco800': {**COCO, 'num_epochs': 800, 'moco.nn_warmup_epochs': {'knn': 20.0}},
-  'imagenet': {**COCO, 'dataset': 'folder:data/imagenet/train', 'eval_dataset': 'folder:data/imagenet/val'},
+  'imagenet': {**COCO, 'dataset': 'folder:data/imagenet/train', 'eval_dataset': IMAGENET_VAL},
+  # IN-118K: ImageNet's train split at 118 images a class; IN-118K-LT: 118K images in Pareto (alpha = 6) class sizes.
+  'in118k': {**SECTION3, 'dataset': 'folder:data/imagenet/train|uniform=118000,seed=0', 'eval_dataset': IMAGENET_VAL},
+  'in118k_lt': {
+    **SECTION3,
+    'dataset': 'folder:data/imagenet/train|pareto=6,total=118000,seed=0',
+    'eval_dataset': IMAGENET_VAL,
+  },
+  # OI-118K: 118K random images of OpenImages-v4's train split; BDD100K: its whole train split. Both unlabelled here.
+  'oi118k': {**SECTION3, 'dataset': 'folder:data/openimages/train|random=118000,seed=0'},
+  'bdd100k': {**SECTION3, 'dataset': 'folder:data/bdd100k/images/100k/train'},
 }
 
 

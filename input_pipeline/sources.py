@@ -1,5 +1,6 @@
 """Image sources named by one string: `embedded[:SPLIT]`, `embedded_subset[:SPLIT]`,
-`tfds:NAME[:SPLIT]`, `folder:PATH` and `voc07:PATH[:SPLIT]` (PASCAL VOC 2007 classification, `voc07` module).
+`tfds:NAME[:SPLIT]`, `folder:PATH` and `voc07:PATH[:SPLIT]` (PASCAL VOC 2007 classification, `voc07` module), each
+optionally followed by a subset, `|uniform=N`, `|pareto=ALPHA,total=N` or `|random=N` (the `subsets` module).
 
 A source is random access: `load(index)` returns {'image': uint8 [H, W, 3], 'label': int32} for any index in
 [0, num_examples), so the pipeline can shuffle, shard and resume by index arithmetic alone. Multi-label sources
@@ -23,6 +24,7 @@ import numpy as np
 from PIL import Image
 import tensorflow as tf
 
+from input_pipeline import subsets
 from input_pipeline import voc07
 
 EMBEDDED_SUBSET = os.path.join(os.path.dirname(__file__), 'data', 'fashion_mnist_subset.npz')
@@ -62,6 +64,8 @@ class Source:
   files: tuple = ()  # a folder source's path of each index
   unreadable: tuple = ()  # (path, reason) of the files a folder's scan left out
   class_names: tuple = ()  # the name of each class id, where the dataset has them
+  labels: Optional[np.ndarray] = None  # each index's single label (None: unlabelled or multi-label), for subsets
+  subset_list: str = ''  # a subset's indices as subsets.listing writes them ('' for a whole source)
 
 
 def _array_source(name, images, labels, num_classes, class_names=()):
@@ -69,7 +73,8 @@ def _array_source(name, images, labels, num_classes, class_names=()):
   if images.ndim == 3:
     images = images[..., None]
   images = tf.constant(images)
-  labels = tf.constant(np.asarray(labels, np.int32))
+  labels_np = np.asarray(labels, np.int32)
+  labels = tf.constant(labels_np)
 
   def load(index):
     image = tf.gather(images, index)
@@ -78,18 +83,39 @@ def _array_source(name, images, labels, num_classes, class_names=()):
       'label': tf.gather(labels, index),
     }
 
-  return Source(name, int(images.shape[0]), num_classes, load, class_names=tuple(class_names))
+  return Source(
+    name,
+    int(images.shape[0]),
+    num_classes,
+    load,
+    class_names=tuple(class_names),
+    labels=_single(labels_np, num_classes),
+  )
+
+
+def _single(labels, num_classes, multi_label=False):
+  """The labels a subset may size classes by: None for unlabelled and multi-label sources."""
+  return None if num_classes is None or multi_label else labels
 
 
 def _encoded_source(name, encoded, labels, num_classes, multi_label, class_names=()):
   """A source over in-memory encoded images (variable sizes), decoded when loaded."""
   encoded = tf.constant(encoded)
-  labels = tf.constant(np.asarray(labels, np.int32))
+  labels_np = np.asarray(labels, np.int32)
+  labels = tf.constant(labels_np)
 
   def load(index):
     return {'image': decode_image(tf.gather(encoded, index)), 'label': tf.gather(labels, index)}
 
-  return Source(name, int(encoded.shape[0]), num_classes, load, multi_label=multi_label, class_names=tuple(class_names))
+  return Source(
+    name,
+    int(encoded.shape[0]),
+    num_classes,
+    load,
+    multi_label=multi_label,
+    class_names=tuple(class_names),
+    labels=_single(labels_np, num_classes, multi_label),
+  )
 
 
 def _read_idx(path, offset):
@@ -298,6 +324,7 @@ def _file_source(name, paths, labels, classes, multi_label=False):
     files=tuple(paths),
     unreadable=unreadable,
     class_names=tuple(classes or ()),
+    labels=_single(labels, num_classes, multi_label),
   )
 
 
@@ -311,12 +338,37 @@ _VOC07_SPLITS = {'train': 'trainval', 'validation': 'val'}
 
 
 def _voc07(spec, default_split):
-  name, paths, targets = voc07.read(spec, _VOC07_SPLITS.get(default_split, default_split))
-  return _file_source(name, paths, targets, voc07.CLASSES, multi_label=True)
+  name, paths, targets, classes = voc07.read(spec, _VOC07_SPLITS.get(default_split, default_split))
+  return _file_source(name, paths, targets, classes, multi_label=True)
 
 
 def get_source(spec: str, data_dir: Optional[str] = None, default_split: str = 'train') -> Source:
-  """Resolves a dataset string to a Source; errors name the string."""
+  """Resolves a dataset string, with its subset if it names one, to a Source; errors name the string."""
+  subset = subsets.parse(spec)
+  source = _whole_source(subsets.split(spec)[0], data_dir, default_split)
+  return _subset_source(source, subset, spec) if subset else source
+
+
+def _subset_source(source: Source, subset: subsets.SubsetSpec, spec: str) -> Source:
+  """The examples of `source` that `subset` draws, in index order (subsets.draw)."""
+  indices = subsets.draw(subset, source.labels, source.num_examples, spec)
+  indices_t = tf.constant(indices)
+
+  def load(index):
+    return source.load(tf.gather(indices_t, index))
+
+  return dataclasses.replace(
+    source,
+    name=f'{source.name}|{subset.suffix()}',
+    num_examples=len(indices),
+    load=load,
+    files=tuple(source.files[i] for i in indices) if source.files else (),
+    labels=None if source.labels is None else source.labels[indices],
+    subset_list=subsets.listing(indices, source.labels, source.files),
+  )
+
+
+def _whole_source(spec, data_dir, default_split):
   kind, _, rest = spec.partition(':')
   if kind in ('embedded', 'embedded_subset'):
     return _fashion_mnist(rest or default_split, subset_only=kind == 'embedded_subset')
@@ -349,8 +401,9 @@ def held_out_split(spec: str, data_dir: Optional[str] = None) -> Tuple[Optional[
   - tfds:NAME[:SPLIT]: tfds:NAME:test, when the prepared dataset's metadata lists a test split and a single label;
   - folder:PATH with class sub-folders, whose last part is `train`: the `val` (else `test`) folder beside it when it
     has the same class sub-folders.
-  None when `spec` is the test split itself: nothing would be held out."""
-  kind, _, rest = spec.partition(':')
+  None when `spec` is the test split itself: nothing would be held out. A subset's held-out split is its whole
+  source's."""
+  kind, _, rest = subsets.split(spec)[0].partition(':')
   if kind in ('embedded', 'embedded_subset'):
     return (None, f'{spec} is the test split itself') if rest == 'test' else (f'{kind}:test', '')
   if kind == 'tfds' and rest:

@@ -3,6 +3,7 @@
 
 from typing import Tuple
 
+from input_pipeline import subsets
 from jax_moco import xla_cpu
 from jax_moco.models import encoder
 from jax_moco.models import resnet
@@ -66,6 +67,17 @@ def validate(config, num_devices: int = 1, process_count: int = 1):
   _check_crops(config.crops)
   _check_optimizer(config.optim)
   _check_schedule_and_monitor(config)
+  _check_subsets(config)
+
+
+def _check_subsets(config):
+  """The subset suffix of each dataset string reads (input_pipeline.subsets.parse); whether the source can give it
+  is known once the source is read."""
+  for field in ('dataset', 'knn_bank_dataset', 'eval_dataset'):
+    try:
+      subsets.parse(config[field])
+    except ValueError as e:
+      raise ConfigError(f'{field}: {e}') from None
 
 
 def _check_batch(config, num_devices, process_count):
@@ -142,13 +154,16 @@ def _check_model(model):
 
 
 def _check_crops(cr):
-  """Crop sizes and scales, the constrained multi-crop threshold and the blur probability."""
+  """Crop sizes and scales, the constrained multi-crop threshold, the anchor-positive IoU cap and the blur
+  probability."""
   _require(cr.large_size > 0 and cr.small_size > 0, 'crops.large_size', 'crop sizes must be positive')
   _require(cr.num_small >= 0, 'crops.num_small', f'must be >= 0, got {cr.num_small}')
   for field, scale in (('crops.large_scale', cr.large_scale), ('crops.small_scale', cr.small_scale)):
     _require(len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1, field, f'{scale} must be 0 < lo <= hi <= 1')
   _require(0 <= cr.min_overlap <= 1, 'crops.min_overlap', f'must be in [0, 1], got {cr.min_overlap}')
   _require(cr.overlap_tries >= 1, 'crops.overlap_tries', 'must be >= 1')
+  _require(0 < cr.max_iou <= 1, 'crops.max_iou', f'must be in (0, 1] (1: no cap), got {cr.max_iou}')
+  _require(cr.max_iou_tries >= 1, 'crops.max_iou_tries', 'must be >= 1')
   _require(0 <= cr.blur_probability <= 1, 'crops.blur_probability', f'must be in [0, 1], got {cr.blur_probability}')
 
 

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from input_pipeline import pipeline
 from input_pipeline import sources
+from input_pipeline import subsets
 from jax_moco import checkpointing
 from jax_moco import config_checks
 from jax_moco import curves
@@ -178,6 +179,7 @@ def train_and_evaluate(config, workdir: str, on_metrics=None) -> state_lib.Train
   steps_per_epoch, total_steps = plan(config, source)
   os.makedirs(workdir, exist_ok=True)
   is_chief = jax.process_index() == 0
+  subsets.record(source, workdir, is_chief)  # the list a subset draws, or a resumed run refused another
   mesh = sharding.create_mesh()
   encoder = state_lib.create_encoder(config)
   tx = state_lib.create_optimizer(config, total_steps, steps_per_epoch)

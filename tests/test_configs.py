@@ -59,6 +59,27 @@ def test_variants_differ_where_the_paper_says():
   assert (cifar.model.arch, cifar.model.stem, cifar.moco.queue_size) == ('resnet18', 'cifar', 4096)
 
 
+def test_section3_presets_are_mocov2_for_400_epochs_on_the_papers_subsets():
+  expected = {
+    'in118k': 'folder:data/imagenet/train|uniform=118000,seed=0',
+    'in118k_lt': 'folder:data/imagenet/train|pareto=6,total=118000,seed=0',
+    'oi118k': 'folder:data/openimages/train|random=118000,seed=0',
+    'bdd100k': 'folder:data/bdd100k/images/100k/train',
+  }
+  for preset, dataset in expected.items():
+    c = mocov2.get_config(preset)
+    assert c.dataset == dataset
+    assert (c.model.arch, c.batch_size, c.optim.base_lr, c.moco.temperature, c.moco.momentum, c.num_epochs) == (
+      'resnet50',
+      256,
+      0.3,
+      0.2,
+      0.999,
+      400,
+    )
+    assert (c.crops.large_size, c.moco.queue_size, c.crops.max_iou) == (224, 65536, 1.0)
+
+
 def test_unknown_preset_is_refused():
   with pytest.raises(ValueError, match='unknown preset'):
     knn.get_config('imagenet22k')
@@ -125,6 +146,9 @@ def test_coco800_warms_the_nn_loss_up_for_20_epochs():
     ('knn.feature', 'logits'),
     ('knn.max_query_examples', -1),
     ('optim.lr_decay_every', 'week'),
+    ('crops.max_iou', 0.0),
+    ('crops.max_iou', 1.5),
+    ('crops.max_iou_tries', 0),
   ],
 )
 def test_out_of_range_fields_are_refused(field, value):
@@ -144,6 +168,8 @@ def test_out_of_range_fields_are_refused(field, value):
     ('moco.nn_order', {'moco.nn_order': 'sometimes'}),
     ('model.arch', {'model.arch': 'vit'}),
     ('crops.min_overlap', {'crops.min_overlap': 1.5}),
+    ('dataset', {'dataset': 'embedded|uniform=5,random=3'}),
+    ('knn_bank_dataset', {'knn_bank_dataset': 'embedded|pareto=6'}),
   ],
 )
 def test_invalid_configs_are_refused_naming_the_field(field, overrides):
