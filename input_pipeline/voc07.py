@@ -69,11 +69,25 @@ def _class_targets(root, split, name, ids):
   return targets
 
 
+def class_names(root):
+  """The class names of the VOC2007 folder `root`: its classes.txt's lines where it has one, else VOC's 20."""
+  listing = os.path.join(root, 'classes.txt')
+  if not os.path.exists(listing):
+    return CLASSES
+  with open(listing) as f:
+    names = tuple(line.strip() for line in f if line.strip())
+  if not names:
+    raise ValueError(f'{listing} names no class (one class name a line expected)')
+  return names
+
+
 def read(spec, default_split='trainval'):
-  """(name, image paths, targets int32 [N, 20]) of `spec` = `voc07:PATH[:SPLIT]`, in SPLIT.txt's order."""
+  """(name, image paths, targets int32 [N, C], the C class names) of `spec` = `voc07:PATH[:SPLIT]`, in SPLIT.txt's
+  order."""
   path, split = split_lists.parse(spec, 'voc07', default_split, LAYOUT)
   root = voc2007_folder(path)
   ids = split_lists.lines(spec, root, os.path.join('ImageSets', 'Main'), split)
-  columns = [_class_targets(root, split, name, ids) for name in CLASSES]
-  targets = np.array([[column[i] for column in columns] for i in ids], np.int32).reshape(len(ids), len(CLASSES))
-  return f'voc07:{root}:{split}', [os.path.join(root, 'JPEGImages', f'{i}.jpg') for i in ids], targets
+  classes = class_names(root)
+  columns = [_class_targets(root, split, name, ids) for name in classes]
+  targets = np.array([[column[i] for column in columns] for i in ids], np.int32).reshape(len(ids), len(classes))
+  return f'voc07:{root}:{split}', [os.path.join(root, 'JPEGImages', f'{i}.jpg') for i in ids], targets, classes
