@@ -196,29 +196,30 @@ def dataset_strings(out):
   }
 
 
-def _tile(path, size):
+def _tile(path):
   """An image or mask file as an RGB tile (masks in their palette's colours)."""
   with Image.open(path) as image:
-    return image.convert('RGB').resize((size, size), Image.NEAREST)
+    return image.convert('RGB')
 
 
-def samples_picture(out, path, count=4, tile=128):
-  """A PNG at `path` of the set under `out`: per row, `count` test images (scene-centric, then object-centric) with
-  their class masks; then the first test video's frames and instance masks at four times."""
-  rows = []
+def samples_picture(out, path, count=4):
+  """A PNG at `path` of the set under `out`, at its own resolution: `count` test images of each kind (scene-centric,
+  then object-centric), each beside its class mask, two a row; then the first test video's frames and instance masks
+  at four times."""
+  grid = []
   for kind in composition.KINDS:
     root = os.path.join(out, kind, 'VOC2007')
+    tiles = []  # image, mask, image, mask, ...: two pairs a row, a kind's last row padded with blanks
     for i in range(count):
-      rows.append([_tile(os.path.join(root, 'JPEGImages', f'test_{i:06d}.jpg'), tile)])
-      rows[-1].append(_tile(os.path.join(root, 'SegmentationClass', f'test_{i:06d}.png'), tile))
+      tiles.append(_tile(os.path.join(root, 'JPEGImages', f'test_{i:06d}.jpg')))
+      tiles.append(_tile(os.path.join(root, 'SegmentationClass', f'test_{i:06d}.png')))
+    grid += [tiles[i : i + 4] for i in range(0, len(tiles), 4)]
   video = os.path.join(out, 'video', '{}', '480p', 'test_0000')
   frames = sorted(os.listdir(video.format('JPEGImages')))
   times = [frames[round(t * (len(frames) - 1))] for t in (0, 1 / 3, 2 / 3, 1)]
-  rows.append([_tile(os.path.join(video.format('JPEGImages'), f), tile) for f in times])
-  rows.append([_tile(os.path.join(video.format('Annotations'), f[:-4] + '.png'), tile) for f in times])
-  # The image rows hold pairs: two pairs a row, scene-centric then object-centric.
-  pairs = [rows[i] + rows[i + 1] for i in range(0, 2 * count, 2)]
-  grid = pairs + rows[2 * count :]
+  grid.append([_tile(os.path.join(video.format('JPEGImages'), f)) for f in times])
+  grid.append([_tile(os.path.join(video.format('Annotations'), f[:-4] + '.png')) for f in times])
+  tile = grid[0][0].width
   picture = Image.new('RGB', (4 * tile, len(grid) * tile), 'white')
   for r, row in enumerate(grid):
     for c, image in enumerate(row):
@@ -241,9 +242,16 @@ def define_flags():
   flags.DEFINE_string('stamps', stamps, "tuxpaint-stamps-default's stamps/ folder.")
   flags.DEFINE_string('backgrounds', backgrounds, "ai-benchmark's ai_benchmark/data/classification/ folder.")
   flags.DEFINE_string('samples', '', 'Where to write a PNG of test samples with their masks (samples_picture).')
-  for field in dataclasses.fields(composition.Settings):
-    define = flags.DEFINE_float if field.type is float else flags.DEFINE_integer
-    define(field.name, field.default, f'Settings.{field.name}.')
+  defaults = composition.Settings()
+  flags.DEFINE_integer('seed', defaults.seed, 'Seeds every draw (the instance split and each image).')
+  flags.DEFINE_integer('size', defaults.size, "The images' side, px.")
+  flags.DEFINE_integer('train_images', defaults.train_images, 'Training images of each kind.')
+  flags.DEFINE_integer('test_images', defaults.test_images, 'Test images of each kind.')
+  flags.DEFINE_integer('max_objects', defaults.max_objects, 'Most objects in a scene-centric image.')
+  flags.DEFINE_integer('train_videos', defaults.train_videos, 'Training videos.')
+  flags.DEFINE_integer('test_videos', defaults.test_videos, 'Test (val) videos.')
+  flags.DEFINE_integer('frames', defaults.frames, "A video's frames.")
+  flags.DEFINE_float('test_fraction', defaults.test_fraction, "The test split's share of cut-outs and backgrounds.")
   flags.mark_flags_as_required(['out'])
 
 

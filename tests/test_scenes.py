@@ -170,3 +170,10 @@ def test_the_instance_split_is_seeded_and_keeps_one_on_each_side():
   assert parts == composition.split(list('abcdefgh'), 0.25, 7) and len(parts['test']) == 2
   assert sorted(parts['train'] + parts['test']) == list('abcdefgh')
   assert {len(p) for p in composition.split(['a', 'b'], 0.9, 0).values()} == {1}
+
+
+def test_the_samples_picture_shows_images_masks_and_a_video(generated, tmp_path):
+  picture = Image.open(scenes.samples_picture(generated, str(tmp_path / 'samples.png'), count=2))
+  assert picture.size == (4 * SETTINGS.size, 4 * SETTINGS.size)  # 2 rows of pairs, the video's frames and masks
+  mask = np.asarray(picture)[: SETTINGS.size, SETTINGS.size : 2 * SETTINGS.size]
+  assert (mask == 0).all(axis=-1).any() and (mask == 224).any()  # VOC's black background and cream border
