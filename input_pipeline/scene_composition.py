@@ -1,5 +1,5 @@
 """Colour scenes composed from real photographs: cut-outs of animals, food and flowers (Debian's
-`tuxpaint-stamps-default`, GPL-2: RGBA photographs whose alpha channel is the object's mask) pasted onto crops of
+`tuxpaint-stamps-default`, GPL-2 or later: RGBA photographs whose alpha channel is the object's mask) pasted onto crops of
 background photographs (PyPI's `ai-benchmark`, Apache-2.0: 100 photographs of 512 px).
 
 Scene-centric images hold 1 to `max_objects` objects at varied scales anywhere, later ones occluding earlier ones
@@ -73,7 +73,7 @@ class Placement:
 
 
 def cutouts(stamps):
-  """{class: sorted cut-out paths relative to `stamps`} of the photographs (module docstring's rule)."""
+  """{class: sorted cut-out paths relative to `stamps`} of the photographs (the rule above NOT_PHOTOGRAPHS)."""
   found = {}
   for name, folder in CLASS_FOLDERS.items():
     paths = []
@@ -191,8 +191,8 @@ def _placement(rng, class_index, cutouts_by_class, centre_range, scale_range):
 
 def scene_placements(rng, first_class, cutouts_by_class, settings, stamps):
   """1 to max_objects objects, the first of class `first_class`, the others of random classes, 25-60 % of the side,
-  centred anywhere but the outer tenth; placed again (20 tries, then with one object fewer) until each shows at
-  least MIN_VISIBLE of itself."""
+  centred anywhere but the outer tenth; placed again (20 tries, then with one object fewer, down to the first alone)
+  until each shows at least MIN_VISIBLE of itself."""
   count = int(rng.integers(1, settings.max_objects + 1))
   classes = [first_class, *(int(c) for c in rng.integers(len(CLASSES), size=count - 1))]
   while True:
@@ -200,6 +200,8 @@ def scene_placements(rng, first_class, cutouts_by_class, settings, stamps):
       placements = [_placement(rng, c, cutouts_by_class, (0.1, 0.9), (0.25, 0.6)) for c in classes]
       if min(visible_shares(placements, settings.size, stamps)) >= MIN_VISIBLE:
         return placements
+    if len(classes) == 1:
+      return placements
     classes = classes[:-1]
 
 

@@ -36,7 +36,7 @@ BACKGROUNDS_VARIABLE = 'JAX_MOCO_AI_BENCHMARK'
 INSTALLED_STAMPS = '/usr/share/tuxpaint/stamps'  # apt-get install tuxpaint-stamps-default
 # Each split's list name in VOC 2007's classification layout, and in VOC 2012's segmentation and DAVIS's layouts.
 VOC07_SPLITS = {'train': 'trainval', 'test': 'test'}
-HELD_OUT_SPLITS = {'train': 'train', 'test': 'val'}
+VOC12_DAVIS_SPLITS = {'train': 'train', 'test': 'val'}
 JPEG_QUALITY = 95
 
 
@@ -137,7 +137,7 @@ def write_images(out, kind, parts, settings, stamps, background_folder):
     write_lists(main, VOC07_SPLITS[split], ids)
     for c, name in enumerate(composition.CLASSES):
       write_lists(main, f'{name}_{VOC07_SPLITS[split]}', [f'{i} {row[c]:2d}' for i, row in zip(ids, labels)])
-    write_lists(os.path.join(root, 'ImageSets', 'Segmentation'), HELD_OUT_SPLITS[split], ids)
+    write_lists(os.path.join(root, 'ImageSets', 'Segmentation'), VOC12_DAVIS_SPLITS[split], ids)
   write_lists(root, 'classes', composition.CLASSES)
 
 
@@ -182,7 +182,7 @@ def generate(out, stamps, background_folder, settings):
   for split in composition.SPLITS:
     count = settings.train_videos if split == 'train' else settings.test_videos
     names = [write_video(video_root, split, i, parts, settings, stamps, background_folder) for i in range(count)]
-    write_lists(os.path.join(video_root, 'ImageSets', '2017'), HELD_OUT_SPLITS[split], names)
+    write_lists(os.path.join(video_root, 'ImageSets', '2017'), VOC12_DAVIS_SPLITS[split], names)
   return dataset_strings(out)
 
 
