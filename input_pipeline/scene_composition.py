@@ -1,6 +1,6 @@
 """Colour scenes composed from real photographs: cut-outs of animals, food and flowers (Debian's
-`tuxpaint-stamps-default`, GPL-2 or later: RGBA photographs whose alpha channel is the object's mask) pasted onto crops of
-background photographs (PyPI's `ai-benchmark`, Apache-2.0: 100 photographs of 512 px).
+`tuxpaint-stamps-default`, GPL-2 or later: RGBA photographs whose alpha channel is the object's mask) pasted onto
+crops of background photographs (PyPI's `ai-benchmark`, Apache-2.0: 100 photographs of 512 px).
 
 Scene-centric images hold 1 to `max_objects` objects at varied scales anywhere, later ones occluding earlier ones
 (as COCO's images do); object-centric images hold one large object near the centre (as ImageNet's do). Both kinds
