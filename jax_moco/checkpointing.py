@@ -5,9 +5,12 @@ A checkpoint that does not restore (a file cut short or overwritten) is skipped 
 kept under another name, never deleted.
 """
 
+import contextlib
 import json
 import logging
 import os
+import re
+import shutil
 import time
 
 import jax
@@ -58,6 +61,32 @@ def check_compatible(saved: dict, current: dict, directory: str, fields=STATE_DE
       + '\n'.join(diffs)
       + "\nUse a new --workdir, or the checkpoint's values."
     )
+
+
+class CheckpointWriteError(OSError):
+  """A checkpoint that could not be written (a full disk, a quota, a lost mount): the run stops with this message."""
+
+
+def _os_error(error) -> str:
+  """The OS error behind `error`: from an OSError in its chain, or from the code TensorStore's message ends with
+  (Orbax's OCDBT writer raises ValueError('RESOURCE_EXHAUSTED: ... [os_error_code=\'28\']'))."""
+  while error is not None:
+    if isinstance(error, OSError) and error.errno:
+      return f'{error.strerror} (errno {error.errno})'
+    code = re.search(r"os_error_code='(\d+)'", str(error))
+    if code:
+      return f'{os.strerror(int(code.group(1)))} (errno {code.group(1)})'
+    error = error.__cause__ or error.__context__
+  return 'no OS error reported'
+
+
+def megabytes(n: int) -> str:
+  return f'{n / 2**20:.1f} MB'
+
+
+def state_bytes(state) -> int:
+  """What a checkpoint of `state` takes on disk, about: the bytes of its arrays (each replicated array once)."""
+  return sum(x.nbytes for x in jax.tree.leaves(state))
 
 
 class NotARunError(FileNotFoundError):
@@ -129,8 +158,10 @@ class Checkpointer:
       save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(every_steps),
       preservation_policy=ocp.checkpoint_managers.LatestN(keep),
       create=True,
+      cleanup_tmp_directories=True,  # what a failed or killed save left (the work directory is locked for the run)
     )
     self.manager = _manager(self.directory, options)
+    self.keep, self.pending, self.failed = keep, None, False
 
   def latest_step(self):
     return self.manager.latest_step()
@@ -140,11 +171,50 @@ class Checkpointer:
     return self.manager.should_save(step)
 
   def save(self, step: int, state, force: bool = False) -> bool:
+    """Saves `state` at `step` when the policy (or `force`) says so, asynchronously. A save that fails, this one
+    or the pending one before it, raises CheckpointWriteError naming it (see write_error)."""
     args = ocp.args.Composite(state=ocp.args.PyTreeSave(state), config=ocp.args.JsonSave(self.config_dict))
-    saved = self.manager.save(step, args=args, force=force)
+    try:
+      self.manager.wait_until_finished()  # a failed asynchronous save raises here, attributed to its own step
+    except Exception as e:
+      raise self.write_error(self.pending, e) from e
+    try:
+      saved = self.manager.save(step, args=args, force=force)
+    except Exception as e:
+      raise self.write_error(step, e) from e
     if saved:
+      self.pending = step
       logging.info('Saving checkpoint at step %d to %s', step, self.directory)
     return saved
+
+  def write_error(self, step, error) -> CheckpointWriteError:
+    """The one message of a failed save: which checkpoint, where, the OS error, the free space left once its
+    half-written temporary directory is removed, and the checkpoint the same command resumes from."""
+    self.failed = True
+    if jax.process_index() == 0:
+      for name in os.listdir(self.directory):
+        if name.startswith(f'{step}.') and 'tmp' in name:
+          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+    committed = [int(n) for n in os.listdir(self.directory) if n.isdigit() and n != str(step)]
+    resumes = f'checkpoint {max(committed)}' if committed else 'step 0 (no checkpoint saved)'
+    return CheckpointWriteError(
+      f'checkpoint {step} could not be written to {self.directory}: {_os_error(error)}; '
+      f'{megabytes(shutil.disk_usage(self.directory).free)} free there. The same command resumes from {resumes}.'
+    )
+
+  def warn_if_short_of_space(self, state):
+    """Warns when the free space is below what `keep` checkpoints of `state` need."""
+    size, free = state_bytes(state), shutil.disk_usage(self.directory).free
+    if free < self.keep * size:
+      logging.warning(
+        'Only %s free in %s: keep_checkpoints=%d checkpoints of this state need about %s (%s each); a save that '
+        'does not fit stops the run.',
+        megabytes(free),
+        self.directory,
+        self.keep,
+        megabytes(self.keep * size),
+        megabytes(size),
+      )
 
   def restore(self, target_state):
     """Restores the newest checkpoint that restores into the structure, shapes and shardings of `target_state`.
@@ -174,7 +244,16 @@ class Checkpointer:
     self.manager.reload()
 
   def close(self):
-    self.manager.wait_until_finished()
+    """Commits the pending save (CheckpointWriteError when it fails) and closes; after a failed save, only closes
+    (Orbax raises its error again)."""
+    if self.failed:
+      with contextlib.suppress(Exception):
+        self.manager.close()
+      return
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:
+      raise self.write_error(self.pending, e) from e
     self.manager.close()
 
 

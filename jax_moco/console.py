@@ -6,6 +6,7 @@ import contextlib
 import importlib.util
 import logging
 import os
+import sys
 
 from absl import logging as absl_logging
 
@@ -19,11 +20,30 @@ def _roots():
   return tuple(os.path.dirname(path) + os.sep for path in packages)
 
 
+def _rethrown_by_orbax(record):
+  """An error logged with its traceback by Orbax (by each thread it passes through), which Orbax also raises to its
+  caller: a failed save, which jax_moco says in one line."""
+  return os.sep + os.path.join('orbax', 'checkpoint') + os.sep in record.pathname and record.exc_info is not None
+
+
 def quiet_filter():
-  """A logging filter that keeps warnings and errors, and INFO only from jax_moco, input_pipeline and clu's
-  metric writers."""
+  """A logging filter that keeps warnings and errors (but those Orbax raises again), and INFO only from jax_moco,
+  input_pipeline and clu's metric writers."""
   roots = _roots()
-  return lambda record: record.levelno >= logging.WARNING or record.pathname.startswith(roots)
+  return lambda record: (
+    (record.levelno >= logging.WARNING and not _rethrown_by_orbax(record)) or record.pathname.startswith(roots)
+  )
+
+
+def _closed_loop_hook(hook):
+  """sys.excepthook without TensorStore's "Event loop is closed": after a failed write Orbax closes its event loop,
+  and each of the other writes that ends later prints that traceback when its callback finds the loop closed."""
+
+  def excepthook(kind, value, traceback):
+    if not (kind is RuntimeError and str(value) == 'Event loop is closed'):
+      hook(kind, value, traceback)
+
+  return excepthook
 
 
 @contextlib.contextmanager
@@ -64,3 +84,20 @@ def import_tensorflow(verbosity: int):
   os.environ['TF_CPP_MIN_LOG_LEVEL'] = '3'
   with _stderr_silenced():
     input_pipeline.tensorflow_on_cpu_only()
+
+
+@contextlib.contextmanager
+def one_line_errors(verbosity: int, *errors):
+  """Below verbosity 1, one of `errors` ends the process with its message on one line (rc 1) rather than a
+  traceback. The process ends at once (os._exit): Orbax's writer threads after a failed save would otherwise print
+  their own tracebacks while Python shuts down."""
+  if verbosity < 1:
+    sys.excepthook = _closed_loop_hook(sys.excepthook)
+  try:
+    yield
+  except errors as e:
+    if verbosity >= 1:
+      raise
+    sys.stdout.flush()
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    os._exit(1)

@@ -62,7 +62,8 @@ def main(argv):
   )
   if jax.process_index() == 0:
     print(f'workdir: {os.path.abspath(workdir)}', flush=True)
-  train.train_and_evaluate(FLAGS.config, workdir)
+  with console.one_line_errors(FLAGS.verbosity, *train.USER_ERRORS):
+    train.train_and_evaluate(FLAGS.config, workdir)
 
 
 if __name__ == '__main__':

@@ -28,6 +28,7 @@ from jax_moco import schedules
 from jax_moco import sharding
 from jax_moco import state as state_lib
 from jax_moco import step as step_lib
+from jax_moco import workdir_lock
 from jax_moco import xla_cpu
 
 STEP_INPUTS = ('anchor', 'positive', 'small', 'augment')
@@ -45,6 +46,10 @@ def step_inputs(batch):
 
 class NonFiniteLossError(FloatingPointError):
   pass
+
+
+# What stops a run for a reason its message says in full: the command line prints the message alone.
+USER_ERRORS = (workdir_lock.WorkdirBusyError, workdir_lock.WorkdirUnwritableError, checkpointing.CheckpointWriteError)
 
 
 @contextlib.contextmanager
@@ -174,10 +179,15 @@ def train_and_evaluate(config, workdir: str, on_metrics=None) -> state_lib.Train
 
   `on_metrics(step, scalars)`, if given, receives every logged scalar dict on process 0 (training metrics every
   `log_every_steps`, `knn/top1` and `knn/top5` at each kNN evaluation): live plots in a notebook, for example.
+  The work directory is locked for the run: a second run on it is refused (workdir_lock.WorkdirBusyError).
   """
+  with workdir_lock.held(workdir):
+    return _train_and_evaluate(config, workdir, on_metrics)
+
+
+def _train_and_evaluate(config, workdir, on_metrics):
   config, source, monitor_data = prepare(config)
   steps_per_epoch, total_steps = plan(config, source)
-  os.makedirs(workdir, exist_ok=True)
   is_chief = jax.process_index() == 0
   subsets.record(source, workdir, is_chief)  # the list a subset draws, or a resumed run refused another
   mesh = sharding.create_mesh()
@@ -188,6 +198,7 @@ def train_and_evaluate(config, workdir: str, on_metrics=None) -> state_lib.Train
   )
   state = initial_state(config, encoder, tx, mesh, checkpointer)
   if is_chief:
+    checkpointer.warn_if_short_of_space(state)
     _write_json(os.path.join(workdir, 'config.json'), config.to_dict())
     if int(state.step) == 0:
       parameter_overview.log_parameter_overview(state.params)

@@ -1,0 +1,119 @@
+"""Faults a user meets, on real processes of the command line: a second run on a busy work directory, the lock a
+killed run left, a full disk, and start-up errors; each said in one line, not a traceback."""
+
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+from jax_moco import checkpointing
+from jax_moco import workdir_lock
+from tests.test_train import ROOT
+from tests.test_train import cli
+from tests.test_train import leaves_equal
+from tests.test_train import run_cli
+
+# Six steps, a checkpoint at each: the full disk is met at the third (see test_a_full_disk_...).
+OVERRIDES = {'dataset': 'embedded_subset', 'eval_dataset': '', 'num_train_steps': 6, 'checkpoint_every_steps': 1}
+
+
+@pytest.fixture(scope='module')
+def lone_run(tmp_path_factory):
+  """The final state of a run of OVERRIDES that nothing disturbed."""
+  workdir = tmp_path_factory.mktemp('lone')
+  result = run_cli(workdir, OVERRIDES)
+  assert result.returncode == 0, result.stderr[-4000:]
+  return checkpointing.load_run(str(workdir))[1]
+
+
+def started_and_locked(workdir):
+  """A run of OVERRIDES on `workdir`, returned once it holds the work directory's lock."""
+  argv, env = cli(workdir, OVERRIDES)
+  process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  while not os.path.exists(workdir / workdir_lock.HOLDER_NAME):
+    assert process.poll() is None, process.stdout.read()[-4000:]
+    time.sleep(0.05)
+  return process
+
+
+def assert_said_in_one_line(result, pattern):
+  """The run failed (rc 1) and its console ends with one `error: ...` line matching `pattern`, no traceback."""
+  console = result.stdout + result.stderr
+  assert result.returncode == 1, console[-4000:]
+  assert 'Traceback' not in console and 'RuntimeError' not in console, console[-4000:]
+  assert re.fullmatch(pattern, console.strip().splitlines()[-1]), console[-2000:]
+
+
+@pytest.mark.heavy(30)  # seconds on 2 cores, for the order of tests/conftest.py
+def test_a_second_run_on_a_busy_workdir_is_refused_naming_the_first(tmp_path, lone_run):
+  first = started_and_locked(tmp_path)
+  first.send_signal(signal.SIGSTOP)  # held in place while the second starts, so it is sure to meet the lock
+  try:
+    second = run_cli(tmp_path, OVERRIDES)
+  finally:
+    first.send_signal(signal.SIGCONT)
+  assert_said_in_one_line(
+    second,
+    f'error: {tmp_path} is in use by another run \\(host \\S+, process {first.pid}, started [^)]+\\): wait for it to '
+    'end, stop it, or use another --workdir',
+  )
+  console, _ = first.communicate(timeout=300)
+  assert first.returncode == 0, console[-4000:]
+  leaves_equal(checkpointing.load_run(str(tmp_path))[1], lone_run)
+  assert not os.path.exists(tmp_path / workdir_lock.HOLDER_NAME)  # released
+
+
+@pytest.mark.heavy(25)  # seconds on 2 cores, for the order of tests/conftest.py
+def test_the_lock_of_a_killed_run_is_taken_over(tmp_path, lone_run):
+  killed = started_and_locked(tmp_path)
+  killed.kill()  # SIGKILL: the holder's file stays, the kernel frees the lock
+  killed.wait()
+  rerun = run_cli(tmp_path, OVERRIDES)
+  assert rerun.returncode == 0, rerun.stderr[-4000:]
+  assert re.search(
+    f'Taking over the lock of {tmp_path} from a run that ended without releasing it \\(host \\S+, process '
+    f'{killed.pid}, started',
+    rerun.stderr,
+  )
+  leaves_equal(checkpointing.load_run(str(tmp_path))[1], lone_run)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+  """A 3 MB file system (a tmpfs, which needs root: CI runs as root, so it runs the test), unmounted after."""
+  directory = tmp_path / 'small'
+  directory.mkdir()
+  mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=3m', 'tmpfs', str(directory)], capture_output=True)
+  if mounted.returncode != 0:
+    pytest.skip(f'mounting a tmpfs is not permitted here (CI runs as root and runs this test): {mounted.stderr!r}')
+  try:
+    yield directory
+  finally:
+    subprocess.run(['umount', str(directory)], check=True)
+
+
+@pytest.mark.heavy(30)  # seconds on 2 cores, for the order of tests/conftest.py
+def test_a_full_disk_stops_the_run_in_one_line_and_the_rerun_on_a_freed_disk_resumes(small_tmpfs, lone_run):
+  """On 3 MB the third checkpoint (1.1 MB each) does not fit: the run stops naming it, where, the OS error, the free
+  space and the checkpoint a rerun resumes from, after a warning before training; the half-written checkpoint is
+  removed. With room again (the tmpfs grown), the same command resumes and ends as the lone run."""
+  workdir = small_tmpfs / 'run'
+  full = run_cli(workdir, OVERRIDES)
+  checkpoints = workdir / 'checkpoints'
+  assert_said_in_one_line(
+    full,
+    f'error: checkpoint (\\d) could not be written to {checkpoints}: No space left on device \\(errno 28\\); '
+    '\\d+\\.\\d MB free there. The same command resumes from checkpoint (\\d).',
+  )
+  failed, resumes = map(int, re.search(r'checkpoint (\d) could.*from checkpoint (\d)', full.stderr).groups())
+  assert 'keep_checkpoints=3 checkpoints of this state need about' in full.stderr
+  assert sorted(os.listdir(checkpoints)) == [str(s) for s in range(1, failed)] and resumes == failed - 1
+
+  subprocess.run(['mount', '-o', 'remount,size=20m', str(small_tmpfs)], check=True)
+  rerun = run_cli(workdir, OVERRIDES)
+  assert rerun.returncode == 0, rerun.stderr[-4000:]
+  assert f'Restored checkpoint at step {resumes} from {checkpoints}' in rerun.stdout + rerun.stderr
+  leaves_equal(checkpointing.load_run(str(workdir))[1], lone_run)
