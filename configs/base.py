@@ -65,9 +65,10 @@ def get_config():
   c.crops.min_overlap = 0.0  # constrained multi-crop threshold (0.2 in the paper); 0 = unconstrained
   c.crops.overlap_tries = 10
   # Cap on the anchor-positive IoU (Van Gansbeke et al. 2021, Figs. 2-3): the positive is redrawn, up to
-  # max_iou_tries times, while its IoU with the anchor exceeds max_iou (else the try of lowest IoU). 1.0 = no cap.
+  # max_iou_tries - 1 times, while its IoU with the anchor exceeds max_iou, then (an anchor too large for the cap)
+  # up to max_iou_tries fresh pairs; else the candidate of lowest IoU (input_pipeline/crops.py). 1.0 = no cap.
   c.crops.max_iou = 1.0
-  c.crops.max_iou_tries = 20
+  c.crops.max_iou_tries = 50
   c.crops.aplus = False  # A+ (AutoAugment branch) for positives
   c.crops.blur_reference_size = 224  # blur sigma [0.1, 2] px is for 224 px views; scaled to the view size
   c.crops.blur_probability = 0.5  # MoCo-v2's; the MoCo CIFAR-10 Colab applies no blur

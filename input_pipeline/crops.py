@@ -53,16 +53,44 @@ def random_resized_crop_boxes(seed, height, width, num, scale, ratio=(3 / 4, 4 /
   return tf.where(tf.reduce_any(valid, axis=-1)[:, None], chosen, fallback)
 
 
-def own_area_overlap(boxes, anchor):
-  """Fraction of each box's own area that lies inside the anchor box."""
+def _intersection(boxes, anchor):
+  """(area of each box's intersection with the anchor, each box's area, the anchor's area), float32."""
   boxes = tf.cast(boxes, tf.float32)
   anchor = tf.cast(anchor, tf.float32)
-  top = tf.maximum(boxes[..., 0], anchor[0])
-  left = tf.maximum(boxes[..., 1], anchor[1])
-  bottom = tf.minimum(boxes[..., 0] + boxes[..., 2], anchor[0] + anchor[2])
-  right = tf.minimum(boxes[..., 1] + boxes[..., 3], anchor[1] + anchor[3])
+  top = tf.maximum(boxes[..., 0], anchor[..., 0])
+  left = tf.maximum(boxes[..., 1], anchor[..., 1])
+  bottom = tf.minimum(boxes[..., 0] + boxes[..., 2], anchor[..., 0] + anchor[..., 2])
+  right = tf.minimum(boxes[..., 1] + boxes[..., 3], anchor[..., 1] + anchor[..., 3])
   inter = tf.maximum(bottom - top, 0.0) * tf.maximum(right - left, 0.0)
-  return inter / (boxes[..., 2] * boxes[..., 3])
+  return inter, boxes[..., 2] * boxes[..., 3], anchor[..., 2] * anchor[..., 3]
+
+
+def own_area_overlap(boxes, anchor):
+  """Fraction of each box's own area that lies inside the anchor box."""
+  inter, area, _ = _intersection(boxes, anchor)
+  return inter / area
+
+
+def iou(boxes, anchor):
+  """Intersection over union of each box with the anchor box (anchor [4], or [..., 4] as boxes)."""
+  inter, area, anchor_area = _intersection(boxes, anchor)
+  return inter / (area + anchor_area - inter)
+
+
+def capped_pair_boxes(seed, pair, height, width, scale, max_iou, max_tries, ratio=(3 / 4, 4 / 3)):
+  """[2, 4] anchor and positive whose IoU is at most max_iou (Van Gansbeke et al. 2021, Figs. 2-3). `pair` is drawn
+  without the cap; its positive is redrawn up to max_tries - 1 times, and when none meets the cap with that anchor
+  (a large anchor allows no small IoU: one covering the image has IoU >= the positive's share of it), up to
+  max_tries fresh pairs are drawn. The first candidate under the cap is kept, else the one of lowest IoU."""
+  seeds = tf.random.experimental.stateless_split(seed, 2)
+  positives = random_resized_crop_boxes(seeds[0], height, width, max_tries - 1, scale, ratio)
+  fresh = tf.reshape(random_resized_crop_boxes(seeds[1], height, width, 2 * max_tries, scale, ratio), [max_tries, 2, 4])
+  anchors = tf.concat([tf.broadcast_to(pair[0], [max_tries, 4]), fresh[:, 0]], axis=0)
+  candidates = tf.concat([pair[1:], positives, fresh[:, 1]], axis=0)
+  overlap = iou(candidates, anchors)
+  ok = overlap <= max_iou
+  chosen = tf.where(tf.reduce_any(ok), tf.argmax(tf.cast(ok, tf.int32)), tf.argmin(overlap))
+  return tf.stack([anchors[chosen], candidates[chosen]])
 
 
 def _move_into(box, anchor):

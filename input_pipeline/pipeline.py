@@ -34,6 +34,8 @@ def view_spec(crops_config) -> views.ViewSpec:
     small_scale=tuple(crops_config.small_scale),
     min_overlap=crops_config.min_overlap,
     overlap_tries=crops_config.overlap_tries,
+    max_iou=crops_config.max_iou,
+    max_iou_tries=crops_config.max_iou_tries,
     aplus=crops_config.aplus,
     blur_reference_size=crops_config.blur_reference_size,
     blur_probability=crops_config.blur_probability,
@@ -66,6 +68,11 @@ def example_index(counter, num_examples, seed):
   counter = tf.cast(counter, tf.int64)
   epoch, position = counter // num_examples, counter % num_examples
   return tf.random.experimental.index_shuffle(position, tf.stack([tf.cast(seed, tf.int64), epoch]), num_examples - 1)
+
+
+def crop_seed(seed, counter):
+  """The seed of global example `counter`'s crop boxes (views.draw_boxes)."""
+  return tf.random.experimental.stateless_fold_in(tf.constant([seed, 1], tf.int64), counter)
 
 
 def _decodable_examples(source: sources.Source, seed: int):
@@ -170,9 +177,8 @@ def train_dataset(
   """
 
   def crop(example, counter):
-    crop_seed = tf.random.experimental.stateless_fold_in(tf.constant([seed, 1], tf.int64), counter)
     augment_seed = tf.random.experimental.stateless_fold_in(tf.constant([seed, 2], tf.int64), counter)
-    out = views.make_crops(example['image'], crop_seed, spec)
+    out = views.make_crops(example['image'], crop_seed(seed, counter), spec)
     if not keep_boxes:
       out.pop('boxes')
     out['augment'] = views.draw_augmentation(augment_seed, spec)

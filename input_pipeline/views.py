@@ -23,6 +23,8 @@ class ViewSpec:
   small_scale: tuple = (0.05, 0.14)
   min_overlap: float = 0.0  # 0 disables the constraint.
   overlap_tries: int = 10
+  max_iou: float = 1.0  # cap on the anchor-positive IoU; 1 disables it.
+  max_iou_tries: int = 50
   aplus: bool = False
   # The blur sigma range is MoCo-v2's [0.1, 2.0] px at 224 px; scaling it with the view size keeps the same
   # relative blur on small images (a 2 px blur wipes out a 32 px image). Set blur_reference_size=0 for fixed px.
@@ -36,16 +38,14 @@ class ViewSpec:
     return tuple(s * scale for s in host_augment.BLUR_SIGMA)
 
 
-def make_crops(image, seed, spec: ViewSpec):
-  """The crops of one image, not yet augmented: a dict with uint8 `anchor`, `positive`, `small` ([N, s, s, 3]) and
-  int32 `boxes` ([2 + N, 4]: anchor, positive, small crops, in original pixels)."""
-  height, width = tf.shape(image)[0], tf.shape(image)[1]
+def draw_boxes(seed, height, width, spec: ViewSpec):
+  """int32 [2 + N, 4] boxes of one image of height x width: anchor, positive, small crops (original pixels)."""
   seeds = tf.random.experimental.stateless_split(seed, 2)
   large = crops.random_resized_crop_boxes(seeds[0], height, width, 2, spec.large_scale)
-  out = {
-    'anchor': crops.crop_and_resize(image, large[0], spec.large_size),
-    'positive': crops.crop_and_resize(image, large[1], spec.large_size),
-  }
+  if spec.max_iou < 1:
+    # The further tries come from their own seed, so a pair under the cap is drawn as without it.
+    more_seed = tf.random.experimental.stateless_fold_in(seeds[0], 1)
+    large = crops.capped_pair_boxes(more_seed, large, height, width, spec.large_scale, spec.max_iou, spec.max_iou_tries)
   boxes = [large]
   if spec.num_small:
     if spec.min_overlap > 0:
@@ -54,11 +54,23 @@ def make_crops(image, seed, spec: ViewSpec):
       )
     else:
       small_boxes = crops.random_resized_crop_boxes(seeds[1], height, width, spec.num_small, spec.small_scale)
-    out['small'] = tf.stack(
-      [crops.crop_and_resize(image, small_boxes[i], spec.small_size) for i in range(spec.num_small)]
-    )
     boxes.append(small_boxes)
-  out['boxes'] = tf.concat(boxes, axis=0)
+  return tf.concat(boxes, axis=0)
+
+
+def make_crops(image, seed, spec: ViewSpec):
+  """The crops of one image, not yet augmented: a dict with uint8 `anchor`, `positive`, `small` ([N, s, s, 3]) and
+  int32 `boxes` ([2 + N, 4]: anchor, positive, small crops, in original pixels; draw_boxes)."""
+  boxes = draw_boxes(seed, tf.shape(image)[0], tf.shape(image)[1], spec)
+  out = {
+    'anchor': crops.crop_and_resize(image, boxes[0], spec.large_size),
+    'positive': crops.crop_and_resize(image, boxes[1], spec.large_size),
+    'boxes': boxes,
+  }
+  if spec.num_small:
+    out['small'] = tf.stack(
+      [crops.crop_and_resize(image, boxes[2 + i], spec.small_size) for i in range(spec.num_small)]
+    )
   return out
 
 
