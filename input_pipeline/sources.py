@@ -64,7 +64,8 @@ class Source:
   files: tuple = ()  # a folder source's path of each index
   unreadable: tuple = ()  # (path, reason) of the files a folder's scan left out
   class_names: tuple = ()  # the name of each class id, where the dataset has them
-  labels: Optional[np.ndarray] = None  # each index's single label (None: unlabelled or multi-label), for subsets
+  # Each index's single label (None: unlabelled or multi-label), for subsets; an array, so left out of ==.
+  labels: Optional[np.ndarray] = dataclasses.field(default=None, compare=False)
   subset_list: str = ''  # a subset's indices as subsets.listing writes them ('' for a whole source)
 
 
