@@ -5,12 +5,14 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
 
 from jax_moco import checkpointing
 from jax_moco import workdir_lock
+from tests.helpers import user_environment
 from tests.test_train import ROOT
 from tests.test_train import cli
 from tests.test_train import leaves_equal
@@ -117,3 +119,35 @@ def test_a_full_disk_stops_the_run_in_one_line_and_the_rerun_on_a_freed_disk_res
   assert rerun.returncode == 0, rerun.stderr[-4000:]
   assert f'Restored checkpoint at step {resumes} from {checkpoints}' in rerun.stdout + rerun.stderr
   leaves_equal(checkpointing.load_run(str(workdir))[1], lone_run)
+
+
+def command(*args):
+  """`python -m jax_moco.main ARGS` in a user's environment, one device."""
+  argv = [sys.executable, '-m', 'jax_moco.main', *args]
+  env = dict(user_environment(), XLA_FLAGS='')
+  return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+
+
+@pytest.mark.heavy(15)  # seconds on 2 cores, for the order of tests/conftest.py
+def test_start_up_errors_are_one_line_naming_the_path_and_the_cause(tmp_path):
+  syntax_error = tmp_path / 'syntax_error.py'
+  syntax_error.write_text('def get_config(:\n')
+  fails = tmp_path / 'fails.py'
+  fails.write_text('def get_config():\n  return undefined_name\n')
+  (tmp_path / 'a_file').write_text('')
+  missing = tmp_path / 'missing.py'
+  for args, said in (
+    ([f'--config={syntax_error}'], f'error: the config file {syntax_error} does not load: .+ \\(line 1\\)'),
+    (
+      [f'--config={fails}'],
+      f'error: the config file {fails} does not load: NameError: .*undefined_name.* \\(line 2\\)',
+    ),
+    ([f'--config={missing}'], f'error: the config file {missing} does not load: \\[Errno 2\\] No such file .*'),
+    (
+      ['--config=configs/knn.py', f'--workdir={tmp_path / "a_file" / "run"}'],
+      f'error: cannot write to the work directory {tmp_path / "a_file" / "run"}: Not a directory',
+    ),
+  ):
+    assert_said_in_one_line(command(*args), said)
+  verbose = command(f'--config={syntax_error}', '--verbosity=1')
+  assert verbose.returncode == 1 and 'Traceback' in verbose.stderr and 'SyntaxError' in verbose.stderr
