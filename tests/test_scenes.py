@@ -105,9 +105,13 @@ def test_objects_are_larger_and_central_in_object_centric_images(generated):
   }
   shares = {kind: np.median([np.mean(m != 0) for m in masks[kind]]) for kind in masks}
   assert shares['object'] > 1.3 * shares['scene'], shares
-  for mask in masks['object']:
-    centroid = np.argwhere((mask != 0) & (mask != 255)).mean(axis=0) / SETTINGS.size
-    assert np.all(np.abs(centroid - 0.5) < 0.2), centroid
+  # How far the objects' pixels' centroid is from the image's centre (a fraction of the side, the larger axis): an
+  # asymmetric cut-out (a tail, a stem) moves it off its box's centre, so the median is what is bounded.
+  offsets = {
+    kind: np.median([np.abs(np.argwhere((m != 0) & (m != 255)).mean(0) / len(m) - 0.5).max() for m in masks[kind]])
+    for kind in masks
+  }
+  assert offsets['object'] < 0.12 and offsets['object'] < offsets['scene'], offsets
 
 
 def test_train_and_test_differ_by_instance_and_background(generated, photographs):
