@@ -33,6 +33,7 @@ from jax_moco import checkpointing
 from jax_moco import evaluators
 from jax_moco import sharding
 from jax_moco import state as state_lib
+from jax_moco import workdir_lock
 from jax_moco import xla_cpu
 
 
@@ -84,29 +85,30 @@ def evaluate(
   evaluator = evaluators.get(protocol)
   evaluators.options(protocol, **options)  # an option of another protocol is refused before the run is read
   config, state, step = checkpointing.load_run(workdir, step)
-  train, test = evaluator.open_datasets(config, dataset, test_dataset)
-  image_size = image_size or evaluator.default_image_size
-  if image_size is None:
-    image_size = config.crops.large_size
-  tag = f'random_init_{encoder}' if random_init else f'step_{step}_{encoder}'
-  directory = os.path.join(os.path.abspath(workdir), 'eval', tag)
-  extractor = _feature_extractor(config, image_size, directory, common.resize_before_crop(evaluator, image_size))
-  task = common.Task(config, extractor, train, test, directory, max_examples, max_examples)
-  scores = evaluator(task, **options).run(_backbone_variables(config, state, encoder, random_init))
-  result = dict(
-    protocol=protocol,
-    workdir=os.path.abspath(workdir),
-    step=None if random_init else step,
-    encoder=encoder,
-    random_init=random_init,
-    arch=config.model.arch,
-    image_size=image_size,
-    train_dataset=None if train is None else train.name,
-    test_dataset=test.name,
-  )
-  result.update(scores)
-  _write(result, directory)
-  return result
+  with workdir_lock.held(workdir):  # the run's directory: no training or other evaluation writes beside this one
+    train, test = evaluator.open_datasets(config, dataset, test_dataset)
+    image_size = image_size or evaluator.default_image_size
+    if image_size is None:
+      image_size = config.crops.large_size
+    tag = f'random_init_{encoder}' if random_init else f'step_{step}_{encoder}'
+    directory = os.path.join(os.path.abspath(workdir), 'eval', tag)
+    extractor = _feature_extractor(config, image_size, directory, common.resize_before_crop(evaluator, image_size))
+    task = common.Task(config, extractor, train, test, directory, max_examples, max_examples)
+    scores = evaluator(task, **options).run(_backbone_variables(config, state, encoder, random_init))
+    result = dict(
+      protocol=protocol,
+      workdir=os.path.abspath(workdir),
+      step=None if random_init else step,
+      encoder=encoder,
+      random_init=random_init,
+      arch=config.model.arch,
+      image_size=image_size,
+      train_dataset=None if train is None else train.name,
+      test_dataset=test.name,
+    )
+    result.update(scores)
+    _write(result, directory)
+    return result
 
 
 def format_table(result) -> str:
@@ -188,7 +190,7 @@ def main(argv):
       f.random_init,
       **options,
     )
-  except (FileNotFoundError, ValueError) as e:
+  except (FileNotFoundError, ValueError, workdir_lock.WorkdirBusyError, workdir_lock.WorkdirUnwritableError) as e:
     raise app.UsageError(str(e)) from e
   print(format_table(result))
 

@@ -11,7 +11,9 @@ import time
 import pytest
 
 from jax_moco import checkpointing
+from jax_moco import evaluate
 from jax_moco import workdir_lock
+from tests.helpers import save_tiny_run
 from tests.helpers import user_environment
 from tests.test_train import ROOT
 from tests.test_train import cli
@@ -151,3 +153,13 @@ def test_start_up_errors_are_one_line_naming_the_path_and_the_cause(tmp_path):
     assert_said_in_one_line(command(*args), said)
   verbose = command(f'--config={syntax_error}', '--verbosity=1')
   assert verbose.returncode == 1 and 'Traceback' in verbose.stderr and 'SyntaxError' in verbose.stderr
+
+
+def test_an_evaluation_is_refused_while_another_process_holds_the_run(tmp_path):
+  """Evaluation writes under the run's directory (features, results), so it takes the lock too; the holder here is
+  this process's own lock taken anew, which flock treats as another holder."""
+  workdir = save_tiny_run(tmp_path)
+  with workdir_lock.held(workdir):
+    with pytest.raises(workdir_lock.WorkdirBusyError, match=f'{workdir} is in use by another run \\(host '):
+      evaluate.evaluate(workdir, 'knn', max_examples=100)
+  assert not os.path.exists(os.path.join(workdir, 'eval'))
