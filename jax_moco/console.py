@@ -36,14 +36,15 @@ def quiet_filter():
 
 
 def _closed_loop_hook(hook):
-  """sys.excepthook without TensorStore's "Event loop is closed": after a failed write Orbax closes its event loop,
-  and each of the other writes that ends later prints that traceback when its callback finds the loop closed."""
+  """sys.unraisablehook without TensorStore's "Event loop is closed": after a failed write Orbax closes its event
+  loop, and each of the other writes that ends later reports that error, which no caller can catch, when its
+  callback finds the loop closed."""
 
-  def excepthook(kind, value, traceback):
-    if not (kind is RuntimeError and str(value) == 'Event loop is closed'):
-      hook(kind, value, traceback)
+  def unraisablehook(unraisable):
+    if not (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == 'Event loop is closed'):
+      hook(unraisable)
 
-  return excepthook
+  return unraisablehook
 
 
 @contextlib.contextmanager
@@ -89,10 +90,11 @@ def import_tensorflow(verbosity: int):
 @contextlib.contextmanager
 def one_line_errors(verbosity: int, *errors):
   """Below verbosity 1, one of `errors` ends the process with its message on one line (rc 1) rather than a
-  traceback. The process ends at once (os._exit): Orbax's writer threads after a failed save would otherwise print
+  traceback, and TensorStore's "Event loop is closed" after a failed save is not printed (for the rest of the
+  process). The process ends at once (os._exit): Orbax's writer threads after a failed save would otherwise print
   their own tracebacks while Python shuts down."""
   if verbosity < 1:
-    sys.excepthook = _closed_loop_hook(sys.excepthook)
+    sys.unraisablehook = _closed_loop_hook(sys.unraisablehook)
   try:
     yield
   except errors as e:
