@@ -191,15 +191,19 @@ class Checkpointer:
     """The one message of a failed save: which checkpoint, where, the OS error, the free space left once its
     half-written temporary directory is removed, and the checkpoint the same command resumes from."""
     self.failed = True
-    if jax.process_index() == 0:
-      for name in os.listdir(self.directory):
-        if name.startswith(f'{step}.') and 'tmp' in name:
-          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
-    committed = [int(n) for n in os.listdir(self.directory) if n.isdigit() and n != str(step)]
+    names, free = [], 'unknown space'
+    with contextlib.suppress(OSError):  # the directory itself unreadable (a lost mount): the message still comes
+      names = os.listdir(self.directory)
+      if jax.process_index() == 0:
+        for name in names:
+          if name.startswith(f'{step}.') and 'tmp' in name:
+            shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+      free = megabytes(shutil.disk_usage(self.directory).free)
+    committed = [int(n) for n in names if n.isdigit() and n != str(step)]
     resumes = f'checkpoint {max(committed)}' if committed else 'step 0 (no checkpoint saved)'
     return CheckpointWriteError(
-      f'checkpoint {step} could not be written to {self.directory}: {_os_error(error)}; '
-      f'{megabytes(shutil.disk_usage(self.directory).free)} free there. The same command resumes from {resumes}.'
+      f'checkpoint {step} could not be written to {self.directory}: {_os_error(error)}; {free} free there. '
+      f'The same command resumes from {resumes}.'
     )
 
   def warn_if_short_of_space(self, state):
