@@ -89,6 +89,15 @@ def state_bytes(state) -> int:
   return sum(x.nbytes for x in jax.tree.leaves(state))
 
 
+def remove_half_written(directory, step=None):
+  """Removes the temporary directories (STEP.orbax-checkpoint-tmp) that saves which did not finish left, of `step`
+  only if given: a failed save, a run killed while saving. Orbax ignores them when it restores; they only take
+  space. Safe because a run's directory is locked (jax_moco/workdir_lock.py): no other run is writing one."""
+  for name in os.listdir(directory):
+    if '.orbax-checkpoint-tmp' in name and (step is None or name.startswith(f'{step}.')):
+      shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+
+
 class NotARunError(FileNotFoundError):
   pass
 
@@ -158,9 +167,10 @@ class Checkpointer:
       save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(every_steps),
       preservation_policy=ocp.checkpoint_managers.LatestN(keep),
       create=True,
-      cleanup_tmp_directories=True,  # what a failed or killed save left (the work directory is locked for the run)
     )
     self.manager = _manager(self.directory, options)
+    if jax.process_index() == 0:  # before any save: the other processes meet process 0 at the save's barrier
+      remove_half_written(self.directory)
     self.keep, self.pending, self.failed = keep, None, False
 
   def latest_step(self):
@@ -191,16 +201,14 @@ class Checkpointer:
     """The one message of a failed save: which checkpoint, where, the OS error, the free space left once its
     half-written temporary directory is removed, and the checkpoint the same command resumes from."""
     self.failed = True
-    names, free = [], 'unknown space'
+    resumes, free = 'the newest checkpoint there that restores', 'unknown space'
     with contextlib.suppress(OSError):  # the directory itself unreadable (a lost mount): the message still comes
-      names = os.listdir(self.directory)
       if jax.process_index() == 0:
-        for name in names:
-          if name.startswith(f'{step}.') and 'tmp' in name:
-            shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+        remove_half_written(self.directory, step)
+      names = os.listdir(self.directory)
+      committed = [int(n) for n in names if n.isdigit() and n != str(step)]
+      resumes = f'checkpoint {max(committed)}' if committed else 'step 0 (no checkpoint saved)'
       free = megabytes(shutil.disk_usage(self.directory).free)
-    committed = [int(n) for n in names if n.isdigit() and n != str(step)]
-    resumes = f'checkpoint {max(committed)}' if committed else 'step 0 (no checkpoint saved)'
     return CheckpointWriteError(
       f'checkpoint {step} could not be written to {self.directory}: {_os_error(error)}; {free} free there. '
       f'The same command resumes from {resumes}.'

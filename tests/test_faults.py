@@ -163,3 +163,27 @@ def test_an_evaluation_is_refused_while_another_process_holds_the_run(tmp_path):
     with pytest.raises(workdir_lock.WorkdirBusyError, match=f'{workdir} is in use by another run \\(host '):
       evaluate.evaluate(workdir, 'knn', max_examples=100)
   assert not os.path.exists(os.path.join(workdir, 'eval'))
+
+
+def test_half_written_checkpoints_are_removed_and_a_failed_save_is_said_without_its_directory(tmp_path):
+  """What a run killed while saving left is removed when the next run opens its checkpoints; a failed save's
+  message names the OS error from TensorStore's text, and still comes when the directory cannot be listed."""
+  (tmp_path / '3.orbax-checkpoint-tmp' / 'state').mkdir(parents=True)
+  (tmp_path / '2').mkdir()
+  checkpointer = checkpointing.Checkpointer(str(tmp_path), {}, every_steps=1, keep=2)
+  assert sorted(os.listdir(tmp_path)) == ['2']
+  orbax_error = ValueError("RESOURCE_EXHAUSTED: Error writing ...: No space left on device [os_error_code='28']")
+  (tmp_path / '4.orbax-checkpoint-tmp').mkdir()
+  said = str(checkpointer.write_error(4, orbax_error))
+  assert re.fullmatch(
+    f'checkpoint 4 could not be written to {tmp_path}: No space left on device \\(errno 28\\); \\d+\\.\\d MB free '
+    'there. The same command resumes from checkpoint 2.',
+    said,
+  )
+  assert sorted(os.listdir(tmp_path)) == ['2']
+  checkpointer.directory = str(tmp_path / 'lost_mount')
+  assert str(checkpointer.write_error(4, OSError(5, 'Input/output error'))).endswith(
+    'Input/output error (errno 5); unknown space free there. The same command resumes from the newest checkpoint '
+    'there that restores.'
+  )
+  checkpointer.close()
