@@ -3,6 +3,7 @@ warning; TensorFlow's C++ start-up notices and log, and other libraries' INFO ch
 file by file, the parameter table, matplotlib's font cache) only with absl's `--verbosity=1` (`-v 1`) or more."""
 
 import contextlib
+import errno
 import importlib.util
 import logging
 import os
@@ -89,17 +90,31 @@ def import_tensorflow(verbosity: int):
 
 @contextlib.contextmanager
 def one_line_errors(verbosity: int, *errors):
-  """Below verbosity 1, one of `errors` ends the process with its message on one line (rc 1) rather than a
-  traceback, and TensorStore's "Event loop is closed" after a failed save is not printed (for the rest of the
-  process). The process ends at once (os._exit): Orbax's writer threads after a failed save would otherwise print
-  their own tracebacks while Python shuts down."""
+  """Below verbosity 1, one of `errors`, or a full disk or quota met by any other file (metrics.jsonl,
+  config.json), ends the process with its message on one line (rc 1) rather than a traceback, and TensorStore's
+  "Event loop is closed" after a failed save is not printed (for the rest of the process). The process ends at once
+  (os._exit): Orbax's writer threads after a failed save would otherwise print their own tracebacks while Python
+  shuts down."""
   if verbosity < 1:
     sys.unraisablehook = _closed_loop_hook(sys.unraisablehook)
   try:
     yield
-  except errors as e:
-    if verbosity >= 1:
+  except Exception as e:
+    message = _one_line(e, errors)
+    if message is None or verbosity >= 1:
       raise
     sys.stdout.flush()
-    print(f'error: {e}', file=sys.stderr, flush=True)
+    print(f'error: {message}', file=sys.stderr, flush=True)
     os._exit(1)
+
+
+def _one_line(error, errors):
+  """The one-line message of `error`: one of `errors`, or a full disk or quota met by any file; None for others."""
+  if isinstance(error, errors):
+    return str(error)
+  if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+    return (
+      f'{error.filename} could not be written: {error.strerror} (errno {error.errno}); the same command resumes '
+      'from the newest checkpoint once there is room'
+    )
+  return None

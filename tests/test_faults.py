@@ -187,3 +187,27 @@ def test_half_written_checkpoints_are_removed_and_a_failed_save_is_said_without_
     'there that restores.'
   )
   checkpointer.close()
+
+
+def console_of(raised, verbosity=0):
+  """(rc, stderr) of a process that raises `raised` (Python source) inside console.one_line_errors."""
+  source = (
+    'from jax_moco import console, checkpointing\n'
+    f'with console.one_line_errors({verbosity}, checkpointing.CheckpointWriteError):\n'
+    f'  raise {raised}\n'
+  )
+  result = subprocess.run([sys.executable, '-c', source], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  return result.returncode, result.stderr
+
+
+def test_a_full_disk_met_by_any_file_is_one_line_and_other_errors_keep_their_traceback():
+  rc, said = console_of("OSError(28, 'No space left on device', '/run/metrics.jsonl')")
+  assert rc == 1 and said == (
+    'error: /run/metrics.jsonl could not be written: No space left on device (errno 28); the same command resumes '
+    'from the newest checkpoint once there is room\n'
+  )
+  rc, said = console_of("checkpointing.CheckpointWriteError('checkpoint 3 could not be written')")
+  assert rc == 1 and said == 'error: checkpoint 3 could not be written\n'
+  for raised, verbosity in (("OSError(28, 'No space left on device', '/run/metrics.jsonl')", 1), ('KeyError(1)', 0)):
+    rc, said = console_of(raised, verbosity)
+    assert rc == 1 and 'Traceback' in said
