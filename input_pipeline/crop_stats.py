@@ -12,12 +12,11 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 import numpy as np
-import tensorflow as tf
 
-from input_pipeline import crops
-from input_pipeline import pipeline
-from input_pipeline import sources
-from input_pipeline import views
+import input_pipeline
+
+# The modules that read and crop the data import TensorFlow: sample_boxes, overlaps and report import them when
+# called, so the command line quiets TensorFlow's import first (main).
 
 FLAGS = flags.FLAGS
 THRESHOLDS = (0.1, 0.3, 0.5)
@@ -26,6 +25,12 @@ THRESHOLDS = (0.1, 0.3, 0.5)
 def sample_boxes(config, num_samples: int, source=None) -> np.ndarray:
   """int32 [num_samples, 2 + N, 4]: the boxes (anchor, positive, small crops) of training examples 0, 1, ... of
   `config` (counters whose image does not decode are left out)."""
+  import tensorflow as tf
+
+  from input_pipeline import pipeline
+  from input_pipeline import sources
+  from input_pipeline import views
+
   source = source or sources.get_source(config.dataset, config.data_dir)
   spec = pipeline.view_spec(config.crops)
 
@@ -41,6 +46,8 @@ def sample_boxes(config, num_samples: int, source=None) -> np.ndarray:
 
 def overlaps(boxes: np.ndarray) -> dict:
   """{'anchor-positive': IoU [S]} and, with small crops, {'small-anchor': IoU [S * N]} of sample_boxes' boxes."""
+  from input_pipeline import crops
+
   anchor = boxes[:, 0]
   result = {'anchor-positive': crops.iou(boxes[:, 1], anchor).numpy()}
   if boxes.shape[1] > 2:
@@ -103,6 +110,8 @@ def _wrap(text, width=70):
 
 def report(config, out_path: str, num_samples: int) -> str:
   """Samples, plots and prints the summary numbers; returns out_path."""
+  from input_pipeline import sources
+
   source = sources.get_source(config.dataset, config.data_dir)
   iou = overlaps(sample_boxes(config, num_samples, source))
   for name, values in iou.items():
@@ -125,6 +134,7 @@ def define_flags():
 
 def main(argv):
   del argv
+  input_pipeline.import_tensorflow(FLAGS.verbosity)
   print(report(FLAGS.config, FLAGS.out, FLAGS.num_samples))
 
 

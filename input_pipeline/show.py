@@ -10,8 +10,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from input_pipeline import pipeline
-from input_pipeline import sources
+import input_pipeline
 
 FLAGS = flags.FLAGS
 
@@ -24,6 +23,10 @@ def draw_views(config, out_path, num_images):
   matplotlib.use('Agg')
   import matplotlib.patches as patches
   import matplotlib.pyplot as plt
+
+  # Imported here, as TensorFlow with them: the command line quiets TensorFlow's import first (main).
+  from input_pipeline import pipeline
+  from input_pipeline import sources
 
   source = sources.get_source(config.dataset, config.data_dir)
   # Augmented here whatever crops.augment_on_device says: the same views the step would make.
@@ -69,6 +72,7 @@ def define_flags():
 
 def main(argv):
   del argv
+  input_pipeline.import_tensorflow(FLAGS.verbosity)
   print(draw_views(FLAGS.config, FLAGS.out, FLAGS.num_images))
 
 

@@ -9,6 +9,7 @@ from input_pipeline import crops
 from input_pipeline import pipeline
 from input_pipeline import sources
 from input_pipeline import views
+from tests.helpers import run_quietly
 from tests.helpers import tiny_config
 
 
@@ -70,3 +71,13 @@ def test_without_the_cap_the_boxes_are_drawn_as_before_it_existed():
   large = crops.random_resized_crop_boxes(seeds[0], 40, 50, 2, spec.large_scale)
   small = crops.constrained_crop_boxes(seeds[1], 40, 50, large[0], 2, spec.small_scale, 0.2, spec.overlap_tries)
   assert np.array_equal(views.draw_boxes(seed, 40, 50, spec).numpy(), np.concatenate([large, small]))
+
+
+def test_the_command_lines_print_only_their_results(tmp_path):
+  # TensorFlow's import is quieted before anything imports it, as in every command of the repository.
+  result = run_quietly(
+    ['-m', 'input_pipeline.crop_stats', '--config=configs/mocov2.py', f'--out={tmp_path}/iou.png', '--num_samples=64']
+  )
+  assert result.stdout.splitlines()[0].startswith('anchor-positive: mean ') and (tmp_path / 'iou.png').exists()
+  run_quietly(['-m', 'input_pipeline.show', '--config=configs/knn.py', f'--out={tmp_path}/views.png', '--num_images=2'])
+  assert (tmp_path / 'views.png').exists()
