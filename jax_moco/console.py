@@ -48,20 +48,6 @@ def _closed_loop_hook(hook):
   return unraisablehook
 
 
-@contextlib.contextmanager
-def _stderr_silenced():
-  """Sends file descriptor 2 to /dev/null: TensorFlow's C++ libraries log through absl before anything can set
-  their level (TF_CPP_MIN_LOG_LEVEL does not reach those lines), so the import is the only place to catch them."""
-  saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-  os.dup2(null, 2)
-  try:
-    yield
-  finally:
-    os.dup2(saved, 2)
-    os.close(saved)
-    os.close(null)
-
-
 def quiet_logging(verbosity: int):
   """Below verbosity 1, keeps other libraries' INFO lines (JAX probing for a TPU, Orbax file by file) off the
   console: what every command line does first."""
@@ -70,22 +56,11 @@ def quiet_logging(verbosity: int):
 
 
 def import_tensorflow(verbosity: int):
-  """Imports TensorFlow for the input pipeline (hidden from the accelerators); below verbosity 1 without its C++
-  notices (start-up, oneDNN, libjpeg's warnings on a bad file, which jax_moco reports itself), and with
-  quiet_logging. Call it before anything imports TensorFlow (clu's metric writers do): its C++ log reads its level
-  once, at the import.
-
-  Below verbosity 1 the level is 3 (fatal only) whatever the environment says: at the widespread
-  TF_CPP_MIN_LOG_LEVEL=2, errors still print, and the oneDNN kernels log one when the pipeline's first uint8 op runs
-  ("oneDNN supports DT_UINT8 only on platforms with AVX-512", also on AVX-512 machines), which is no error of the
-  run. `-v 1` leaves the environment's level."""
+  """Imports TensorFlow for the input pipeline as `input_pipeline.import_tensorflow` does (hidden from the
+  accelerators; its C++ notices kept off the console below verbosity 1), with quiet_logging. Call it before anything
+  imports TensorFlow (clu's metric writers do)."""
   quiet_logging(verbosity)
-  if verbosity >= 1:
-    input_pipeline.tensorflow_on_cpu_only()
-    return
-  os.environ['TF_CPP_MIN_LOG_LEVEL'] = '3'
-  with _stderr_silenced():
-    input_pipeline.tensorflow_on_cpu_only()
+  input_pipeline.import_tensorflow(verbosity)
 
 
 @contextlib.contextmanager
