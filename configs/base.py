@@ -83,6 +83,11 @@ def get_config():
   c.optim.warmup_epochs = 0.0
   # Cosine decay per 'step', or per 'epoch' as the MoCo CIFAR-10 Colab (epoch e of E at peak (1 + cos(pi e / E)) / 2).
   c.optim.lr_decay_every = 'step'
+  # 'cosine' (above), or 'step': base_lr times lr_step_factor at the start of each epoch in lr_milestones, no warm-up
+  # (MoCo v1's: x0.1 at epochs 120 and 160 of 200; He et al. 2020, Sec. 4).
+  c.optim.schedule = 'cosine'
+  c.optim.lr_milestones = ()  # epochs, increasing; only with schedule='step'
+  c.optim.lr_step_factor = 0.1
 
   c.knn = ml_collections.ConfigDict()
   c.knn.k = 200

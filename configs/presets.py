@@ -107,6 +107,27 @@ COCO = {
 SECTION3 = {**COCO, 'num_epochs': 400}
 IMAGENET_VAL = 'folder:data/imagenet/val'
 
+# MoCo v1 as He et al. 2020, "Momentum Contrast for Unsupervised Visual Representation Learning", ran it on ImageNet
+# (Sec. 3.3 and 4): ResNet-50 with a linear 128-d head, batch 256, lr 0.03 stepped x0.1 at epochs 120 and 160 of 200,
+# wd 1e-4, m 0.999, tau 0.07, K 65536, 224 px crops of 20-100 % of the image, no blur. One difference stays: the
+# colour jitter is MoCo-v2's (ColorJitter(0.4, 0.4, 0.4, 0.1) with p = 0.8), where MoCo v1 applied (0.4, 0.4, 0.4,
+# 0.4) always, and the BN groups are the authors' 128 images (auto) where MoCo v1 normalised 32 images a GPU (8 GPUs:
+# --config.bn_groups=1 on 8 devices). Meant for configs/mocov2.py (`--config=configs/mocov2.py:mocov1`).
+MOCOV1 = {
+  **COCO,
+  'dataset': 'folder:data/imagenet/train',
+  'eval_dataset': IMAGENET_VAL,
+  'model.head': 'linear',
+  'moco.temperature': 0.07,
+  'moco.momentum': 0.999,
+  'crops.large_size': 224,
+  'crops.blur_probability': 0.0,
+  'optim.base_lr': 0.03,
+  'optim.schedule': 'step',
+  'optim.lr_milestones': (120, 160),
+  'optim.lr_step_factor': 0.1,
+}
+
 PRESETS = {
   '': DEMO,
   'cifar10': CIFAR10,
@@ -125,6 +146,7 @@ PRESETS = {
   # OI-118K: 118K random images of OpenImages-v4's train split; BDD100K: its whole train split. Both unlabelled here.
   'oi118k': {**SECTION3, 'dataset': 'folder:data/openimages/train|random=118000,seed=0'},
   'bdd100k': {**SECTION3, 'dataset': 'folder:data/bdd100k/images/100k/train'},
+  'mocov1': MOCOV1,
 }
 
 

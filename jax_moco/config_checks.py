@@ -168,7 +168,8 @@ def _check_crops(cr):
 
 
 def _check_optimizer(o):
-  """A positive learning rate, momentum in [0, 1), non-negative weight decay and warm-up, the decay unit."""
+  """A positive learning rate, momentum in [0, 1), non-negative weight decay and warm-up, the decay unit and the
+  schedule."""
   _require(o.base_lr > 0, 'optim.base_lr', f'must be positive, got {o.base_lr}')
   _require(0 <= o.momentum < 1, 'optim.momentum', f'must be in [0, 1), got {o.momentum}')
   _require(o.weight_decay >= 0, 'optim.weight_decay', f'must be >= 0, got {o.weight_decay}')
@@ -179,6 +180,21 @@ def _check_optimizer(o):
     'optim.lr_decay_every',
     "a per-epoch cosine (the MoCo CIFAR-10 Colab's) has no warm-up: set optim.warmup_epochs=0",
   )
+  _require(o.schedule in ('cosine', 'step'), 'optim.schedule', f'{o.schedule!r}: use cosine or step')
+  if o.schedule == 'step':
+    _check_step_schedule(o)
+
+
+def _check_step_schedule(o):
+  """Milestones: positive increasing epochs; a factor in (0, 1]; no warm-up (the step schedule has none)."""
+  milestones = list(o.lr_milestones)
+  _require(
+    all(isinstance(m, int) and m > 0 for m in milestones) and milestones == sorted(set(milestones)),
+    'optim.lr_milestones',
+    f'{tuple(milestones)} must be positive, increasing epochs',
+  )
+  _require(0 < o.lr_step_factor <= 1, 'optim.lr_step_factor', f'must be in (0, 1], got {o.lr_step_factor}')
+  _require(o.warmup_epochs == 0, 'optim.warmup_epochs', 'the step schedule has no warm-up: set it to 0')
 
 
 def _check_schedule_and_monitor(config):

@@ -16,6 +16,15 @@ def learning_rate(base_lr, batch_size, warmup_steps, total_steps, steps_per_epoc
   return optax.cosine_decay_schedule(peak, max(total_steps, 1))
 
 
+def step_learning_rate(base_lr, batch_size, steps_per_epoch, milestones, factor):
+  """Linear scaling (base_lr at batch 256), then the rate times `factor` at the start of each milestone epoch, as
+  He et al. 2020, "Momentum Contrast for Unsupervised Visual Representation Learning", Sec. 4 (x0.1 at epochs 120
+  and 160 of 200): epoch e (from 0) runs at peak * factor ** #{milestones <= e}."""
+  peak = base_lr * batch_size / 256
+  boundaries = jnp.asarray(milestones, jnp.int32) * steps_per_epoch
+  return lambda step: peak * factor ** jnp.sum(step >= boundaries)
+
+
 def ema_momentum(base, total_steps, kind):
   """Constant m, or a cosine ramp from m to 1 over training (BYOL's schedule)."""
   if kind == 'constant':

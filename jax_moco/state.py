@@ -66,6 +66,10 @@ def backbone_variables(params, batch_stats):
 
 def learning_rate_fn(config, total_steps, steps_per_epoch):
   o = config.optim
+  if o.schedule == 'step':
+    return schedules.step_learning_rate(
+      o.base_lr, config.batch_size, steps_per_epoch, tuple(o.lr_milestones), o.lr_step_factor
+    )
   per_epoch = steps_per_epoch if o.lr_decay_every == 'epoch' else 0
   return schedules.learning_rate(
     o.base_lr, config.batch_size, int(o.warmup_epochs * steps_per_epoch), total_steps, per_epoch

@@ -18,6 +18,7 @@ from configs import presets
 from input_pipeline import sources
 from jax_moco import config_checks
 from jax_moco import monitor
+from jax_moco import state as state_lib
 from jax_moco import train
 from jax_moco.evaluators import common
 from tests.helpers import tiny_config
@@ -128,6 +129,29 @@ def test_cifar10_preset_is_the_moco_colabs_run():
   config_checks.validate(c, num_devices=1)
 
 
+def test_mocov1_preset_is_the_moco_papers_imagenet_run():
+  """He et al. 2020, Sec. 3.3 and 4: ResNet-50, linear 128-d head, batch 256, lr 0.03 x0.1 at 120 and 160 of 200
+  epochs, wd 1e-4, m 0.999, tau 0.07, K 65536, no blur; the schedule it builds steps there."""
+  c = mocov2.get_config('mocov1')
+  assert (c.model.arch, c.model.head, c.model.projection_dim, c.batch_size, c.num_epochs) == (
+    'resnet50',
+    'linear',
+    128,
+    256,
+    200,
+  )
+  assert (c.optim.base_lr, c.optim.schedule, tuple(c.optim.lr_milestones), c.optim.weight_decay) == (
+    0.03,
+    'step',
+    (120, 160),
+    1e-4,
+  )
+  assert (c.moco.momentum, c.moco.temperature, c.moco.queue_size, c.crops.blur_probability) == (0.999, 0.07, 65536, 0)
+  assert (c.crops.num_small, c.moco.nn_weight, c.crops.aplus, c.crops.large_size) == (0, 0.0, False, 224)
+  lr = state_lib.learning_rate_fn(c, total_steps=200 * 5, steps_per_epoch=5)
+  assert [float(lr(5 * e)) for e in (0, 119, 120, 159, 160, 199)] == pytest.approx([0.03, 0.03, 3e-3, 3e-3, 3e-4, 3e-4])
+
+
 def test_coco800_warms_the_nn_loss_up_for_20_epochs():
   assert knn.get_config('coco').moco.nn_warmup_epochs == 5.0
   long = knn.get_config('coco800')
@@ -149,6 +173,7 @@ def test_coco800_warms_the_nn_loss_up_for_20_epochs():
     ('crops.max_iou', 0.0),
     ('crops.max_iou', 1.5),
     ('crops.max_iou_tries', 0),
+    ('optim.schedule', 'linear'),
   ],
 )
 def test_out_of_range_fields_are_refused(field, value):
@@ -170,6 +195,10 @@ def test_out_of_range_fields_are_refused(field, value):
     ('crops.min_overlap', {'crops.min_overlap': 1.5}),
     ('dataset', {'dataset': 'embedded|uniform=5,random=3'}),
     ('knn_bank_dataset', {'knn_bank_dataset': 'embedded|pareto=6'}),
+    ('optim.lr_milestones', {'optim.schedule': 'step', 'optim.lr_milestones': (160, 120)}),
+    ('optim.lr_milestones', {'optim.schedule': 'step', 'optim.lr_milestones': (0, 120)}),
+    ('optim.lr_step_factor', {'optim.schedule': 'step', 'optim.lr_step_factor': 0.0}),
+    ('optim.warmup_epochs', {'optim.schedule': 'step', 'optim.warmup_epochs': 5.0}),
   ],
 )
 def test_invalid_configs_are_refused_naming_the_field(field, overrides):

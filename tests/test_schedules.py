@@ -33,3 +33,12 @@ def test_per_epoch_cosine_is_the_moco_colabs():
   lr = schedules.learning_rate(0.03, 512, 0, total_steps=4 * 10, steps_per_epoch=10)
   expected = [0.06 * 0.5 * (1 + math.cos(math.pi * (s // 10 + 1) / 4)) for s in range(40)]
   np.testing.assert_allclose([float(lr(s)) for s in range(40)], expected, rtol=1e-6, atol=1e-9)
+
+
+def test_step_schedule_is_moco_v1s():
+  """He et al. 2020, Sec. 4: lr 0.03 at batch 256, times 0.1 at the start of epochs 120 and 160 of 200."""
+  lr = schedules.step_learning_rate(0.03, 256, steps_per_epoch=10, milestones=(120, 160), factor=0.1)
+  steps = [0, 1199, 1200, 1599, 1600, 1999]
+  expected = [0.03, 0.03, 0.003, 0.003, 0.0003, 0.0003]
+  np.testing.assert_allclose([float(lr(s)) for s in steps], expected, rtol=1e-6)
+  np.testing.assert_allclose(float(schedules.step_learning_rate(0.03, 512, 10, (), 0.1)(5)), 0.06, rtol=1e-6)
