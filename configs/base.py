@@ -70,6 +70,10 @@ def get_config():
   c.crops.max_iou = 1.0
   c.crops.max_iou_tries = 50
   c.crops.aplus = False  # A+ (AutoAugment branch) for positives
+  # With crops.aplus, the share of positives (and small crops) that get flip + AutoAugment instead of aug+, drawn per
+  # view: 0.5 is A+, the random mix of Table 7 of Van Gansbeke et al. 2021 (VOC 83.7 %); 1.0 is its AutoAugment alone
+  # (79.9 %; the anchor keeps aug+ in both); 0.0 is aug+.
+  c.crops.aplus_probability = 0.5
   c.crops.blur_reference_size = 224  # blur sigma [0.1, 2] px is for 224 px views; scaled to the view size
   c.crops.blur_probability = 0.5  # MoCo-v2's; the MoCo CIFAR-10 Colab applies no blur
   # Pixel work of the augmentations (colour, grayscale, blur, AutoAugment) in the train step on the accelerator;

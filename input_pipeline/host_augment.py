@@ -82,11 +82,14 @@ def moco_v2_record(uniforms, blur_sigma=BLUR_SIGMA, blur_probability=P_BLUR):
   }
 
 
-def aplus_record(uniforms, image_size, blur_sigma=BLUR_SIGMA, blur_probability=P_BLUR):
-  """A+ for positives: each view with p = 0.5 gets flip (p = 0.5) + AutoAugment(ImageNet) instead of aug+
-  (columns 13-19 of the uniforms decide)."""
+def aplus_record(
+  uniforms, image_size, blur_sigma=BLUR_SIGMA, blur_probability=P_BLUR, autoaugment_probability=P_AUTOAUGMENT
+):
+  """A+ for positives: each view with p = autoaugment_probability (A+'s 0.5) gets flip (p = 0.5) +
+  AutoAugment(ImageNet) instead of aug+ (columns 13-19 of the uniforms decide); 1 is AutoAugment alone, Table 7 of
+  Van Gansbeke et al. 2021."""
   params = moco_v2_record(uniforms, blur_sigma, blur_probability)
-  use_autoaugment = uniforms[:, 13] < P_AUTOAUGMENT
+  use_autoaugment = uniforms[:, 13] < autoaugment_probability
   flip = uniforms[:, 14] < P_FLIP
   op, argument = autoaugment.choose(uniforms[:, 15:20], image_size)
   column = use_autoaugment[:, None]

@@ -37,6 +37,7 @@ def view_spec(crops_config) -> views.ViewSpec:
     max_iou=crops_config.max_iou,
     max_iou_tries=crops_config.max_iou_tries,
     aplus=crops_config.aplus,
+    aplus_probability=crops_config.aplus_probability,
     blur_reference_size=crops_config.blur_reference_size,
     blur_probability=crops_config.blur_probability,
     augment_on_device=crops_config.augment_on_device,

@@ -26,6 +26,8 @@ class ViewSpec:
   max_iou: float = 1.0  # cap on the anchor-positive IoU; 1 disables it.
   max_iou_tries: int = 50
   aplus: bool = False
+  # With aplus, the share of positive views that get AutoAugment instead of aug+ (A+: 0.5; 1: AutoAugment alone).
+  aplus_probability: float = host_augment.P_AUTOAUGMENT
   # The blur sigma range is MoCo-v2's [0.1, 2.0] px at 224 px; scaling it with the view size keeps the same
   # relative blur on small images (a 2 px blur wipes out a 32 px image). Set blur_reference_size=0 for fixed px.
   blur_reference_size: int = 224
@@ -98,7 +100,9 @@ def augmentation_records(uniforms, spec: ViewSpec):
     if key == 'anchor' or not spec.aplus:
       record = host_augment.moco_v2_record(flat, spec.blur_sigma(size), spec.blur_probability)
     else:
-      record = host_augment.aplus_record(flat, size, spec.blur_sigma(size), spec.blur_probability)
+      record = host_augment.aplus_record(
+        flat, size, spec.blur_sigma(size), spec.blur_probability, spec.aplus_probability
+      )
     leading = tf.shape(batch_uniforms)[:-1]
     records[key] = {k: tf.reshape(v, tf.concat([leading, tf.shape(v)[1:]], 0)) for k, v in record.items()}
   return records

@@ -154,8 +154,8 @@ def _check_model(model):
 
 
 def _check_crops(cr):
-  """Crop sizes and scales, the constrained multi-crop threshold, the anchor-positive IoU cap and the blur
-  probability."""
+  """Crop sizes and scales, the constrained multi-crop threshold, the anchor-positive IoU cap, the blur probability
+  and A+'s AutoAugment share."""
   _require(cr.large_size > 0 and cr.small_size > 0, 'crops.large_size', 'crop sizes must be positive')
   _require(cr.num_small >= 0, 'crops.num_small', f'must be >= 0, got {cr.num_small}')
   for field, scale in (('crops.large_scale', cr.large_scale), ('crops.small_scale', cr.small_scale)):
@@ -165,6 +165,7 @@ def _check_crops(cr):
   _require(0 < cr.max_iou <= 1, 'crops.max_iou', f'must be in (0, 1] (1: no cap), got {cr.max_iou}')
   _require(cr.max_iou_tries >= 1, 'crops.max_iou_tries', 'must be >= 1')
   _require(0 <= cr.blur_probability <= 1, 'crops.blur_probability', f'must be in [0, 1], got {cr.blur_probability}')
+  _require(0 <= cr.aplus_probability <= 1, 'crops.aplus_probability', f'must be in [0, 1], got {cr.aplus_probability}')
 
 
 def _check_optimizer(o):

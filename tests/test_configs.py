@@ -174,6 +174,7 @@ def test_coco800_warms_the_nn_loss_up_for_20_epochs():
     ('crops.max_iou', 1.5),
     ('crops.max_iou_tries', 0),
     ('optim.schedule', 'linear'),
+    ('crops.aplus_probability', 1.5),
   ],
 )
 def test_out_of_range_fields_are_refused(field, value):

@@ -20,10 +20,13 @@ from PIL import ImageOps
 import pytest
 import tensorflow as tf
 
+from configs import base
 from input_pipeline import autoaugment
 from input_pipeline import autoaugment_policy as policy
 from input_pipeline import host_augment
 from input_pipeline import host_image_ops
+from input_pipeline import pipeline
+from input_pipeline import views
 from jax_moco import device_image_ops
 
 
@@ -338,3 +341,39 @@ def test_application_probabilities():
   p_any_op = np.mean([1 - (1 - a[1]) * (1 - b[1]) for a, b in policy.IMAGENET_POLICY])
   assert _binomial_ok((aplus['autoaugment_op'] >= 0).any(axis=1).sum(), n, host_augment.P_AUTOAUGMENT * p_any_op)
   assert _binomial_ok(aplus['flip'].sum(), n, host_augment.P_FLIP)
+
+
+def _numpy(record):
+  return {k: v.numpy() for k, v in record.items()}
+
+
+def test_aplus_probability_picks_table_7s_variant():
+  """Van Gansbeke et al. 2021, Table 7: the positives' chain is AutoAugment with p = crops.aplus_probability, else
+  aug+; 1 is AutoAugment alone, 0 aug+, and 0.5 (A+) is the record it always was."""
+  uniforms = host_augment.draw_uniforms(tf.constant([5, 6], tf.int64), 500)
+  aug_plus = _numpy(host_augment.moco_v2_record(uniforms))
+  mix = _numpy(host_augment.aplus_record(uniforms, 32))
+  explicit = _numpy(host_augment.aplus_record(uniforms, 32, autoaugment_probability=0.5))
+  assert all(np.array_equal(mix[k], v) for k, v in explicit.items())
+  alone = _numpy(host_augment.aplus_record(uniforms, 32, autoaugment_probability=1.0))
+  assert (alone['jitter_op'] == host_augment.NO_OP).all() and not alone['grayscale'].any()
+  assert (alone['blur_sigma'] == 0).all() and (alone['autoaugment_op'] >= 0).any(axis=1).mean() > 0.5
+  chose = (mix['autoaugment_op'] >= 0).any(axis=1)  # the mix's AutoAugment views are AutoAugment alone's
+  assert np.array_equal(mix['autoaugment_op'][chose], alone['autoaugment_op'][chose])
+  none = _numpy(host_augment.aplus_record(uniforms, 32, autoaugment_probability=0.0))
+  assert all(np.array_equal(none[k], v) for k, v in aug_plus.items())
+
+
+def test_aplus_probability_reaches_the_positives_from_the_config():
+  config = base.get_config()
+  config.crops.aplus, config.crops.aplus_probability, config.crops.num_small = True, 1.0, 2
+  spec = pipeline.view_spec(config.crops)
+  uniforms = {
+    'anchor': host_augment.draw_uniforms(tf.constant([1, 2], tf.int64), 64),
+    'positive': host_augment.draw_uniforms(tf.constant([3, 4], tf.int64), 64),
+    'small': tf.reshape(host_augment.draw_uniforms(tf.constant([5, 6], tf.int64), 128), [64, 2, -1]),
+  }
+  records = {key: _numpy(record) for key, record in views.augmentation_records(uniforms, spec).items()}
+  assert (records['anchor']['autoaugment_op'] == host_augment.NO_OP).all()  # the anchor keeps aug+
+  for key in ('positive', 'small'):
+    assert (records[key]['jitter_op'] == host_augment.NO_OP).all() and not records[key]['grayscale'].any()
