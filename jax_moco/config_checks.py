@@ -104,7 +104,7 @@ def _check_batch(config, num_devices, process_count):
 
 def _check_moco(config):
   """The queue (a multiple of the keys enqueued a step), the symmetric loss (two crops only), temperature, EMA
-  momentum and the NN loss."""
+  momentum and the NN loss (its order and the features it mines)."""
   b, m, cr = config.batch_size, config.moco, config.crops
   enqueued = 2 * b if m.symmetric else b  # the symmetric loss enqueues both crops' keys
   _require(
@@ -133,6 +133,7 @@ def _check_moco(config):
     f'{m.nn_topk} must be in [1, queue_size={m.queue_size}]',
   )
   _require(m.nn_order in ENQUEUE_ORDERS, 'moco.nn_order', f'{m.nn_order!r}: use one of {ENQUEUE_ORDERS}')
+  _require(m.nn_features in ('backbone', 'head'), 'moco.nn_features', f'{m.nn_features!r}: use backbone or head')
 
 
 def _check_model(model):

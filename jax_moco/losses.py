@@ -25,10 +25,10 @@ def instance_loss(l_pos, l_neg, temperature):
   return loss, accuracy
 
 
-def nearest_neighbours(features, queue_g, k):
-  """Indices [P, k] of the k rows of Q_g most cosine-similar to each (normalised) backbone feature. The indices
-  carry no gradient (Van Gansbeke et al. 2021, Algorithm 2)."""
-  similarity = jax.lax.stop_gradient(l2_normalize(features)) @ queue_g.T
+def nearest_neighbours(features, queue, k):
+  """Indices [P, k] of the k rows of a queue of unit vectors (Q_g, or Q_h) most cosine-similar to each (normalised)
+  feature. The indices carry no gradient (Van Gansbeke et al. 2021, Algorithm 2)."""
+  similarity = jax.lax.stop_gradient(l2_normalize(features)) @ queue.T
   return jax.lax.top_k(similarity, k)[1]
 
 

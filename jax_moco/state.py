@@ -28,7 +28,8 @@ class TrainState:
   ema_batch_stats: Any
   opt_state: Any
   queue_h: jax.Array  # [K, C] normalised projections of anchors
-  queue_g: Optional[jax.Array]  # [K, C_g] normalised backbone features, aligned with queue_h; None without NN loss
+  # [K, C_g] normalised backbone features, aligned with queue_h; None without the NN loss or when it mines Q_h
+  queue_g: Optional[jax.Array]
   queue_ptr: jax.Array
   rng: jax.Array  # raw uint32 key data (checkpointable); wrapped with jax.random.wrap_key_data when used
 
@@ -85,8 +86,9 @@ def create_optimizer(config, total_steps, steps_per_epoch) -> optax.GradientTran
   return sgd(learning_rate_fn(config, total_steps, steps_per_epoch), config.optim.momentum, config.optim.weight_decay)
 
 
-def nn_loss_enabled(config) -> bool:
-  return config.moco.nn_weight > 0
+def backbone_queue_enabled(config) -> bool:
+  """Q_g is kept for the NN loss mining backbone features (with moco.nn_features='head' it mines Q_h)."""
+  return config.moco.nn_weight > 0 and config.moco.nn_features == 'backbone'
 
 
 def create_train_state(config, encoder, tx, key) -> TrainState:
@@ -106,7 +108,7 @@ def _fresh_state(config, encoder, tx, key) -> TrainState:
   variables = encoder.init(init_key, jnp.zeros((config.bn_groups, size, size, 3), jnp.float32), train=True)
   params, batch_stats = variables['params'], variables['batch_stats']
   queue_g = None
-  if nn_loss_enabled(config):
+  if backbone_queue_enabled(config):
     queue_g = queues.init_queue(qg_key, config.moco.queue_size, encoder.backbone.num_features)
   return TrainState(
     step=jnp.zeros((), jnp.int32),

@@ -42,6 +42,7 @@ class StepConfig:
   queue_size: int
   normalization: str = 'imagenet'  # a key of normalization.NORMALIZATION
   symmetric: bool = False  # the MoCo CIFAR-10 Colab's symmetric loss (two crops, each the query for the other's key)
+  nn_features: str = 'backbone'  # the kNN term mines Q_g with backbone features, or Q_h with projections ('head')
 
 
 def step_config(config, steps_per_epoch) -> StepConfig:
@@ -55,6 +56,7 @@ def step_config(config, steps_per_epoch) -> StepConfig:
     queue_size=m.queue_size,
     normalization=config.model.normalization,
     symmetric=m.symmetric,
+    nn_features=m.nn_features,
   )
 
 
@@ -122,25 +124,30 @@ def symmetric_momentum_keys(encoder, ema_params, ema_batch_stats, batch, key, st
 
 
 class Mining(NamedTuple):
-  """The kNN term's inputs besides the features: the Q_g it mines (before or after this step's enqueue, by
-  `nn_order`; None without the term), the slot of Q_g where this step's anchors start, and the term's weight."""
+  """The kNN term's inputs besides the features: the queue it mines (Q_g, or Q_h with nn_features='head'; before or
+  after this step's enqueue, by `nn_order`; None without the term), the slot where this step's anchors start, and
+  the term's weight."""
 
-  queue_g: Optional[jax.Array]
+  queue: Optional[jax.Array]
   recent_start: Optional[jax.Array]
   global_batch: int
   weight: jax.Array
 
 
 def _enqueue(state: TrainState, keys: MomentumKeys, cfg: StepConfig, global_batch):
-  """(Q_h, Q_g) after this step's enqueue (Q_g None without the kNN term), and what the kNN term mines."""
+  """(Q_h, Q_g) after this step's enqueue (Q_g None unless the kNN term mines backbone features), and what the kNN
+  term mines."""
   queue_h = queues.enqueue(state.queue_h, keys.enqueued, state.queue_ptr)
   weight = cfg.nn_weight * (state.step >= cfg.nn_warmup_steps)
-  if state.queue_g is None:
-    return queue_h, None, Mining(None, None, global_batch, weight)
-  queue_g = queues.enqueue(state.queue_g, l2_normalize(keys.backbone), state.queue_ptr)
+  queue_g = None
+  if state.queue_g is not None:
+    queue_g = queues.enqueue(state.queue_g, l2_normalize(keys.backbone), state.queue_ptr)
+  if cfg.nn_weight == 0:
+    return queue_h, queue_g, Mining(None, None, global_batch, weight)
+  before, after = (state.queue_h, queue_h) if cfg.nn_features == 'head' else (state.queue_g, queue_g)
   if cfg.nn_order == 'enqueue_then_mine':
-    return queue_h, queue_g, Mining(queue_g, state.queue_ptr, global_batch, weight)
-  return queue_h, queue_g, Mining(state.queue_g, state.queue_ptr - global_batch, global_batch, weight)
+    return queue_h, queue_g, Mining(after, state.queue_ptr, global_batch, weight)
+  return queue_h, queue_g, Mining(before, state.queue_ptr - global_batch, global_batch, weight)
 
 
 def _online_views(encoder, params, batch_stats, batch, statistics):
@@ -166,12 +173,14 @@ def _instance_terms(projections, keys, queue_h, temperature):
   return (*losses.instance_loss(l_pos, l_neg, temperature), l_neg)
 
 
-def _total_loss(loss_inst, accuracy, features, l_neg, mining: Mining, cfg: StepConfig):
-  """The instance loss plus, with Q_g, the weighted kNN term (Van Gansbeke et al. 2021, Eq. 2): (loss, metrics)."""
+def _total_loss(loss_inst, accuracy, features, projections, l_neg, mining: Mining, cfg: StepConfig):
+  """The instance loss plus, with a queue to mine, the weighted kNN term (Van Gansbeke et al. 2021, Eq. 2), the
+  neighbours mined with the views' backbone features or (nn_features='head') their projections: (loss, metrics)."""
   metrics = {'loss_inst': loss_inst, 'acc_inst': accuracy}
   loss = loss_inst
-  if mining.queue_g is not None:
-    indices = losses.nearest_neighbours(features.reshape(-1, features.shape[-1]), mining.queue_g, cfg.nn_topk)
+  if mining.queue is not None:
+    mined = projections if cfg.nn_features == 'head' else features
+    indices = losses.nearest_neighbours(mined.reshape(-1, mined.shape[-1]), mining.queue, cfg.nn_topk)
     loss_nn = losses.nn_loss(l_neg, indices, cfg.temperature)
     loss = loss + mining.weight * loss_nn
     recent_start = mining.recent_start % cfg.queue_size
@@ -186,7 +195,7 @@ def moco_loss(params, state: TrainState, batch, keys: MomentumKeys, mining: Mini
   """Each view of the positive as the query for its anchor's key. Returns (loss, (BN statistics, metrics))."""
   features, projections, batch_stats = _online_views(encoder, params, state.batch_stats, batch, cfg.normalization)
   loss_inst, accuracy, l_neg = _instance_terms(projections, keys.anchor, state.queue_h, cfg.temperature)
-  loss, metrics = _total_loss(loss_inst, accuracy, features, l_neg, mining, cfg)
+  loss, metrics = _total_loss(loss_inst, accuracy, features, projections, l_neg, mining, cfg)
   return loss, (batch_stats, metrics)
 
 
@@ -199,7 +208,8 @@ def symmetric_loss(params, state: TrainState, batch, keys: MomentumKeys, mining:
   loss_back, accuracy_back, _ = _instance_terms(
     anchor_projections[:, None], keys.positive, state.queue_h, cfg.temperature
   )
-  loss, metrics = _total_loss(loss_inst + loss_back, (accuracy + accuracy_back) / 2, features, l_neg, mining, cfg)
+  accuracy = (accuracy + accuracy_back) / 2
+  loss, metrics = _total_loss(loss_inst + loss_back, accuracy, features, projections, l_neg, mining, cfg)
   return loss, (batch_stats, metrics)
 
 

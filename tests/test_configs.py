@@ -175,6 +175,7 @@ def test_coco800_warms_the_nn_loss_up_for_20_epochs():
     ('crops.max_iou_tries', 0),
     ('optim.schedule', 'linear'),
     ('crops.aplus_probability', 1.5),
+    ('moco.nn_features', 'logits'),
   ],
 )
 def test_out_of_range_fields_are_refused(field, value):

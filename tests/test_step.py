@@ -10,7 +10,9 @@ import pytest
 from jax_moco import queues
 from jax_moco import sharding
 from jax_moco import shuffle
+from jax_moco import state as state_lib
 from jax_moco import step as step_lib
+from jax_moco.normalization import normalize
 from jax_moco.sharding import shard_batch
 from tests.helpers import build
 from tests.helpers import loss_atol
@@ -175,6 +177,24 @@ def test_mocov2_has_no_backbone_queue(make_config, batches):
   config = make_config(**{'moco.nn_weight': 0.0, 'crops.num_small': 0})
   state, metrics, _ = run(config, [{k: v for k, v in b.items() if k != 'small'} for b in batches[:1]])
   assert state.queue_g is None and 'loss_nn' not in metrics[0]
+
+
+def test_head_mining_takes_the_neighbours_in_q_h_by_the_projection(batches):
+  """moco.nn_features='head' (Van Gansbeke et al. 2021, Sec. 4.3's alternative): the neighbours of a positive are
+  the k rows of Q_h most similar to its projection, so in the paper's order the NN term is minus the mean of the k
+  largest log-softmax(l_neg / tau) of each positive. Recomputed from the state before the step; no Q_g is kept."""
+  head = {'moco.nn_features': 'head', 'moco.nn_order': 'loss_then_enqueue', 'moco.nn_weight': 0.4, 'moco.nn_topk': 5}
+  config, two = two_crop(head, batches[:1])
+  # The same batch twice: its own anchors' keys, enqueued by the first step, are the second step's likely neighbours.
+  (before, _), metrics, _ = run(config, [two[0], two[0]], devices=jax.devices()[:1], keep_states=True)
+  assert before.queue_g is None
+  variables = {'params': before.params, 'batch_stats': before.batch_stats}
+  images = normalize(two[0]['positive'], config.model.normalization)
+  (_, projections), _ = state_lib.create_encoder(config).apply(variables, images, train=True, mutable=['batch_stats'])
+  log_probs = jax.nn.log_softmax(np.asarray(projections) @ before.queue_h.T / config.moco.temperature, axis=1)
+  expected = -np.mean(np.sort(np.asarray(log_probs), axis=1)[:, -config.moco.nn_topk :])
+  atol = loss_atol(config.moco.temperature, config.model.projection_dim)
+  np.testing.assert_allclose(metrics[1]['loss_nn'], expected, rtol=1e-5, atol=atol)
 
 
 def test_bfloat16_compute_keeps_float32_params(make_config, batches):
