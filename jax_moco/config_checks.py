@@ -188,7 +188,8 @@ def _check_optimizer(o):
 
 
 def _check_step_schedule(o):
-  """Milestones: positive increasing epochs; a factor in (0, 1]; no warm-up (the step schedule has none)."""
+  """Milestones: positive increasing epochs; a factor in (0, 1]; no warm-up and no per-epoch cosine (the step
+  schedule has neither)."""
   milestones = list(o.lr_milestones)
   _require(
     all(isinstance(m, int) and m > 0 for m in milestones) and milestones == sorted(set(milestones)),
@@ -197,6 +198,11 @@ def _check_step_schedule(o):
   )
   _require(0 < o.lr_step_factor <= 1, 'optim.lr_step_factor', f'must be in (0, 1], got {o.lr_step_factor}')
   _require(o.warmup_epochs == 0, 'optim.warmup_epochs', 'the step schedule has no warm-up: set it to 0')
+  _require(
+    o.lr_decay_every == 'step',
+    'optim.lr_decay_every',
+    "'epoch' steps the cosine per epoch; the step schedule changes at its milestones: leave it at 'step'",
+  )
 
 
 def _check_schedule_and_monitor(config):

@@ -201,6 +201,7 @@ def test_out_of_range_fields_are_refused(field, value):
     ('optim.lr_milestones', {'optim.schedule': 'step', 'optim.lr_milestones': (0, 120)}),
     ('optim.lr_step_factor', {'optim.schedule': 'step', 'optim.lr_step_factor': 0.0}),
     ('optim.warmup_epochs', {'optim.schedule': 'step', 'optim.warmup_epochs': 5.0}),
+    ('optim.lr_decay_every', {'optim.schedule': 'step', 'optim.lr_decay_every': 'epoch'}),
   ],
 )
 def test_invalid_configs_are_refused_naming_the_field(field, overrides):
