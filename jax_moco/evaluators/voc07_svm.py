@@ -207,10 +207,15 @@ class Evaluator:
       f'C = {costs[0]:g}' if len(costs) == 1 else f'C per class by 3-fold CV ({", ".join(f"{c:g}" for c in costs)})'
     )
     top1 = f', top-1 {result["top1"]:.2f} %' if 'top1' in result else ''
-    aps = ', '.join(
-      f'{name} {"-" if ap is None else f"{ap:.1f}"}' for name, ap in zip(result['classes'], result['ap_per_class'])
-    )
     return (
       f'linear SVM per class ({cost}, difficult as {result["difficult"]})',
-      f'mAP {result["map"]:.2f} %{top1}; AP per class (%): {aps}',
+      f'mAP {result["map"]:.2f} %{top1}{_per_class(result)}',
     )
+
+
+def _per_class(result):
+  """'; AP per class (%): name AP, ...' of a result, by class id where it predates the names."""
+  aps = result.get('ap_per_class', [])
+  names = result.get('classes') or range(len(aps))
+  listed = ', '.join(f'{name} {"-" if ap is None else f"{ap:.1f}"}' for name, ap in zip(names, aps))
+  return f'; AP per class (%): {listed}' if listed else ''
