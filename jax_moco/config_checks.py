@@ -50,12 +50,13 @@ def eval_dataset_for(config) -> Tuple[str, str]:
   return spec or '', why
 
 
-def resolved(config, num_devices: int):
+def resolved(config, num_devices: int, eval_dataset=None):
   """A copy of `config` with `bn_groups` and `eval_dataset` as the run uses them (what checkpoints and config.json
-  record, so that evaluation reads the queries the monitor scored)."""
+  record, so that evaluation reads the queries the monitor scored). `eval_dataset`: eval_dataset_for's answer where
+  the caller has it already."""
   run = config.copy_and_resolve_references()
   run.bn_groups = bn_groups_for(config, num_devices)
-  run.eval_dataset = eval_dataset_for(config)[0]
+  run.eval_dataset = eval_dataset_for(config)[0] if eval_dataset is None else eval_dataset
   return run
 
 

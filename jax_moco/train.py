@@ -147,12 +147,13 @@ def prepare(config):
   fields, and a bank and queries that cannot be compared, are refused naming the fields (config_checks.ConfigError).
   When eval_dataset='auto' finds no labelled split to monitor, the console says so once."""
   config_checks.validate(config, jax.device_count(), jax.process_count())
-  run = config_checks.resolved(config, jax.device_count())
-  if config.eval_dataset == config_checks.AUTO_EVAL_DATASET and not run.eval_dataset:
+  queries, why_none = config_checks.eval_dataset_for(config)  # 'auto' looks on disk: once
+  run = config_checks.resolved(config, jax.device_count(), queries)
+  if config.eval_dataset == config_checks.AUTO_EVAL_DATASET and not queries:
     logging.warning(
       'kNN monitor off: %s. To monitor training, name a labelled split of the same classes: '
       '--config.eval_dataset=folder:VAL',
-      config_checks.eval_dataset_for(config)[1],
+      why_none,
     )
   source = sources.get_source(run.dataset, run.data_dir)
   return run, source, monitor_lib.datasets(run, source) if run.eval_dataset else None
