@@ -50,6 +50,17 @@ def test_ablation_rows_add_one_thing_each_at_an_equal_budget():
     ablation.row_config('mocov2', 0, overrides={'model.archh': 'resnet10'})
 
 
+@pytest.mark.parametrize(
+  'study, differing',
+  [('class_balance', [['dataset']]), ('iou_cap', [['crops.max_iou'], ['crops.max_iou']])],
+)
+def test_the_data_studies_rows_differ_in_their_variable_only(study, differing):
+  rows = ablation.STUDIES[study]
+  configs = [dict(runs.flat_fields(ablation.row_config(name, 0, study=study).to_dict())) for name in rows]
+  assert [sorted(k for k in b if b[k] != a[k]) for a, b in zip(configs, configs[1:])] == differing
+  assert all(c['method'] == 'mocov2' and c['num_train_steps'] == configs[0]['num_train_steps'] for c in configs)
+
+
 @pytest.mark.fast_compile
 @pytest.mark.heavy(45)  # seconds on 2 cores, for the order of tests/conftest.py
 def test_ablation_trains_scores_tabulates_and_reads_back(tmp_path):
@@ -61,8 +72,9 @@ def test_ablation_trains_scores_tabulates_and_reads_back(tmp_path):
   assert (tmp_path / 'table.md').read_text() == table + '\n'
   lines = table.splitlines()
   number = r'\d+\.\d\d'
-  assert re.fullmatch(rf'\| random init \| - \| {number} \| {number} \| 0 \| - \| - \|', lines[2])
-  assert re.fullmatch(rf'\| MoCo-v2 \| configs/mocov2.py \| {number} \| {number} \| 2 \| 32 \| \d+ \|', lines[3])
+  assert re.fullmatch(rf'\| random init \| - \| {number} \| {number} \| - \| 0 \| - \| - \|', lines[2])
+  row = rf'\| MoCo-v2 \| configs/mocov2.py \| {number} \| {number} \| {number} \| 2 \| 32 \| \d+ \|'
+  assert re.fullmatch(row, lines[3])
   assert lines[5].startswith('Seed 0.') and '200 train / 200 test images' in lines[5]
 
   # The command line with the same settings reads every result: no file of the run changes.
