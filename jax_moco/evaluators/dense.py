@@ -35,6 +35,12 @@ OUTPUTS = {
 }
 
 
+def dense_backbone(backbone, stage_strides, **overrides):
+  """`backbone` run without pooling, its later stages as `stage_strides` says (resnet.STAGE_STRIDES; OUTPUTS names
+  this module's), one BN group; `overrides` set other fields of the clone."""
+  return backbone.clone(dilate_last=False, stage_strides=stage_strides, pool=False, bn_groups=1, **overrides)
+
+
 class DenseFeatures:
   """features(variables, images) -> [n, h, w, C] float32, unit norm along C, for host-local uint8 images
   [n, H, W, 3] of every process (their features concatenated in process order, on every process).
@@ -46,7 +52,7 @@ class DenseFeatures:
     if output not in OUTPUTS:
       raise ValueError(f'dense_output={output!r}: choose one of {", ".join(OUTPUTS)}')
     self.mesh, self.output = mesh, output
-    self.module = backbone.clone(dilate_last=False, stage_strides=OUTPUTS[output], pool=False, bn_groups=1)
+    self.module = dense_backbone(backbone, OUTPUTS[output])
     self.batch_size = batch_size or mesh.size
     if self.batch_size % mesh.size:
       raise ValueError(f'dense features: batch_size={self.batch_size} is not a multiple of {mesh.size} devices')

@@ -117,8 +117,10 @@ class Bottleneck(ResidualBlock):
 # 'dilated', stride 1 and the dilation of its 3x3 convs (and of every later stage's) doubled, so that it computes the
 # strided stage's outputs and the locations between them (torchvision's replace_stride_with_dilation); 'unstrided',
 # stride 1 without dilation (Jabri et al. 2020, "Space-Time Correspondence as a Contrastive Random Walk": their
-# ResNet.modify); 'dropped', not run, nor any stage after it.
-STAGE_STRIDES = ('strided', 'dilated', 'unstrided', 'dropped')
+# ResNet.modify); 'dropped', not run, nor any stage after it; 'dilated_all', 'dilated' with the first block's strided
+# 3x3 conv at the new dilation too (the FCN of Van Gansbeke et al. 2021's segmentation code: every 3x3 conv of the last
+# stage at dilation 2, their _apply_dilation_2_stride_1).
+STAGE_STRIDES = ('strided', 'dilated', 'unstrided', 'dropped', 'dilated_all')
 
 
 def _shortcut(block, x, train):
@@ -143,6 +145,7 @@ class ResNet(nn.Module):
   bn_groups: int = 1
   dtype: jnp.dtype = jnp.float32
   pool: bool = True
+  bn_axis_name: str | None = None  # SplitBatchNorm.axis_name: synchronised BN over this mesh axis
 
   @property
   def num_features(self):
@@ -184,8 +187,8 @@ class ResNet(nn.Module):
       if mode == 'dropped':
         break
       previous = dilation
-      dilation *= 2 if mode == 'dilated' else 1
-      plan.append((2 if mode == 'strided' else 1, dilation, previous))
+      dilation *= 2 if mode in ('dilated', 'dilated_all') else 1
+      plan.append((2 if mode == 'strided' else 1, dilation, dilation if mode == 'dilated_all' else previous))
     return plan
 
   @nn.compact
@@ -193,7 +196,9 @@ class ResNet(nn.Module):
     conv = functools.partial(
       nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init, conv_general_dilated=conv_small_maps_as_matmul
     )
-    norm = functools.partial(SplitBatchNorm, groups=self.bn_groups, dtype=self.dtype, zero_init=False)
+    norm = functools.partial(
+      SplitBatchNorm, groups=self.bn_groups, dtype=self.dtype, zero_init=False, axis_name=self.bn_axis_name
+    )
     x = x.astype(self.dtype)
     base = int(64 * self.width)
     if self.stem == 'imagenet':
