@@ -17,6 +17,7 @@ from input_pipeline import split_lists
 
 NUM_CLASSES = 21
 IGNORE = 255
+INDEX_MODES = ('P', 'L', 'I;16', 'I')  # one integer channel: palette, 8-, 16- or 32-bit grey
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +28,7 @@ class SegmentationSet:
   mask_dir: str
   num_classes: int = NUM_CLASSES
   multi_label: bool = False
+  target: str = 'segmentation'  # what load's second array holds (the dense readers' sets share these fields)
 
   @property
   def num_examples(self) -> int:
@@ -42,21 +44,39 @@ class SegmentationSet:
     name = self.ids[index]
     image_path = os.path.join(self.image_dir, f'{name}.jpg')
     mask_path = os.path.join(self.mask_dir, f'{name}.png')
-    for path in (image_path, mask_path):
-      if not os.path.exists(path):
-        raise FileNotFoundError(f'{self.name}: {path} is missing')
-    with Image.open(image_path) as image:
-      image = np.asarray(image.convert('RGB'))
-    with Image.open(mask_path) as mask:
-      if mask.mode not in ('P', 'L'):
-        raise ValueError(f'{mask_path}: a {mask.mode} image, expected a class-index PNG (mode P or L)')
-      mask = np.asarray(mask)
-    unknown = sorted(set(np.unique(mask).tolist()) - set(range(NUM_CLASSES)) - {IGNORE})
-    if unknown:
-      raise ValueError(f'{mask_path}: unknown class ids {unknown} (VOC has 0-{NUM_CLASSES - 1} and {IGNORE})')
-    if mask.shape != image.shape[:2]:
-      raise ValueError(f'{mask_path}: mask {mask.shape} and image {image.shape[:2]} differ in size')
-    return image, mask
+    require_files(self.name, (image_path, mask_path))
+    image = read_rgb(image_path)
+    known = (*range(NUM_CLASSES), IGNORE)
+    return image, read_index_png(mask_path, image.shape[:2], known, f'VOC has 0-{NUM_CLASSES - 1} and {IGNORE}')
+
+
+def require_files(dataset_name, paths):
+  """Refuses the first of `paths` that does not exist, naming it and the dataset."""
+  for path in paths:
+    if not os.path.exists(path):
+      raise FileNotFoundError(f'{dataset_name}: {path} is missing')
+
+
+def read_rgb(path):
+  """uint8 [H, W, 3] of an image file, converted to RGB."""
+  with Image.open(path) as image:
+    return np.asarray(image.convert('RGB'))
+
+
+def read_index_png(path, shape, known, description):
+  """uint8 [H, W] values of the class-index PNG at `path` (mode P or L; 16- or 32-bit integer grey accepted), refused
+  naming the file when it has another mode, a value outside `known` (`description` says what the values may be) or
+  another size than `shape`, its image's."""
+  with Image.open(path) as mask:
+    if mask.mode not in INDEX_MODES:
+      raise ValueError(f'{path}: a {mask.mode} image, expected a class-index PNG (mode P or L)')
+    mask = np.asarray(mask)
+  unknown = sorted(set(np.unique(mask).tolist()) - set(known))
+  if unknown:
+    raise ValueError(f'{path}: unknown class ids {unknown} ({description})')
+  if mask.shape != tuple(shape):
+    raise ValueError(f'{path}: mask {mask.shape} and image {tuple(shape)} differ in size')
+  return mask.astype(np.uint8)
 
 
 def get(spec: str, default_split: str = 'train') -> SegmentationSet:
