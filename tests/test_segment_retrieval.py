@@ -12,6 +12,7 @@ from PIL import Image
 import pytest
 
 from jax_moco import evaluate
+from jax_moco.evaluators import dense_metrics
 from jax_moco.evaluators import segment_retrieval
 from jax_moco.readers import voc_segmentation
 from tests import helpers
@@ -26,7 +27,7 @@ def test_miou_matches_its_definition():
   mask = rng.integers(0, 6, (40, 50)).astype(np.uint8)
   mask[rng.random(mask.shape) < 0.1] = voc_segmentation.IGNORE
   prediction = np.where(rng.random(mask.shape) < 0.6, mask % 6, rng.integers(0, 8, mask.shape))
-  ious = segment_retrieval.iou_per_class(segment_retrieval.confusion(prediction, mask))
+  ious = dense_metrics.iou_per_class(dense_metrics.confusion(prediction, mask, voc_segmentation.NUM_CLASSES))
   valid = mask != voc_segmentation.IGNORE
   for c in range(voc_segmentation.NUM_CLASSES):
     union = ((prediction == c) | (mask == c)) & valid

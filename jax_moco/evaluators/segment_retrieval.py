@@ -27,6 +27,7 @@ from jax_moco import evaluators
 from jax_moco import sharding
 from jax_moco.evaluators import common
 from jax_moco.evaluators import dense as dense_lib
+from jax_moco.evaluators import dense_metrics
 from jax_moco.readers import voc_segmentation
 
 K, IMAGE_SIZE = 15, 512
@@ -58,21 +59,6 @@ def majority_labels(assignment, mask, num_regions):
   counts = np.zeros((num_regions, voc_segmentation.NUM_CLASSES), np.int64)
   np.add.at(counts, (up[known], mask[known]), 1)
   return np.where(counts.sum(axis=1) > 0, counts.argmax(axis=1), -1)
-
-
-def confusion(prediction, mask, num_classes=voc_segmentation.NUM_CLASSES):
-  """[num_classes, num_classes] counts, rows the ground truth, ignored pixels left out."""
-  known = mask != voc_segmentation.IGNORE
-  pairs = mask[known].astype(np.int64) * num_classes + prediction[known]
-  return np.bincount(pairs, minlength=num_classes**2).reshape(num_classes, num_classes)
-
-
-def iou_per_class(confusion_matrix):
-  """IoU (%) of every class; NaN for a class absent from both the ground truth and the predictions."""
-  tp = np.diag(confusion_matrix).astype(np.float64)
-  union = confusion_matrix.sum(axis=0) + confusion_matrix.sum(axis=1) - tp
-  with np.errstate(invalid='ignore', divide='ignore'):
-    return np.where(union > 0, tp / union * 100, np.nan)
 
 
 def resize(image, size=IMAGE_SIZE):
@@ -114,11 +100,10 @@ def segment_retrieval(
   for assignment, descriptors, mask in image_regions(dense, val, image_size, k, seed, batch_size, max_val, progress):
     num_val += 1
     predicted = bank_labels[np.argmax(descriptors @ bank.T, axis=1)]
-    total += confusion(upsample_nearest(predicted[assignment], *mask.shape), mask)
-  ious = iou_per_class(total)
+    prediction = upsample_nearest(predicted[assignment], *mask.shape)
+    total += np.asarray(dense_metrics.confusion(prediction, mask, voc_segmentation.NUM_CLASSES))
   return {
-    'miou': float(np.nanmean(ious)),
-    'iou_per_class': [None if np.isnan(v) else float(v) for v in ious],
+    **dense_metrics.segmentation_metrics(total),
     'num_train_regions': len(bank),
     'num_train': min(train.num_examples, max_train or train.num_examples),
     'num_test': num_val,
