@@ -12,8 +12,8 @@ A target is a class-index mask (integer dtype, 255 ignored) or a depth map (floa
 dtype says which. Pixels stay uint8; the training loop normalises them (jax_moco.normalization), so pass the
 normalisation's mean colour as `image_fill` to pad with what becomes 0, as DeepLab pads.
 
-Every random choice comes from one numpy Generator, `example_rng(seed, epoch, index)`'s for reproducible epochs, so
-a resumed epoch draws the same crops. Evaluation reads whole images at their own size; `pad_example` pads an image
+Every random choice comes from one numpy Generator, `example_rng(seed, epoch, index)`'s in `train_batch`, so a
+resumed epoch draws the same crops. Evaluation reads whole images at their own size; `pad_example` pads an image
 and its target to a common size for batching, the target with ignore/invalid so the padding scores nothing.
 """
 
@@ -67,20 +67,31 @@ def _is_depth(target):
   return np.issubdtype(target.dtype, np.floating)
 
 
+def _padding(target):
+  """What pads a target: INVALID_DEPTH for depth, IGNORE for labels."""
+  return INVALID_DEPTH if _is_depth(target) else IGNORE
+
+
 def nearest_indices(n_in, n_out):
   """The source index of each of `n_out` samples of `n_in`: floor((i + 1/2) n_in / n_out), the pixel under each
   output pixel's centre (integer arithmetic, so exact)."""
   return (2 * np.arange(n_out) + 1) * n_in // (2 * n_out)
 
 
-def _resize_nearest(target, size):
-  return target[nearest_indices(target.shape[0], size[0])][:, nearest_indices(target.shape[1], size[1])]
+def _window(geometry: Geometry, size, crop):
+  """(top, bottom, left, right): the part of the scaled, unflipped image of `size` that the crop takes (the crop's
+  rest is padding)."""
+  height, width = size
+  bottom, right = min(geometry.top + crop[0], height), min(geometry.left + crop[1], width)
+  left = geometry.left
+  if geometry.flip:
+    left, right = width - right, width - left
+  return geometry.top, bottom, left, right
 
 
 def _pad_to(array, size, fill):
-  """`array` padded at the bottom and right with `fill` to at least `size` (height, width)."""
-  height, width = max(array.shape[0], size[0]), max(array.shape[1], size[1])
-  out = np.empty((height, width, *array.shape[2:]), array.dtype)
+  """`array` padded at the bottom and right with `fill` to `size` (height, width)."""
+  out = np.empty((*size, *array.shape[2:]), array.dtype)
   out[...] = fill
   out[: array.shape[0], : array.shape[1]] = array
   return out
@@ -88,20 +99,23 @@ def _pad_to(array, size, fill):
 
 def apply(image, target, geometry: Geometry, crop_size, image_fill, rescale_depth=True):
   """(image uint8 [h, w, 3], target [h, w]) of `geometry` on one example, (h, w) = crop_size; the target's dtype
-  is kept (labels uint8, depth float32)."""
-  crop = _pair(crop_size)
-  depth = _is_depth(target)
-  size = scaled_size(image.shape[:2], geometry.scale)
-  image = np.asarray(Image.fromarray(image).resize(size[::-1], Image.BILINEAR))
-  target = _resize_nearest(target.astype(np.float32) if depth else target.astype(np.uint8), size)
+  is kept (labels uint8, depth float32). Only the cropped part is resized: the image equals PIL's resize of the
+  whole image, then cropped, to one level (PIL's fixed-point rounding); the target equals it exactly."""
+  if target.shape != image.shape[:2]:
+    raise ValueError(f'target {target.shape} and image {image.shape[:2]} differ in size')
+  crop, depth = _pair(crop_size), _is_depth(target)
+  (source_h, source_w), size = image.shape[:2], scaled_size(image.shape[:2], geometry.scale)
+  top, bottom, left, right = _window(geometry, size, crop)
+  box = (left * source_w / size[1], top * source_h / size[0], right * source_w / size[1], bottom * source_h / size[0])
+  image = np.asarray(Image.fromarray(image).resize((right - left, bottom - top), Image.BILINEAR, box=box))
+  rows = nearest_indices(source_h, size[0])[top:bottom]
+  target = target[rows][:, nearest_indices(source_w, size[1])[left:right]]
+  target = target.astype(np.float32) if depth else target.astype(np.uint8)
   if depth and rescale_depth:
     target = target / np.float32(geometry.scale)  # 0 (invalid) stays 0
   if geometry.flip:
     image, target = image[:, ::-1], target[:, ::-1]
-  image = _pad_to(image, crop, np.asarray(image_fill, np.uint8))
-  target = _pad_to(target, crop, INVALID_DEPTH if depth else IGNORE)
-  rows, cols = slice(geometry.top, geometry.top + crop[0]), slice(geometry.left, geometry.left + crop[1])
-  return np.ascontiguousarray(image[rows, cols]), np.ascontiguousarray(target[rows, cols])
+  return _pad_to(image, crop, np.asarray(image_fill, np.uint8)), _pad_to(target, crop, _padding(target))
 
 
 def train_example(image, target, crop_size, rng, image_fill, scale_range=SCALE_RANGE, rescale_depth=True):
@@ -111,11 +125,25 @@ def train_example(image, target, crop_size, rng, image_fill, scale_range=SCALE_R
   return apply(image, target, geometry, crop_size, image_fill, rescale_depth)
 
 
+def train_batch(dataset, indices, crop_size, seed, epoch, image_fill, executor=None, **options):
+  """(images uint8 [B, h, w, 3], targets [B, h, w]) of `dataset`'s examples `indices` (a reader's set: `load(i)`),
+  example i augmented by train_example with example_rng(seed, epoch, i), so a batch depends on nothing else; an
+  `executor` (concurrent.futures) loads and augments the examples in parallel, to the same result. `options`:
+  train_example's scale_range, rescale_depth."""
+
+  def one(index):
+    image, target = dataset.load(index)
+    return train_example(image, target, crop_size, example_rng(seed, epoch, index), image_fill, **options)
+
+  examples = list(executor.map(one, indices) if executor else map(one, indices))
+  return np.stack([image for image, _ in examples]), np.stack([target for _, target in examples])
+
+
 def pad_example(image, target, size, image_fill):
   """(image, target, (height, width)): a whole evaluation example padded at the bottom and right to `size`, the
   image with `image_fill`, the target with 255 (labels) or 0 (depth), and its own size, the valid region's."""
   size = _pair(size)
   if image.shape[0] > size[0] or image.shape[1] > size[1]:
     raise ValueError(f'pad_example: an image of {image.shape[:2]} does not fit in {size}')
-  fill = INVALID_DEPTH if _is_depth(target) else IGNORE
-  return _pad_to(image, size, np.asarray(image_fill, np.uint8)), _pad_to(target, size, fill), image.shape[:2]
+  padded_image = _pad_to(image, size, np.asarray(image_fill, np.uint8))
+  return padded_image, _pad_to(target, size, _padding(target)), image.shape[:2]

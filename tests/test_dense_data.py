@@ -1,6 +1,7 @@
 """The fine-tuned dense protocols' data: the training transform against its definition, and the Cityscapes and NYUD
 readers on tiny folders in their layouts, with every refused case."""
 
+import concurrent.futures
 import os
 
 import numpy as np
@@ -20,7 +21,9 @@ def _example(rng, height=30, width=44):
 
 
 def _by_definition(image, target, geometry, crop, fill, target_fill):
-  """The transform written out: PIL bilinear for the image, centre-pixel nearest for the target, flip, pad, crop."""
+  """The transform written out on whole images: PIL bilinear for the image, centre-pixel nearest for the target,
+  flip, pad, crop."""
+  crop_h, crop_w = (crop, crop) if np.isscalar(crop) else crop
   height, width = (max(1, round(n * geometry.scale)) for n in image.shape[:2])
   image = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
   rows = np.floor((np.arange(height) + 0.5) * target.shape[0] / height).astype(int)
@@ -28,26 +31,30 @@ def _by_definition(image, target, geometry, crop, fill, target_fill):
   target = target[rows][:, cols]
   if geometry.flip:
     image, target = np.flip(image, 1), np.flip(target, 1)
-  big_image = np.empty((max(height, crop), max(width, crop), 3), np.uint8)
+  big_image = np.empty((max(height, crop_h), max(width, crop_w), 3), np.uint8)
   big_image[...] = fill
   big_target = np.full(big_image.shape[:2], target_fill, target.dtype)
   big_image[:height, :width], big_target[:height, :width] = image, target
-  window = np.s_[geometry.top : geometry.top + crop, geometry.left : geometry.left + crop]
+  window = np.s_[geometry.top : geometry.top + crop_h, geometry.left : geometry.left + crop_w]
   return big_image[window], big_target[window]
 
 
-@pytest.mark.parametrize('scale,flip', [(1.37, True), (0.61, False), (1.0, True)])
-def test_train_transform_is_its_definition(scale, flip):
+@pytest.mark.parametrize('crop', [32, (24, 40)])
+def test_train_transform_is_its_definition(crop):
   rng = np.random.default_rng(0)
   image, labels = _example(rng)
-  crop = 32
-  height, width = dense_transforms.scaled_size(image.shape[:2], scale)
-  geometry = dense_transforms.Geometry(scale, flip, max(height - crop, 0) // 2, max(width - crop, 0))
-  got = dense_transforms.apply(image, labels, geometry, crop, FILL)
-  want = _by_definition(image, labels, geometry, crop, FILL, 255)
-  np.testing.assert_array_equal(got[0], want[0])
-  np.testing.assert_array_equal(got[1], want[1])
-  assert got[0].dtype == np.uint8 and got[1].dtype == np.uint8 and got[0].shape == (crop, crop, 3)
+  crop_hw = (crop, crop) if np.isscalar(crop) else crop
+  geometries = [dense_transforms.draw(rng, image.shape[:2], crop) for _ in range(12)]
+  geometries += [dense_transforms.Geometry(1.0, True, 0, 4), dense_transforms.Geometry(0.5, True, 0, 0)]
+  for geometry in geometries:
+    got = dense_transforms.apply(image, labels, geometry, crop, FILL)
+    want = _by_definition(image, labels, geometry, crop, FILL, 255)
+    np.testing.assert_allclose(got[0], want[0], atol=1)  # resized in the crop's box: PIL's rounding, one level
+    assert np.mean(got[0] == want[0]) > 0.9
+    np.testing.assert_array_equal(got[1], want[1])
+    assert got[0].dtype == np.uint8 and got[1].dtype == np.uint8 and got[1].shape == crop_hw
+  scales = [g.scale for g in geometries]
+  assert {g.flip for g in geometries} == {True, False} and min(scales) < 1 < max(scales)
 
 
 def test_nearest_is_the_pixel_under_each_centre():
@@ -84,6 +91,8 @@ def test_padding_where_the_scaled_image_is_smaller():
   depth = rng.uniform(0.5, 9.0, (20, 30)).astype(np.float32)
   _, got_depth = dense_transforms.apply(image, depth, geometry, 24, FILL)
   assert got_depth.dtype == np.float32 and (got_depth[10:] == 0).all() and (got_depth[:10, :15] > 0).all()
+  with pytest.raises(ValueError, match=r'target \(20, 29\) and image \(20, 30\) differ in size'):
+    dense_transforms.apply(image, labels[:, 1:], geometry, 24, FILL)
 
 
 def test_depth_is_nearest_and_divided_by_the_ratio():
@@ -300,3 +309,28 @@ def test_readers_share_one_interface(tmp_path):
     image, target = dataset.load(0)
     assert image.shape == (4, 5, 3) and target.shape == (4, 5) and isinstance(dataset.name, str)
     assert target.dtype == (np.float32 if dataset.target == 'depth' else np.uint8)
+
+
+class _Examples:
+  def __init__(self, examples):
+    self.examples = examples
+
+  def load(self, index):
+    return self.examples[index]
+
+
+def test_train_batch_is_its_examples_whatever_the_executor():
+  rng = np.random.default_rng(8)
+  dataset = _Examples([_example(rng, 20 + i, 30) for i in range(5)])
+  images, targets = dense_transforms.train_batch(dataset, [3, 0, 4], 16, seed=1, epoch=2, image_fill=FILL)
+  assert images.shape == (3, 16, 16, 3) and targets.shape == (3, 16, 16) and targets.dtype == np.uint8
+  for row, index in enumerate([3, 0, 4]):
+    image, target = dense_transforms.train_example(
+      *dataset.load(index), 16, dense_transforms.example_rng(1, 2, index), FILL
+    )
+    np.testing.assert_array_equal(images[row], image)
+    np.testing.assert_array_equal(targets[row], target)
+  with concurrent.futures.ThreadPoolExecutor(2) as executor:
+    threaded = dense_transforms.train_batch(dataset, [3, 0, 4], 16, 1, 2, FILL, executor=executor)
+  np.testing.assert_array_equal(threaded[0], images)
+  np.testing.assert_array_equal(threaded[1], targets)
