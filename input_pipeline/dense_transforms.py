@@ -12,9 +12,10 @@ A target is a class-index mask (integer dtype, 255 ignored) or a depth map (floa
 dtype says which. Pixels stay uint8; the training loop normalises them (jax_moco.normalization), so pass the
 normalisation's mean colour as `image_fill` to pad with what becomes 0, as DeepLab pads.
 
-Every random choice comes from one numpy Generator, `example_rng(seed, epoch, index)`'s in `train_batch`, so a
-resumed epoch draws the same crops. Evaluation reads whole images at their own size; `pad_example` pads an image
-and its target to a common size for batching, the target with ignore/invalid so the padding scores nothing.
+Every random choice comes from one numpy Generator; `example_rng(seed, epoch, index)`'s makes an example's crop a
+function of the run's seed, the epoch and the example alone, so a resumed epoch draws the same crops. Evaluation
+reads whole images at their own size; `pad_example` pads an image and its target to a common size for batching, the
+target with ignore/invalid so the padding scores nothing.
 """
 
 import dataclasses
@@ -123,20 +124,6 @@ def train_example(image, target, crop_size, rng, image_fill, scale_range=SCALE_R
   random choices drawn from `rng` (see example_rng)."""
   geometry = draw(rng, image.shape[:2], crop_size, scale_range)
   return apply(image, target, geometry, crop_size, image_fill, rescale_depth)
-
-
-def train_batch(dataset, indices, crop_size, seed, epoch, image_fill, executor=None, **options):
-  """(images uint8 [B, h, w, 3], targets [B, h, w]) of `dataset`'s examples `indices` (a reader's set: `load(i)`),
-  example i augmented by train_example with example_rng(seed, epoch, i), so a batch depends on nothing else; an
-  `executor` (concurrent.futures) loads and augments the examples in parallel, to the same result. `options`:
-  train_example's scale_range, rescale_depth."""
-
-  def one(index):
-    image, target = dataset.load(index)
-    return train_example(image, target, crop_size, example_rng(seed, epoch, index), image_fill, **options)
-
-  examples = list(executor.map(one, indices) if executor else map(one, indices))
-  return np.stack([image for image, _ in examples]), np.stack([target for _, target in examples])
 
 
 def pad_example(image, target, size, image_fill):

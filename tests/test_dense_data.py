@@ -1,7 +1,6 @@
 """The fine-tuned dense protocols' data: the training transform against its definition, and the Cityscapes and NYUD
 readers on tiny folders in their layouts, with every refused case."""
 
-import concurrent.futures
 import os
 
 import numpy as np
@@ -309,28 +308,3 @@ def test_readers_share_one_interface(tmp_path):
     image, target = dataset.load(0)
     assert image.shape == (4, 5, 3) and target.shape == (4, 5) and isinstance(dataset.name, str)
     assert target.dtype == (np.float32 if dataset.target == 'depth' else np.uint8)
-
-
-class _Examples:
-  def __init__(self, examples):
-    self.examples = examples
-
-  def load(self, index):
-    return self.examples[index]
-
-
-def test_train_batch_is_its_examples_whatever_the_executor():
-  rng = np.random.default_rng(8)
-  dataset = _Examples([_example(rng, 20 + i, 30) for i in range(5)])
-  images, targets = dense_transforms.train_batch(dataset, [3, 0, 4], 16, seed=1, epoch=2, image_fill=FILL)
-  assert images.shape == (3, 16, 16, 3) and targets.shape == (3, 16, 16) and targets.dtype == np.uint8
-  for row, index in enumerate([3, 0, 4]):
-    image, target = dense_transforms.train_example(
-      *dataset.load(index), 16, dense_transforms.example_rng(1, 2, index), FILL
-    )
-    np.testing.assert_array_equal(images[row], image)
-    np.testing.assert_array_equal(targets[row], target)
-  with concurrent.futures.ThreadPoolExecutor(2) as executor:
-    threaded = dense_transforms.train_batch(dataset, [3, 0, 4], 16, 1, 2, FILL, executor=executor)
-  np.testing.assert_array_equal(threaded[0], images)
-  np.testing.assert_array_equal(threaded[1], targets)
