@@ -259,11 +259,14 @@ def test_nyud_reader(tmp_path):
     ('depth', np.ones((8, 12), np.uint16), r'0001\.npy: a uint16 array, expected float depths'),
     ('depth', np.full((8, 12), -1.0, np.float32), r'0001\.npy: depths must be finite and >= 0'),
     ('depth', np.full((8, 12), np.nan, np.float32), r'0001\.npy: depths must be finite and >= 0'),
+    ('depth', b'depth 1.0\n', r'0001\.npy: not a NumPy array file of depths'),
   ],
 )
 def test_nyud_refused_files(tmp_path, target, bad, message):
   _write_nyud(tmp_path, 'train', {'0001': (np.ones((8, 12), np.uint8), np.ones((8, 12), np.float32))})
-  if target == 'depth':
+  if isinstance(bad, bytes):
+    (tmp_path / 'depth' / '0001.npy').write_bytes(bad)
+  elif target == 'depth':
     np.save(tmp_path / 'depth' / '0001.npy', bad)
   else:
     _png(str(tmp_path / 'segmentation' / '0001.png'), bad)

@@ -23,9 +23,11 @@ from jax_moco.readers import voc_segmentation
 SPLITS = ('train', 'val')
 IGNORE = 255
 NUM_LABEL_IDS = 34  # label ids 0-33; license plate's id -1 is never drawn in the label images
-# label id -> training id, the official table's trainId column for the 19 evaluated classes.
-TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12, 26: 13, 27: 14}
-TRAIN_IDS.update({28: 15, 31: 16, 32: 17, 33: 18})
+# label id -> training id: the official table's trainId column, for its 19 evaluated classes.
+TRAIN_IDS = {
+  7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12, 26: 13, 27: 14, 28: 15,
+  31: 16, 32: 17, 33: 18,
+}  # fmt: skip
 CLASSES = (
   'road', 'sidewalk', 'building', 'wall', 'fence', 'pole', 'traffic light', 'traffic sign', 'vegetation', 'terrain',
   'sky', 'person', 'rider', 'car', 'truck', 'bus', 'train', 'motorcycle', 'bicycle',
@@ -36,12 +38,18 @@ LABEL_SUFFIX = '_gtFine_labelIds.png'
 LAYOUT = 'the Cityscapes layout leftImg8bit/SPLIT/CITY/*_leftImg8bit.png, gtFine/SPLIT/CITY/*_gtFine_labelIds.png'
 
 
+def _train_id_table():
+  table = np.full(256, IGNORE, np.uint8)
+  table[list(TRAIN_IDS)] = list(TRAIN_IDS.values())
+  return table
+
+
+TRAIN_ID_TABLE = _train_id_table()  # uint8 [256]: the training id of every label id, 255 for the unevaluated ones
+
+
 def train_ids(label_ids):
   """The training ids (0-18, 255 ignored) of an array of Cityscapes label ids 0-33."""
-  table = np.full(256, IGNORE, np.uint8)
-  for label_id, train_id in TRAIN_IDS.items():
-    table[label_id] = train_id
-  return table[label_ids]
+  return TRAIN_ID_TABLE[label_ids]
 
 
 @dataclasses.dataclass(frozen=True)

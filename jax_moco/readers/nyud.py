@@ -39,7 +39,10 @@ def semantic_labels(values):
 def _read_depth(path, shape):
   """float32 [H, W] metres of the depth array at `path`, refused naming the file unless it is a finite, non-negative
   float array of `shape`, its photograph's."""
-  depth = np.load(path, allow_pickle=False)
+  try:
+    depth = np.load(path, allow_pickle=False)
+  except (ValueError, OSError) as error:
+    raise ValueError(f'{path}: not a NumPy array file of depths ({error})') from error
   if depth.ndim == 3 and depth.shape[-1] == 1:
     depth = depth[..., 0]
   if not np.issubdtype(depth.dtype, np.floating):
