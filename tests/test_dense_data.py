@@ -287,6 +287,9 @@ def test_nyud_refused_sets(tmp_path):
   nyud.get(f'nyud:{tmp_path}')  # segmentation does not need the depth files
   with pytest.raises(FileNotFoundError, match=r"'nyud:.*': .*depth/0001\.npy is missing"):
     nyud.get(f'nyud:{tmp_path}', target='depth')
+  os.remove(tmp_path / 'images' / '0001.jpg')
+  with pytest.raises(FileNotFoundError, match=r'images/0001\.jpg is missing'):
+    nyud.get(f'nyud:{tmp_path}')
 
 
 def test_readers_share_one_interface(tmp_path):
