@@ -164,14 +164,15 @@ def init_variables(model: DenseModel, seed: int, backbone_variables=None):
   backbone's from `backbone_variables` (state.backbone_variables of a checkpoint) or, if None, from `seed` too (a
   random-init baseline)."""
   backbone_key, head_key = jax.random.split(jax.random.key(seed))
-  init_backbone = functools.partial(model.backbone.init, backbone_key, jnp.zeros((1, 32, 32, 3)), train=False)
+  init_backbone = jax.jit(functools.partial(model.backbone.init, backbone_key, train=False))
+  images = jnp.zeros((1, 32, 32, 3))
   if backbone_variables is None:
-    backbone_variables = init_backbone()
-  elif _shapes(backbone_variables) != _shapes(jax.eval_shape(init_backbone)):
+    backbone_variables = init_backbone(images)
+  elif _shapes(backbone_variables) != _shapes(jax.eval_shape(init_backbone, images)):
     raise ValueError(
       f'dense model: the backbone variables given do not fit model.arch={model.backbone.stage_sizes} '
       f'{model.backbone.block.__name__} width={model.backbone.width} stem={model.backbone.stem}'
     )
   features = jnp.zeros((1, 4, 4, model.backbone.num_features), model.backbone.dtype)
-  head_variables = model.head.init(head_key, features, train=False)
+  head_variables = jax.jit(functools.partial(model.head.init, head_key, train=False))(features)
   return {c: {'backbone': backbone_variables[c], 'head': head_variables[c]} for c in ('params', 'batch_stats')}
