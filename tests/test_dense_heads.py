@@ -149,8 +149,8 @@ def test_parameter_counts_and_names_of_the_heads_at_resnet_50_width():
   assert counts[0] == 2048 * 9 * 256 + 256 * 9 * 256 + 4 * 256 + 256 * 21
 
 
-@pytest.mark.parametrize('size', [(33, 47), (80, 112), (5, 7), (6, 20)])
-def test_upsampling_is_pytorchs_bilinear_interpolation(size):
+@pytest.mark.parametrize('size', [(33, 47), (80, 112), (5, 7), (6, 20), (3, 4)])
+def test_bilinear_resizing_is_pytorchs_interpolation(size):
   x = np.random.default_rng(0).normal(size=(2, 5, 7, 3)).astype(np.float32)
   theirs = torch.nn.functional.interpolate(to_torch(x), size=size, mode='bilinear', align_corners=False)
   np.testing.assert_allclose(dense_heads.upsample_bilinear(x, *size), from_torch(theirs), atol=1e-5)
@@ -229,7 +229,9 @@ def test_init_variables_take_the_checkpoints_backbone_and_a_seeded_head():
   jax.tree.map(np.testing.assert_array_equal, again['params']['head'], variables['params']['head'])
   assert not np.array_equal(other['params']['head']['4']['kernel'], variables['params']['head']['4']['kernel'])
   wider = dense_heads.create_dense_model(helpers.tiny_config(**{'model.width': 0.25}), 'deeplabv3', 4, channels=8)
-  with pytest.raises(ValueError, match='do not fit model.arch'):
+  with pytest.raises(
+    ValueError, match=r'model \(batch_stats/bn1/mean: given float32\[8\], the model needs float32\[16\]\)'
+  ):
     dense_heads.init_variables(wider, 0, given)
   with pytest.raises(ValueError, match="dense head 'psp': choose one of fcn, deeplabv3"):
     dense_heads.create_dense_model(config, 'psp', 4)

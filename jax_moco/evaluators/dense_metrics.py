@@ -4,11 +4,12 @@ Segmentation: one confusion matrix over the whole split, the ignore label (255) 
 per class; mIoU their mean over the classes that occur in the ground truth or the predictions (the authors'
 SemsegMeter averages over all classes, an absent one scoring 0: the same on a split where every class occurs).
 
-Depth (Vandenhende et al.'s multi-task code, evaluation/eval_depth.py): on the valid pixels (depth > 0, and not 255,
-the marker of their online DepthMeter), predictions clamped to at least 1e-9, every error pooled over all valid pixels
-of the split (not averaged per image): rmse = sqrt(sum (d - d*)^2 / N) and log_rmse = sqrt(sum (log d - log d*)^2 / N),
-theirs; abs_rel = sum |d - d*| / d* / N and delta1 = #{max(d / d*, d* / d) < 1.25} / N, the usual companions (Eigen et
-al. 2014, "Depth Map Prediction from a Single Image using a Multi-Scale Deep Network"), pooled the same way.
+Depth (the code of Vandenhende et al. 2021, "Multi-Task Learning for Dense Prediction Tasks: A Survey", which the
+authors ran for NYUD: its eval_depth and DepthMeter): on the valid pixels (depth > 0, and not 255, the marker of its
+DepthMeter), predictions clamped to at least 1e-9, every error pooled over all valid pixels of the split (not averaged
+per image): rmse = sqrt(sum (d - d*)^2 / N) and log_rmse = sqrt(sum (log d - log d*)^2 / N), theirs; abs_rel =
+sum |d - d*| / d* / N and delta1 = #{max(d / d*, d* / d) < 1.25} / N, the usual companions (Eigen et al. 2014, "Depth
+Map Prediction from a Single Image using a Multi-Scale Deep Network"), pooled the same way.
 
 The sums take NumPy or JAX arrays and run under jit (one global sum over a sharded batch); `valid` masks out padded
 examples.

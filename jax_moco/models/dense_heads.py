@@ -1,16 +1,18 @@
-"""Dense prediction models for the finetuned segmentation and depth protocols (Van Gansbeke et al. 2021, appendix A.3
-and A.5): the run's backbone with its last stage dilated, a head, and logits upsampled bilinearly to the input.
+"""Dense prediction models for the finetuned segmentation and depth protocols (Van Gansbeke et al. 2021, "Revisiting
+Contrastive Methods for Unsupervised Learning of Visual Representations", appendix A.3 and A.5): the run's backbone
+with its last stage dilated, a head, and the head's outputs upsampled bilinearly to the input.
 
-- FCNHead: the authors' FCN decoder (their segmentation code's models/model.py, `FCN.decoder`): two 3x3 convs of
+- FCNHead: the authors' FCN decoder (their segmentation code's `FCN.decoder`, VOC and Cityscapes): two 3x3 convs of
   256 channels at the head's dilation (6 for VOC, 1 for Cityscapes), no bias, each with BN and ReLU, then a 1x1 conv
   to the outputs, no bias, no dropout; PyTorch's default initialisation. Its backbone has every 3x3 conv of the last
-  stage at dilation 2, stride 1 (resnet.STAGE_STRIDES 'dilated_all').
+  stage at dilation 2, stride 1, the first block's strided one included (resnet.STAGE_STRIDES 'dilated_all').
 - DeepLabV3Head: torchvision's DeepLabHead (Chen et al. 2017, "Rethinking Atrous Convolution for Semantic Image
-  Segmentation"), as Vandenhende et al.'s multi-task code (models/aspp.py) uses it for NYUD: ASPP (a 1x1 branch,
-  three 3x3 branches at rates 12, 24, 36, an image-pooling branch; 256 channels each, BN and ReLU), a 1x1 projection
-  with BN, ReLU and dropout 0.5, then a 3x3 conv with BN and ReLU and a 1x1 conv with bias to the outputs. Its
-  backbone is torchvision's dilated last stage (the first block's strided conv keeps dilation 1: their ResnetDilated
-  at dilate_scale=16, which the paper's "dilation 2 and stride 1" for NYUD means; their code's default is 8).
+  Segmentation"), as the NYUD code the authors ran uses it (Vandenhende et al. 2021, "Multi-Task Learning for Dense
+  Prediction Tasks: A Survey": its DeepLabHead): ASPP (a 1x1 branch, three 3x3 branches at rates 12, 24, 36, an
+  image-pooling branch; 256 channels each, BN and ReLU), a 1x1 projection with BN, ReLU and dropout 0.5, then a 3x3
+  conv with BN and ReLU and a 1x1 conv with bias to the outputs. Its backbone is torchvision's dilated last stage (the
+  first block's strided conv keeps dilation 1: that code's ResnetDilated at dilate_scale=16, the paper's "dilation 2
+  and stride 1" for NYUD; the code's own default is 8).
 
 Parameter names follow the PyTorch modules (torch_layout): the FCN head's `0`, `1`, `3`, `4`, `6` are `decoder.0` ...
 `decoder.6`; the DeepLab head's `0/convs_1_0` is DeepLabHead's `0.convs.1.0`. The model's tree is {'backbone': ...,
@@ -25,6 +27,7 @@ import functools
 from typing import Sequence
 
 import flax.linen as nn
+from flax.traverse_util import flatten_dict
 import jax
 import jax.numpy as jnp
 
@@ -118,9 +121,10 @@ class DeepLabV3Head(nn.Module):
 
 
 def upsample_bilinear(x, height, width):
-  """[n, h, w, C] -> [n, height, width, C] float32, as PyTorch's F.interpolate(mode='bilinear', align_corners=False)
-  computes an upsampling (half-pixel centres, the border pixels repeated)."""
-  return jax.image.resize(x.astype(jnp.float32), (x.shape[0], height, width, x.shape[3]), 'bilinear')
+  """[n, h, w, C] -> [n, height, width, C] float32 as PyTorch's F.interpolate(mode='bilinear', align_corners=False):
+  half-pixel centres, the border pixels repeated, and (were it a downsampling) no antialiasing."""
+  shape = (x.shape[0], height, width, x.shape[3])
+  return jax.image.resize(x.astype(jnp.float32), shape, 'bilinear', antialias=False)
 
 
 class DenseModel(nn.Module):
@@ -155,8 +159,16 @@ def create_dense_model(config, head, num_outputs, dilation=6, sync_bn=False, cha
   return DenseModel(backbone, FCNHead(dilation=dilation, **options) if head == 'fcn' else DeepLabV3Head(**options))
 
 
-def _shapes(tree):
-  return jax.tree.map(lambda leaf: (tuple(leaf.shape), jnp.dtype(leaf.dtype).name), tree)
+def _mismatch(given, expected):
+  """The first path where two variable trees differ in name, shape or dtype, or None."""
+  flat = [
+    {'/'.join(path): f'{jnp.dtype(leaf.dtype).name}{list(leaf.shape)}' for path, leaf in flatten_dict(tree).items()}
+    for tree in (given, expected)
+  ]
+  for path in sorted(set(flat[0]) | set(flat[1])):
+    if flat[0].get(path) != flat[1].get(path):
+      return f'{path}: given {flat[0].get(path)}, the model needs {flat[1].get(path)}'
+  return None
 
 
 def init_variables(model: DenseModel, seed: int, backbone_variables=None):
@@ -168,11 +180,8 @@ def init_variables(model: DenseModel, seed: int, backbone_variables=None):
   images = jnp.zeros((1, 32, 32, 3))
   if backbone_variables is None:
     backbone_variables = init_backbone(images)
-  elif _shapes(backbone_variables) != _shapes(jax.eval_shape(init_backbone, images)):
-    raise ValueError(
-      f'dense model: the backbone variables given do not fit model.arch={model.backbone.stage_sizes} '
-      f'{model.backbone.block.__name__} width={model.backbone.width} stem={model.backbone.stem}'
-    )
+  elif mismatch := _mismatch(backbone_variables, jax.eval_shape(init_backbone, images)):
+    raise ValueError(f"dense model: the backbone variables do not fit the config's model ({mismatch})")
   features = jnp.zeros((1, 4, 4, model.backbone.num_features), model.backbone.dtype)
   head_variables = jax.jit(functools.partial(model.head.init, head_key, train=False))(features)
   return {c: {'backbone': backbone_variables[c], 'head': head_variables[c]} for c in ('params', 'batch_stats')}
