@@ -6,6 +6,7 @@ kept under another name, never deleted.
 """
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -146,11 +147,48 @@ def _restored_config(manager, step) -> dict:
   return manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))['config']
 
 
-def _restored_state(manager, step, abstract):
-  """The state at `step`, with the structure, shapes, dtypes and shardings of `abstract`."""
+def _restore_tree(manager, step, abstract):
   restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
   args = ocp.args.Composite(state=ocp.args.PyTreeRestore(abstract, restore_args=restore_args))
   return manager.restore(step, args=args)['state']
+
+
+def _saved_fields(manager, step) -> dict:
+  """{field: its metadata, None where saved as None} of the state saved at `step`."""
+  return manager.item_metadata(step)['state'].tree
+
+
+def _unsaved_optional_fields(manager, step, abstract) -> dict:
+  """{field: whether the checkpoint at `step` names it} for the fields of state_lib.OPTIONAL_FIELDS that `abstract`
+  (a train state) has and that checkpoint holds no array of: absent (saved before the field existed), or saved as
+  None where `abstract` holds an array. (An array saved where `abstract` holds None is simply not read.)"""
+  names = [name for name in state_lib.OPTIONAL_FIELDS if hasattr(abstract, name)]
+  if not names:
+    return {}
+  saved = _saved_fields(manager, step)
+  return {
+    name: name in saved
+    for name in names
+    if name not in saved or (saved[name] is None and getattr(abstract, name) is not None)
+  }
+
+
+def _restored_state(manager, step, abstract, target=None):
+  """The state at `step`, with the structure, shapes, dtypes and shardings of `abstract`. The optional fields of a
+  train state (state_lib.OPTIONAL_FIELDS) that the checkpoint does not hold are not read: they take `target`'s
+  values (the fresh state's; by default `abstract`'s)."""
+  unsaved = _unsaved_optional_fields(manager, step, abstract)
+  if not unsaved:
+    return _restore_tree(manager, step, abstract)
+  # Read as a dict of the state's fields, as the checkpoint holds them: absent ones left out, None ones None.
+  item = {f.name: getattr(abstract, f.name) for f in dataclasses.fields(abstract)}
+  for name, present in unsaved.items():
+    if present:
+      item[name] = None
+    else:
+      del item[name]
+  target = abstract if target is None else target
+  return abstract.replace(**{**_restore_tree(manager, step, item), **{name: getattr(target, name) for name in unsaved}})
 
 
 class Checkpointer:
@@ -237,7 +275,7 @@ class Checkpointer:
 
     def restore(step):
       check_compatible(_restored_config(self.manager, step), self.config_dict, self.directory, self.defining_fields)
-      return _restored_state(self.manager, step, abstract)
+      return _restored_state(self.manager, step, abstract, target_state)
 
     step, state, skipped = newest_restorable(self.manager.all_steps(), restore, self.directory)
     if skipped:
@@ -291,9 +329,10 @@ def load_run(workdir: str, step=None):
     # Fields added to the schema since the run was saved take their defaults, which are what such runs used.
     config = base.get_config()
     config.update(_restored_config(manager, step))
+    labelled = _saved_fields(manager, step).get('queue_labels') is not None  # restored as saved
     abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-      jax.eval_shape(lambda: state_lib.initial_state(config, seed=0)),
+      jax.eval_shape(lambda: state_lib.initial_state(config, seed=0, labelled=labelled)),
     )
     return config, _restored_state(manager, step, abstract)
 

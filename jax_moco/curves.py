@@ -1,6 +1,6 @@
 """Learning curves of a run as one picture: `curves.png` in the work directory, drawn from its metrics.jsonl (so a
-resumed run's picture covers the whole run): losses, instance accuracy, learning rate and, where the kNN monitor ran,
-kNN top-1."""
+resumed run's picture covers the whole run): losses, instance accuracy, learning rate and, where they were logged,
+the mined neighbours' precision (a labelled source with the NN loss) and kNN top-1."""
 
 import json
 import os
@@ -9,6 +9,7 @@ PANELS = (
   ('loss', ('loss', 'loss_inst', 'loss_nn')),
   ('instance accuracy', ('acc_inst',)),
   ('learning rate', ('lr',)),
+  ('NN precision (same label)', ('nn_precision',)),
   ('kNN top-1 (%)', ('knn/top1',)),
 )
 

@@ -32,6 +32,15 @@ class TrainState:
   queue_g: Optional[jax.Array]
   queue_ptr: jax.Array
   rng: jax.Array  # raw uint32 key data (checkpointable); wrapped with jax.random.wrap_key_data when used
+  # [K] int32 label of the image in each row of queue_h (and queue_g), queues.UNKNOWN_LABEL for the initial random
+  # rows; only for the NN-precision diagnostic (never in a loss), so None unless the NN loss is on and the training
+  # source has single labels (label_queue_enabled)
+  queue_labels: Optional[jax.Array] = None
+
+
+# Fields a checkpoint may lack (one written before the field existed, or by jax_moco.import_torch, or by a run whose
+# source had no labels then): restoring it keeps the fresh state's value for them (checkpointing._restored_state).
+OPTIONAL_FIELDS = ('queue_labels',)
 
 
 def create_encoder(config) -> encoder_lib.Encoder:
@@ -91,18 +100,25 @@ def backbone_queue_enabled(config) -> bool:
   return config.moco.nn_weight > 0 and config.moco.nn_features == 'backbone'
 
 
-def create_train_state(config, encoder, tx, key) -> TrainState:
-  """Fresh state: f' starts as a copy of f; both queues hold random unit vectors. Built by one compiled program
-  (op by op, a ResNet's initialisation compiles hundreds of tiny ones, most of a short run's start-up on CPU),
-  compiled without backend optimisations: it runs once, and its values (random draws, constants) do not depend on
-  them, while compiling it with them takes several times as long."""
-  build = functools.partial(_fresh_state, config, encoder, tx)
+def label_queue_enabled(config, labelled: bool) -> bool:
+  """The queue's labels are kept, for the NN-precision diagnostic, when the NN loss mines neighbours and the training
+  source has single labels (`labelled`: sources.Source.labels is not None)."""
+  return config.moco.nn_weight > 0 and labelled
+
+
+def create_train_state(config, encoder, tx, key, labelled=False) -> TrainState:
+  """Fresh state: f' starts as a copy of f; both queues hold random unit vectors (of unknown label, where the labels
+  are kept: `labelled`, see label_queue_enabled). Built by one compiled program (op by op, a ResNet's
+  initialisation compiles hundreds of tiny ones, most of a short run's start-up on CPU), compiled without backend
+  optimisations: it runs once, and its values (random draws, constants) do not depend on them, while compiling it
+  with them takes several times as long."""
+  build = functools.partial(_fresh_state, config, encoder, tx, label_queue_enabled(config, labelled))
   if isinstance(key, jax.core.Tracer):  # inside a trace (jax.eval_shape of the state's shapes): nothing to compile
     return build(key)
   return jax.jit(build, compiler_options={'xla_backend_optimization_level': 0})(key)
 
 
-def _fresh_state(config, encoder, tx, key) -> TrainState:
+def _fresh_state(config, encoder, tx, with_labels, key) -> TrainState:
   init_key, qh_key, qg_key, rng = jax.random.split(key, 4)
   size = config.crops.large_size
   variables = encoder.init(init_key, jnp.zeros((config.bn_groups, size, size, 3), jnp.float32), train=True)
@@ -121,13 +137,14 @@ def _fresh_state(config, encoder, tx, key) -> TrainState:
     queue_g=queue_g,
     queue_ptr=jnp.zeros((), jnp.int32),
     rng=jax.random.key_data(rng),
+    queue_labels=queues.init_labels(config.moco.queue_size) if with_labels else None,
   )
 
 
-def initial_state(config, seed) -> TrainState:
+def initial_state(config, seed, labelled=False) -> TrainState:
   """The state a run starts from, outside training (import, random-init baseline, shapes for restoring): the
   optimiser's schedule does not shape the state, so a one-step one is used."""
   encoder = create_encoder(config)
   return create_train_state(
-    config, encoder, create_optimizer(config, total_steps=1, steps_per_epoch=1), jax.random.key(seed)
+    config, encoder, create_optimizer(config, total_steps=1, steps_per_epoch=1), jax.random.key(seed), labelled
   )

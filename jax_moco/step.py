@@ -4,7 +4,8 @@ Representation Learning", Algorithm 1), written as per-device code and mapped ov
 with jax.shard_map.
 
 Order within a step: EMA update of f' from the current f; encode the anchors with f' after a batch shuffle;
-losses on the positives from f; SGD update of f with gradients averaged over devices; enqueue of the gathered anchors.
+losses on the positives from f; SGD update of f with gradients averaged over devices; enqueue of the gathered anchors
+(and, for the NN-precision diagnostic of a labelled source, of their labels).
 """
 
 import dataclasses
@@ -125,29 +126,51 @@ def symmetric_momentum_keys(encoder, ema_params, ema_batch_stats, batch, key, st
 
 class Mining(NamedTuple):
   """The kNN term's inputs besides the features: the queue it mines (Q_g, or Q_h with nn_features='head'; before or
-  after this step's enqueue, by `nn_order`; None without the term), the slot where this step's anchors start, and
-  the term's weight."""
+  after this step's enqueue, by `nn_order`; None without the term), the slot where this step's anchors start, the
+  term's weight, and for the NN-precision diagnostic (None where the state keeps no labels) the labels of the mined
+  queue's rows, of the same moment, and of this device's images."""
 
   queue: Optional[jax.Array]
   recent_start: Optional[jax.Array]
   global_batch: int
   weight: jax.Array
+  queue_labels: Optional[jax.Array] = None
+  labels: Optional[jax.Array] = None
 
 
-def _enqueue(state: TrainState, keys: MomentumKeys, cfg: StepConfig, global_batch):
-  """(Q_h, Q_g) after this step's enqueue (Q_g None unless the kNN term mines backbone features), and what the kNN
-  term mines."""
-  queue_h = queues.enqueue(state.queue_h, keys.enqueued, state.queue_ptr)
-  weight = cfg.nn_weight * (state.step >= cfg.nn_warmup_steps)
+def _enqueued_labels(state: TrainState, keys: MomentumKeys, labels):
+  """The label queue after this step's enqueue (None where the state keeps none): the labels of the global batch's
+  images, gathered over the devices as the anchors' keys are, in the rows their keys take in Q_h."""
+  if state.queue_labels is None:
+    return None
+  if labels is None:
+    raise ValueError("the state keeps the queue's labels (queue_labels), but the batch has no 'label'")
+  gathered = jax.lax.all_gather(labels, AXIS, tiled=True)
+  # Each image's keys in Q_h, once per image (the symmetric loss, which the config checks keep from the NN loss and
+  # so from the labels, would enqueue two per image).
+  per_image = keys.enqueued.shape[0] // gathered.shape[0]
+  return queues.enqueue(state.queue_labels, jnp.tile(gathered, per_image), state.queue_ptr)
+
+
+def _enqueue(state: TrainState, keys: MomentumKeys, cfg: StepConfig, global_batch, labels):
+  """The state's queues after this step's enqueue (Q_h; Q_g, None unless the kNN term mines backbone features; the
+  labels, None unless kept), and what the kNN term mines."""
   queue_g = None
   if state.queue_g is not None:
     queue_g = queues.enqueue(state.queue_g, l2_normalize(keys.backbone), state.queue_ptr)
+  queued = state.replace(
+    queue_h=queues.enqueue(state.queue_h, keys.enqueued, state.queue_ptr),
+    queue_g=queue_g,
+    queue_labels=_enqueued_labels(state, keys, labels),
+  )
+  weight = cfg.nn_weight * (state.step >= cfg.nn_warmup_steps)
   if cfg.nn_weight == 0:
-    return queue_h, queue_g, Mining(None, None, global_batch, weight)
-  before, after = (state.queue_h, queue_h) if cfg.nn_features == 'head' else (state.queue_g, queue_g)
-  if cfg.nn_order == 'enqueue_then_mine':
-    return queue_h, queue_g, Mining(after, state.queue_ptr, global_batch, weight)
-  return queue_h, queue_g, Mining(before, state.queue_ptr - global_batch, global_batch, weight)
+    return queued, Mining(None, None, global_batch, weight)
+  mined, start = (
+    (queued, state.queue_ptr) if cfg.nn_order == 'enqueue_then_mine' else (state, state.queue_ptr - global_batch)
+  )
+  queue = mined.queue_h if cfg.nn_features == 'head' else mined.queue_g
+  return queued, Mining(queue, start, global_batch, weight, mined.queue_labels, labels)
 
 
 def _online_views(encoder, params, batch_stats, batch, statistics):
@@ -187,6 +210,11 @@ def _total_loss(loss_inst, accuracy, features, projections, l_neg, mining: Minin
     metrics.update(
       loss_nn=loss_nn, nn_recent_fraction=_recent_fraction(indices, recent_start, mining.global_batch, cfg.queue_size)
     )
+    if mining.queue_labels is not None:  # a diagnostic of the mined neighbours: nothing of it reaches the loss
+      views = mined.shape[1]
+      metrics['nn_precision'] = queues.label_precision(
+        indices, mining.queue_labels, jnp.repeat(mining.labels, views, total_repeat_length=indices.shape[0])
+      )
   metrics['loss'] = loss
   return loss, metrics
 
@@ -224,7 +252,7 @@ def train_step(state: TrainState, batch, *, encoder, tx, cfg: StepConfig, lr_fn:
   ema_params = jax.tree.map(lambda e, p: momentum * e + (1.0 - momentum) * p, state.ema_params, state.params)
   keys = encode_keys(encoder, ema_params, state.ema_batch_stats, batch, key, cfg.normalization)
   global_batch = batch['anchor'].shape[0] * jax.lax.psum(1, AXIS)
-  queue_h, queue_g, mining = _enqueue(state, keys, cfg, global_batch)
+  queued, mining = _enqueue(state, keys, cfg, global_batch, batch.get('label'))
 
   loss_fn = functools.partial(loss_fn, state=state, batch=batch, keys=keys, mining=mining, encoder=encoder, cfg=cfg)
   grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
@@ -236,7 +264,7 @@ def train_step(state: TrainState, batch, *, encoder, tx, cfg: StepConfig, lr_fn:
     nn_weight=mining.weight,
     queue_fill=jnp.minimum((state.step + 1) * enqueued, cfg.queue_size) / cfg.queue_size,
   )
-  new_state = state.replace(
+  new_state = queued.replace(
     step=state.step + 1,
     params=optax.apply_updates(state.params, updates),
     # Running BN statistics are averaged over devices (as over split-BN groups) so the state stays replicated.
@@ -244,8 +272,6 @@ def train_step(state: TrainState, batch, *, encoder, tx, cfg: StepConfig, lr_fn:
     ema_params=ema_params,
     ema_batch_stats=jax.lax.pmean(keys.batch_stats, AXIS),
     opt_state=opt_state,
-    queue_h=queue_h,
-    queue_g=queue_g,
     queue_ptr=queues.advance(state.queue_ptr, enqueued, cfg.queue_size),
   )
   return new_state, jax.lax.pmean(metrics, AXIS)

@@ -38,10 +38,11 @@ STEP_INPUTS = ('anchor', 'positive', 'small', 'augment')
 AT_THE_STEP = ('lr', 'ema_momentum', 'nn_weight', 'queue_fill')
 
 
-def step_inputs(batch):
+def step_inputs(batch, labels=False):
   """The views (and their augmentation parameters, when the step applies them) of a pipeline batch that the train
-  step takes; labels and the rest stay on the host."""
-  return {k: batch[k] for k in STEP_INPUTS if k in batch}
+  step takes, and with `labels` their labels (for the NN-precision diagnostic: a state that keeps queue_labels); the
+  rest stays on the host."""
+  return {k: batch[k] for k in STEP_INPUTS + (('label',) if labels else ()) if k in batch}
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -197,7 +198,7 @@ def _train_and_evaluate(config, workdir, on_metrics):
   checkpointer = checkpointing.Checkpointer(
     os.path.join(workdir, 'checkpoints'), config.to_dict(), config.checkpoint_every_steps, config.keep_checkpoints
   )
-  state = initial_state(config, encoder, tx, mesh, checkpointer)
+  state = initial_state(config, encoder, tx, mesh, checkpointer, labelled=source.labels is not None)
   if is_chief:
     checkpointer.warn_if_short_of_space(state)
     _write_json(os.path.join(workdir, 'config.json'), config.to_dict())
@@ -228,10 +229,11 @@ def _train_and_evaluate(config, workdir, on_metrics):
   return state
 
 
-def initial_state(config, encoder, tx, mesh, checkpointer):
-  """The train state replicated over `mesh`: restored from the newest checkpoint that restores, if there is one,
-  else at its initialisation."""
-  state = state_lib.create_train_state(config, encoder, tx, jax.random.key(config.seed))
+def initial_state(config, encoder, tx, mesh, checkpointer, labelled=False):
+  """The train state replicated over `mesh` (keeping the queue's labels when `labelled`, see
+  state_lib.label_queue_enabled): restored from the newest checkpoint that restores, if there is one, else at its
+  initialisation."""
+  state = state_lib.create_train_state(config, encoder, tx, jax.random.key(config.seed), labelled)
   state = jax.device_put(state, sharding.replicated(mesh))
   return checkpointer.restore(state) if checkpointer.latest_step() is not None else state
 
@@ -367,6 +369,7 @@ def train_loop(config, state, train_step, batches, mesh, checkpointer, total_ste
   progress = tqdm(
     total=total_steps, initial=start_step, disable=not show_progress, unit='step', dynamic_ncols=True, mininterval=2.0
   )
+  labels = state.queue_labels is not None  # the step takes the batch's labels where the state keeps the queue's
   with stop_requests() as stop, progress:
     batches, window = until_stopped(batches, stop), MetricWindow(config.batch_size, start_step)
     for step in range(start_step + 1, total_steps + 1):
@@ -376,7 +379,7 @@ def train_loop(config, state, train_step, batches, mesh, checkpointer, total_ste
           '%s received at step %d while waiting for input: stopping; run the same command to resume.', stop[0], step - 1
         )
         break
-      state, metrics = train_step(state, sharding.shard_batch(mesh, step_inputs(batch)))
+      state, metrics = train_step(state, sharding.shard_batch(mesh, step_inputs(batch, labels)))
       window.add(metrics)
       progress.update(1)
       log_now = step % config.log_every_steps == 0 or step == total_steps

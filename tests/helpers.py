@@ -110,19 +110,19 @@ def flat_state(state):
   }
 
 
-def build(config, devices=None, steps_per_epoch=100, total_steps=100):
+def build(config, devices=None, steps_per_epoch=100, total_steps=100, labelled=False):
   mesh = sharding.create_mesh(devices)
   encoder = state_lib.create_encoder(config)
   tx = state_lib.create_optimizer(config, total_steps, steps_per_epoch)
-  state = state_lib.create_train_state(config, encoder, tx, jax.random.key(0))
+  state = state_lib.create_train_state(config, encoder, tx, jax.random.key(0), labelled)
   state = jax.device_put(state, sharding.replicated(mesh))
   return mesh, state, train.make_step(config, mesh, encoder, tx, total_steps, steps_per_epoch)
 
 
-def real_batches(config, n):
+def real_batches(config, n, labels=False):
   source = sources.get_source(config.dataset)
   ds = pipeline.train_dataset(source, pipeline.view_spec(config.crops), config.batch_size, config.seed)
-  return [train.step_inputs(b) for b in ds.take(n).as_numpy_iterator()]
+  return [train.step_inputs(b, labels) for b in ds.take(n).as_numpy_iterator()]
 
 
 def write_folder_with_bad_files(root):

@@ -111,6 +111,8 @@ def test_end_to_end_with_knn_summary(make_config, tmp_path, capsys):
   lines = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
   training = [m for m in lines if 'loss' in m]
   assert [m['step'] for m in training] == [2, 4] and all(np.isfinite(m['loss']) for m in training)
+  # A labelled source with the NN loss: the mined neighbours' precision, logged and drawn.
+  assert all(0 <= m['nn_precision'] <= 1 for m in training) and state.queue_labels is not None
   assert all(m['steps_per_second'] > 0 and m['images_per_second'] > 0 for m in training)
   assert [m['step'] for m in lines if 'knn/top1' in m] == [0, 2, 4]
   assert summary['curves'] == str(tmp_path / 'curves.png') and os.path.getsize(tmp_path / 'curves.png') > 0
@@ -139,6 +141,9 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(make_config, tmp_path,
   resumed = train.train_and_evaluate(config, str(tmp_path / 'resumed'))
   assert int(resumed.step) == 5
   leaves_equal(resumed, uninterrupted)  # bit for bit: parameters, queues, optimiser state, BN statistics
+  # An unlabelled source keeps no label queue and logs no NN precision.
+  assert uninterrupted.queue_labels is None
+  assert not any('nn_precision' in line for line in open(tmp_path / 'resumed' / 'metrics.jsonl'))
 
   # The newest checkpoint damaged (random bytes over a file of its config): the rerun resumes from step 2, keeps
   # the damaged one under another name and ends equal again.
@@ -229,6 +234,8 @@ def test_curves_draw_the_panels_the_metrics_have(tmp_path):
   assert 'kNN top-1 (%)' not in curves.plot(str(path), str(tmp_path / 'curves.png'))
   with Image.open(tmp_path / 'curves.png') as image:
     assert image.size[1] == four_panels[1] and image.size[0] < four_panels[0]  # one panel fewer, as high
+  path.write_text(json.dumps({**rows[1], 'nn_precision': 0.3}) + '\n')  # a labelled source with the NN loss
+  assert curves.plot(str(path), str(tmp_path / 'curves.png'))[-1] == 'NN precision (same label)'
 
 
 @pytest.mark.heavy(30)  # seconds on 2 cores, for the order of tests/conftest.py
@@ -288,9 +295,10 @@ def test_own_unlabelled_images_train_without_the_monitor_saying_so_once(tmp_path
 
 @flax.struct.dataclass
 class Counter:
-  """A stand-in train state: the step alone."""
+  """A stand-in train state: the step alone (and no label queue)."""
 
   step: jax.Array
+  queue_labels: None = None
 
 
 def test_logged_metrics_are_window_means_and_checkpoints_follow_the_policy(make_config, tmp_path):
