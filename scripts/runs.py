@@ -1,6 +1,6 @@
-"""What the demo scripts (sweep_demo.py, ablation.py) share: a config trained once in its own work directory
-(read when finished, resumed from its checkpoint when half done), results cached as JSON next to it, and the
-Markdown table they print and write."""
+"""What the demo scripts (sweep_demo.py, ablation.py, scene_study.py) share: a config trained once in its own work
+directory (read when finished, resumed from its checkpoint when half done), results cached as JSON next to it, and
+the Markdown table they print and write."""
 
 import json
 import os
@@ -10,6 +10,7 @@ import jax
 
 from configs import presets
 from jax_moco import config_checks
+from jax_moco import evaluate
 from jax_moco import files
 
 
@@ -87,6 +88,17 @@ def cached_json(path, compute):
   with files.atomic_write(path) as f:
     json.dump(result, f, indent=2)
   return result
+
+
+def cached_evaluation(workdir, protocol, max_examples=None, random_init=False, **keywords):
+  """jax_moco.evaluate.evaluate(workdir, protocol, ...)'s result, cached in the run's work directory as
+  PROTOCOL[_random_init][_maxN].json; `keywords` are evaluate's (dataset, test_dataset, image_size, the protocol's
+  options)."""
+  name = protocol + ('_random_init' if random_init else '') + (f'_max{max_examples}' if max_examples else '')
+  return cached_json(
+    os.path.join(workdir, name + '.json'),
+    lambda: evaluate.evaluate(workdir, protocol, max_examples=max_examples, random_init=random_init, **keywords),
+  )
 
 
 def markdown_table(header, rows):
