@@ -27,7 +27,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from jax_moco import console  # noqa: E402
 from jax_moco import curves  # noqa: E402
-from jax_moco import evaluate  # noqa: E402
 from scripts import runs  # noqa: E402
 
 # A study's rows: {name: (label, configs/<method>.py, dotted overrides of its demo)}.
@@ -83,14 +82,7 @@ def parse_override(text):
 def linear_probe(workdir, max_examples, dataset=None, random_init=False):
   """The linear_probe protocol as `python -m jax_moco.evaluate --protocol=linear_probe [--dataset=DATASET]` runs it,
   cached in the run's work directory."""
-  name = 'linear_probe_random_init' if random_init else 'linear_probe'
-  path = os.path.join(workdir, name + (f'_max{max_examples}' if max_examples else '') + '.json')
-  return runs.cached_json(
-    path,
-    lambda: evaluate.evaluate(
-      workdir, 'linear_probe', max_examples=max_examples, dataset=dataset, random_init=random_init
-    ),
-  )
+  return runs.cached_evaluation(workdir, 'linear_probe', max_examples, random_init, dataset=dataset)
 
 
 def final_instance_loss(workdir):
@@ -98,15 +90,6 @@ def final_instance_loss(workdir):
   steps, values = curves.read_metrics(os.path.join(workdir, 'metrics.jsonl'))['loss_inst']
   late = [v for s, v in zip(steps, values) if s >= (1 - LATE_FRACTION) * steps[-1]]
   return statistics.mean(late)
-
-
-def _cell(values):
-  """The mean over seeds, each seed's value in brackets; 'n/a' where nothing was measured (no kNN monitor)."""
-  if not values:
-    return 'n/a'
-  if len(values) == 1:
-    return f'{values[0]:.2f}'
-  return f'{statistics.mean(values):.2f} ({" / ".join(f"{v:.2f}" for v in values)})'
 
 
 def _probe_score(result):
@@ -151,14 +134,14 @@ def table(done, seeds, random_probes, study='methods'):
   for run in (run for row in done.values() for run in row):
     if 'knn_before' in run['summary']:
       knn_before.setdefault(run['seed'], run['summary']['knn_before']['top1'])
-  before = _cell([knn_before[s] for s in seeds if s in knn_before])
-  body = [['random init', '-', before, _cell([_probe_score(p) for p in random_probes]), '-', 0, '-', '-']]
+  before = runs.mean_cell([knn_before[s] for s in seeds if s in knn_before])
+  body = [['random init', '-', before, runs.mean_cell([_probe_score(p) for p in random_probes]), '-', 0, '-', '-']]
   for name, row in done.items():
     label, method, row_overrides = STUDIES[study][name]
     shown = f'configs/{method}.py' + ''.join(f' {k}={v}' for k, v in row_overrides.items())
-    after = _cell([run['summary']['knn_after']['top1'] for run in row if 'knn_after' in run['summary']])
-    probe = _cell([_probe_score(run['probe']) for run in row])
-    loss = _cell([final_instance_loss(run['workdir']) for run in row])
+    after = runs.mean_cell([run['summary']['knn_after']['top1'] for run in row if 'knn_after' in run['summary']])
+    probe = runs.mean_cell([_probe_score(run['probe']) for run in row])
+    loss = runs.mean_cell([final_instance_loss(run['workdir']) for run in row])
     seconds = statistics.mean(run['summary']['train_seconds'] for run in row)
     body.append([label, shown, after, probe, loss, row[0]['summary']['steps'], row[0]['batch'], f'{seconds:.0f}'])
   summary, probe = next(iter(done.values()))[0]['summary'], random_probes[0]

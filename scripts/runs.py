@@ -4,6 +4,7 @@ the Markdown table they print and write."""
 
 import json
 import os
+import statistics
 import time
 
 import jax
@@ -99,6 +100,15 @@ def cached_evaluation(workdir, protocol, max_examples=None, random_init=False, *
     os.path.join(workdir, name + '.json'),
     lambda: evaluate.evaluate(workdir, protocol, max_examples=max_examples, random_init=random_init, **keywords),
   )
+
+
+def mean_cell(values):
+  """The mean over seeds, each seed's value in brackets; 'n/a' where nothing was measured."""
+  if not values:
+    return 'n/a'
+  if len(values) == 1:
+    return f'{values[0]:.2f}'
+  return f'{statistics.mean(values):.2f} ({" / ".join(f"{v:.2f}" for v in values)})'
 
 
 def markdown_table(header, rows):

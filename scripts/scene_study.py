@@ -226,7 +226,7 @@ def table(rows, done, seeds, random_init, requests):
   header = ['pretraining', 'config', 'images', *(f'{column} %' for column, _ in columns), 'steps', 'batch', 'train s']
 
   def cells(results):  # a column's cell: the mean over the seeds' results, each seed's in brackets
-    return [ablation._cell([score(r[column], key) for r in results]) for column, key in columns]
+    return [runs.mean_cell([score(r[column], key) for r in results]) for column, key in columns]
 
   body = [['random init', '-', '-', *cells(random_init), 0, '-', '-']]
   for name, row in done.items():
