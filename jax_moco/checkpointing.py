@@ -48,7 +48,16 @@ def _lookup(config_dict, dotted):
   return config_dict
 
 
+def with_schema_defaults(saved: dict):
+  """A saved config (ConfigDict) with the fields added to the schema since it was written at their defaults, which
+  are what its run used."""
+  config = base.get_config()
+  config.update(saved)
+  return config
+
+
 def check_compatible(saved: dict, current: dict, directory: str, fields=STATE_DEFINING_FIELDS):
+  saved = with_schema_defaults(saved).to_dict()  # a field added since (e.g. to `crops`) is no difference by itself
   diffs = []
   for field in fields:
     a, b = _lookup(saved, field), _lookup(current, field)
@@ -326,9 +335,7 @@ def load_run(workdir: str, step=None):
   replicated = sharding.replicated(sharding.create_mesh())
 
   def restore(step):
-    # Fields added to the schema since the run was saved take their defaults, which are what such runs used.
-    config = base.get_config()
-    config.update(_restored_config(manager, step))
+    config = with_schema_defaults(_restored_config(manager, step))
     labelled = _saved_fields(manager, step).get('queue_labels') is not None  # restored as saved
     abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import base
 from jax_moco import checkpointing
 from jax_moco import train
 from tests.helpers import chatter
@@ -359,3 +360,13 @@ def test_killed_while_saving_a_checkpoint_resumes_from_the_last_committed_one(tm
   _, uninterrupted, straight_step = checkpointing.load_run(str(tmp_path / 'straight'))
   assert step == straight_step == 6
   leaves_equal(resumed, uninterrupted)
+
+
+def test_a_checkpoint_written_before_a_field_existed_resumes_at_its_default(tmp_path):
+  current = base.get_config().to_dict()
+  saved = json.loads(json.dumps(current))
+  del saved['crops']['max_iou'], saved['crops']['aplus_probability']  # an older schema's config
+  checkpointing.check_compatible(saved, current, str(tmp_path))
+  current['crops']['max_iou'] = 0.3  # not what the older run did
+  with pytest.raises(checkpointing.ConfigMismatchError, match=r'crops: checkpoint .*max_iou.: 1\.0'):
+    checkpointing.check_compatible(saved, current, str(tmp_path))
