@@ -1,7 +1,8 @@
 """Evaluate a checkpoint's frozen backbone:
 
   python -m jax_moco.evaluate --workdir=DIR
-      --protocol=knn|linear_probe|voc07_svm|linear_classification|segment_retrieval|cam|label_propagation
+      --protocol=knn|linear_probe|voc07_svm|linear_classification|segment_retrieval|cam|label_propagation|
+                 segmentation|depth
       [--step=N] [--encoder=online|momentum] [--dataset=...] [--test_dataset=...] [--image_size=...]
       [--max_examples=N] [--random_init] [protocol options]
 
@@ -15,6 +16,10 @@ protocol that does not take them. What a protocol reads and writes besides its r
   --image_size; --propagation_save_masks writes PNGs under DIR/eval/<step>_<encoder>/label_propagation/.
 - linear_classification: checkpointed and resumed under DIR/eval/<step>_<encoder>/linear_classification/.
 - cam: writes DIR/eval/<step>_<encoder>/cam.png.
+- segmentation (--dataset=voc:PATH | cityscapes:PATH | nyud:PATH) and depth (--dataset=nyud:PATH) fine-tune the
+  backbone end to end (not frozen) with a dense head, checkpointed and resumed under
+  DIR/eval/<step>_<encoder>/<segmentation_KIND|depth>/run_<i>/; their results are segmentation_KIND.json and
+  depth.json.
 
 Features are extracted data-parallel over all devices without augmentation, every example exactly once, and cached
 under DIR/eval/<step>_<encoder>/, so a second protocol or a rerun does not run the network again. The result is
@@ -59,10 +64,10 @@ def _feature_extractor(config, image_size, directory, resize=None):
   )
 
 
-def _write(result, directory):
+def _write(result, directory, name):
   if jax.process_index() == 0:
     os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, f'{result["protocol"]}.json'), 'w') as f:
+    with open(os.path.join(directory, f'{name}.json'), 'w') as f:
       json.dump(result, f, indent=2)
 
 
@@ -94,7 +99,8 @@ def evaluate(
     directory = os.path.join(os.path.abspath(workdir), 'eval', tag)
     extractor = _feature_extractor(config, image_size, directory, common.resize_before_crop(evaluator, image_size))
     task = common.Task(config, extractor, train, test, directory, max_examples, max_examples)
-    scores = evaluator(task, **options).run(_backbone_variables(config, state, encoder, random_init))
+    instance = evaluator(task, **options)
+    scores = instance.run(_backbone_variables(config, state, encoder, random_init))
     result = dict(
       protocol=protocol,
       workdir=os.path.abspath(workdir),
@@ -107,7 +113,8 @@ def evaluate(
       test_dataset=test.name,
     )
     result.update(scores)
-    _write(result, directory)
+    # <protocol>.json, or the protocol's own name for results that differ by dataset (segmentation_voc.json)
+    _write(result, directory, getattr(instance, 'result_name', protocol))
     return result
 
 
@@ -131,10 +138,13 @@ def define_flags():
   flags.DEFINE_string(
     'dataset',
     None,
-    "Training set: labelled (default: the config's kNN bank / training set); segment_retrieval: voc:PATH[:SPLIT].",
+    "Training set: labelled (default: the config's kNN bank / training set); segment_retrieval: voc:PATH[:SPLIT]; "
+    'segmentation: voc:, cityscapes: or nyud:PATH[:SPLIT]; depth: nyud:PATH[:SPLIT].',
   )
   flags.DEFINE_string(
-    'test_dataset', None, "Test set (default: the config's eval_dataset; segment_retrieval: the VOC folder's val)."
+    'test_dataset',
+    None,
+    "Test set (default: the config's eval_dataset; segment_retrieval, segmentation, depth: the folder's val).",
   )
   flags.DEFINE_integer(
     'image_size', None, "Eval image size (default: the config's crops.large_size; segment_retrieval: 512)."

@@ -20,9 +20,19 @@ def step_learning_rate(base_lr, batch_size, steps_per_epoch, milestones, factor)
   """Linear scaling (base_lr at batch 256), then the rate times `factor` at the start of each milestone epoch, as
   He et al. 2020, "Momentum Contrast for Unsupervised Visual Representation Learning", Sec. 4 (x0.1 at epochs 120
   and 160 of 200): epoch e (from 0) runs at peak * factor ** #{milestones <= e}."""
-  peak = base_lr * batch_size / 256
+  return step_decay(base_lr * batch_size / 256, steps_per_epoch, milestones, factor)
+
+
+def step_decay(peak, steps_per_epoch, milestones, factor):
+  """Epoch e (from 0) at peak * factor ** #{milestones <= e}, constant within an epoch."""
   boundaries = jnp.asarray(milestones, jnp.int32) * steps_per_epoch
   return lambda step: peak * factor ** jnp.sum(step >= boundaries)
+
+
+def poly(peak, steps_per_epoch, epochs, power=0.9):
+  """The poly schedule as Van Gansbeke et al. 2021's segmentation code (and Vandenhende et al.'s multi-task code)
+  set it at the start of each epoch: epoch e (from 0) of E at peak * (1 - e / E) ** power."""
+  return lambda step: peak * (1.0 - (step // steps_per_epoch) / epochs) ** power
 
 
 def ema_momentum(base, total_steps, kind):

@@ -225,7 +225,8 @@ def test_one_table_of_the_protocols_options_gives_the_flags_and_the_evaluators_o
   assert flags['batch_size'] == (
     int,
     'linear_classification: global batch (default 256); segment_retrieval: images a global batch (default: 16, '
-    'rounded up to a multiple of the device count)',
+    "rounded up to a multiple of the device count); segmentation, depth: global batch (default: the dataset's recipe, "
+    'finetune.RECIPES)',
   )
   assert flags['n_jobs'][1].startswith('linear_probe, cam: ')
   # What is not given takes its default; an option of another protocol is refused, naming it.
@@ -277,6 +278,8 @@ def test_evaluate_a_saved_run_writes_results_and_reuses_features(make_config, tm
     'cam',
     'voc07_svm',
     'label_propagation',
+    'segmentation',
+    'depth',
   )
   with pytest.raises(ValueError, match="protocol='linear': choose one of knn, linear_probe, linear_classification, "):
     evaluate.evaluate(str(tmp_path), 'linear')

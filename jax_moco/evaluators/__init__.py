@@ -1,7 +1,8 @@
-"""Evaluation protocols on a frozen backbone, in big_vision's evaluators pattern: one module per protocol, named as
-the protocol, each holding an `Evaluator(task, **options)` (task: `common.Task`) whose `run(variables)` yields
-(name, value) pairs and whose `describe(result)` gives the protocol and its scores in words; the class also says
-how its datasets are opened (`open_datasets`) and at what size (`default_image_size`), see `common`.
+"""Evaluation protocols on a frozen backbone (segmentation and depth fine-tune it), in big_vision's evaluators
+pattern: one module per protocol, named as the protocol, each holding an `Evaluator(task, **options)` (task:
+`common.Task`) whose `run(variables)` yields (name, value) pairs and whose `describe(result)` gives the protocol and
+its scores in words; the class also says how its datasets are opened (`open_datasets`) and at what size
+(`default_image_size`), see `common`.
 
 `OPTIONS` is the one table of the protocols (their names, in order) and of each protocol's options, with their
 types, defaults and help: the Evaluators read their options from it (`options`), and `jax_moco.evaluate` makes a
@@ -88,6 +89,26 @@ OPTIONS = {
     dense_output('stride8_no_stage4'),  # the reference's network (its radius is in cells of this map)
   ),
 }
+
+
+def finetuned():
+  """The options of the fine-tuned dense protocols (evaluators.finetune): each recipe field by default the dataset's
+  (finetune.RECIPES), the number of runs and the BN choice."""
+  recipe = "(default: the dataset's recipe, finetune.RECIPES)"
+  return (
+    Option('epochs', int, None, f'epochs {recipe}'),
+    Option('batch_size', int, None, f'global batch {recipe}'),
+    Option('lr', float, None, f'learning rate {recipe}'),
+    Option('weight_decay', float, None, f"weight decay, coupled as PyTorch's {recipe}"),
+    Option('crop_size', int, None, f'training crops (px) {recipe}'),
+    Option('runs', int, 1, 'fine-tunings with seeds seed, seed + 1, ...: their mean and spread'),
+    Option('sync_bn', bool, False, 'BN statistics synchronised over all devices (default: per device)'),
+  )
+
+
+# Van Gansbeke et al. 2021, appendix A.3 and A.5: fine-tuned end to end (evaluators.finetune).
+OPTIONS['segmentation'] = finetuned()
+OPTIONS['depth'] = finetuned()
 PROTOCOLS = tuple(OPTIONS)
 
 

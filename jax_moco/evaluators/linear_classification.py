@@ -11,14 +11,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm import tqdm
 
 from input_pipeline import pipeline
-from jax_moco import checkpointing
 from jax_moco import evaluators
 from jax_moco import sharding
 from jax_moco import state as state_lib
 from jax_moco.evaluators import common
+from jax_moco.evaluators import training_loop
 from jax_moco.normalization import normalize
 
 MOMENTUM = 0.9  # the epochs, batch size, lr and weight decay are the protocol's options (evaluators.OPTIONS)
@@ -115,32 +114,25 @@ class Evaluator:
       image_size=f.image_size,
       train=t.train.name,
     )
-    checkpointer = checkpointing.Checkpointer(
-      os.path.join(t.directory, 'linear_classification'), settings, self.steps_per_epoch, 2, tuple(settings)
-    )
-    if checkpointer.latest_step() is not None:
-      state = checkpointer.restore(state)
     step_fn = make_train_step(f.mesh, f.module, tx, f.statistics)
-    start = int(state.step)
-    data = pipeline.classification_dataset(
-      t.train, f.image_size, self.batch_size, seed, start, jax.process_index(), jax.process_count()
-    ).as_numpy_iterator()
-    try:
-      with tqdm(
-        total=self.total_steps,
-        initial=start,
-        unit='step',
-        desc='linear classification',
-        disable=jax.process_index() != 0,
-      ) as bar:
-        for step in range(start + 1, self.total_steps + 1):
-          batch = sharding.shard_batch(f.mesh, next(data))
-          state, loss = step_fn(state, variables, batch['image'], batch['label'])
-          bar.update(1)
-          if checkpointer.save(step, state, force=step == self.total_steps):  # every epoch and at the end
-            bar.set_postfix(epoch=step // self.steps_per_epoch, loss=f'{float(loss):.3f}')
-    finally:
-      checkpointer.close()  # a save in flight completes even when training stops with an error
+
+    def batches(start):
+      data = pipeline.classification_dataset(
+        t.train, f.image_size, self.batch_size, seed, start, jax.process_index(), jax.process_count()
+      ).as_numpy_iterator()
+      for batch in data:
+        yield sharding.shard_batch(f.mesh, batch)
+
+    state = training_loop.train(
+      os.path.join(t.directory, 'linear_classification'),
+      settings,
+      state,
+      lambda state, batch: step_fn(state, variables, batch['image'], batch['label']),
+      batches,
+      self.steps_per_epoch,
+      self.total_steps,
+      'linear classification',
+    )
     return jax.device_get(state.params)
 
   @staticmethod

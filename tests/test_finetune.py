@@ -1,0 +1,251 @@
+"""The fine-tuned dense protocols (jax_moco.evaluators.finetune, segmentation, depth): the schedules and optimisers
+against their definitions, learnable generated tasks far from shuffled controls, exact resumption, refused reruns
+and the command line."""
+
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+import pytest
+
+from input_pipeline import dense_transforms
+from jax_moco import checkpointing
+from jax_moco import evaluate
+from jax_moco import schedules
+from jax_moco import sharding
+from jax_moco.evaluators import finetune
+from jax_moco.evaluators import segmentation
+from jax_moco.models import dense_heads
+from tests import helpers
+
+COLOURS = np.array([[220, 40, 40], [40, 200, 60], [50, 80, 230]], np.uint8)  # classes 1, 2, 3
+DEPTHS = np.array([0.5, 1.0, 1.5])  # the depth (m) of an object of each colour
+
+
+def scene(rng, size=40):
+  """A textured background (class 0) with two shapes (squares or discs) of classes 1-3, each in its colour with
+  noise; its mask; and its depth: the background at 2 m, each object at its colour's depth (a crop shows nothing
+  of where it lies in the image)."""
+  yy, xx = np.mgrid[:size, :size]
+  phase = rng.uniform(0, 6, 3)
+  image = rng.integers(90, 170, 3) + 25 * np.sin(xx[..., None] / rng.uniform(1.5, 4) + phase)
+  image = image + rng.normal(0, 8, (size, size, 3))
+  mask = np.zeros((size, size), np.uint8)
+  depth = np.full((size, size), 2.0)
+  for _ in range(2):
+    c, (cy, cx), r = rng.integers(1, 4), rng.integers(8, size - 8, 2), rng.integers(5, 10)
+    square = (np.abs(yy - cy) < r) & (np.abs(xx - cx) < r)
+    inside = square if rng.random() < 0.5 else (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+    mask[inside], depth[inside] = c, DEPTHS[c - 1]
+    image[inside] = COLOURS[c - 1] + rng.normal(0, 10, (inside.sum(), 3))
+  return np.clip(image, 0, 255).astype(np.uint8), mask, depth.astype(np.float32)
+
+
+def write_voc(root, splits):
+  """A VOC-layout folder: {split: [(image, mask), ...]} with ids split_i."""
+  for folder in ('JPEGImages', 'SegmentationClass', os.path.join('ImageSets', 'Segmentation')):
+    os.makedirs(root / folder, exist_ok=True)
+  for split, examples in splits.items():
+    ids = [f'{split}_{i}' for i in range(len(examples))]
+    (root / 'ImageSets' / 'Segmentation' / f'{split}.txt').write_text('\n'.join(ids) + '\n')
+    for name, (image, mask) in zip(ids, examples):
+      Image.fromarray(image).save(root / 'JPEGImages' / f'{name}.jpg', quality=95)
+      Image.fromarray(mask).save(root / 'SegmentationClass' / f'{name}.png')
+
+
+def write_nyud_depth(root, splits):
+  """A folder in the NYUD_MT layout with depths only: {split: [(image, depth), ...]}."""
+  for folder in ('gt_sets', 'images', 'depth'):
+    os.makedirs(root / folder, exist_ok=True)
+  for split, examples in splits.items():
+    ids = [f'{split}_{i}' for i in range(len(examples))]
+    (root / 'gt_sets' / f'{split}.txt').write_text('\n'.join(ids) + '\n')
+    for name, (image, depth) in zip(ids, examples):
+      Image.fromarray(image).save(root / 'images' / f'{name}.jpg', quality=95)
+      np.save(root / 'depth' / f'{name}.npy', depth)
+
+
+def scenes(seed, n):
+  rng = np.random.default_rng(seed)
+  return [scene(rng) for _ in range(n)]
+
+
+def test_schedules_are_the_authors_per_epoch_rates():
+  """adjust_learning_rate of the authors' code, at the start of each epoch e (from 0): 'step' lr * 0.1 **
+  #{m : e > m}, 'poly' lr * (1 - e / E) ** 0.9."""
+  voc = finetune.learning_rate(finetune.RECIPES['voc'], steps_per_epoch=3)
+  epochs = np.arange(45)
+  expected = 0.003 * 0.1 ** np.sum(epochs[:, None] > np.array([30, 40]), axis=1)
+  np.testing.assert_allclose([float(voc(3 * e + 2)) for e in epochs], expected, rtol=1e-6)
+  np.testing.assert_allclose([float(voc(3 * e)) for e in epochs], expected, rtol=1e-6)
+  city = finetune.learning_rate(finetune.RECIPES['cityscapes'], steps_per_epoch=5)
+  epochs = np.arange(150)
+  np.testing.assert_allclose(
+    [float(city(5 * e + 4)) for e in epochs], 1e-4 * (1 - epochs / 150) ** 0.9, rtol=1e-5, atol=1e-12
+  )
+  lr = schedules.step_decay(1.0, 2, (1, 3), 0.5)
+  np.testing.assert_allclose([float(lr(s)) for s in range(8)], [1, 1, 0.5, 0.5, 0.5, 0.5, 0.25, 0.25])
+
+
+def test_adam_weight_decay_is_coupled_as_torch_adams():
+  torch = pytest.importorskip('torch')
+  recipe = finetune.RECIPES['nyud']
+  tx = finetune.optimizer(recipe, steps_per_epoch=100)
+  rng = np.random.default_rng(0)
+  w, grads = rng.normal(size=5).astype(np.float32), [rng.normal(size=5).astype(np.float32) for _ in range(3)]
+  params, state = jnp.asarray(w), tx.init(jnp.asarray(w))
+  reference = torch.nn.Parameter(torch.tensor(w))
+  adam = torch.optim.Adam([reference], lr=recipe.lr, weight_decay=recipe.weight_decay)
+  for g in grads:
+    updates, state = tx.update(jnp.asarray(g), state, params)
+    params = params + updates
+    reference.grad = torch.tensor(g)
+    adam.step()
+  np.testing.assert_allclose(np.asarray(params), reference.detach().numpy(), rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.heavy(15)
+def test_a_step_on_8_devices_with_synchronised_bn_equals_one_device_on_the_global_batch():
+  """The loss is the global batch's mean over labelled pixels and the gradients are summed over the devices, so
+  with BN synchronised the step does not depend on the device count."""
+  config = helpers.tiny_config()
+  recipe = finetune.Recipe('fcn', 2, 1, 8, 'sgd', 0.1, 'step', (), 1e-4, 16)
+  task = segmentation.dense_task(type('Set', (), {'num_classes': 4})())
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (8, 16, 16, 3)).astype(np.uint8)
+  labels = rng.integers(0, 4, (8, 16, 16)).astype(np.uint8)
+  labels[:2, :5] = 255  # devices with fewer labelled pixels weigh less in the mean
+  after = []
+  for devices, sync in ((jax.devices(), True), (jax.devices()[:1], False)):
+    mesh = sharding.create_mesh(devices)
+    model = dense_heads.create_dense_model(config, recipe.head, 4, recipe.dilation, sync_bn=sync)
+    variables = dense_heads.init_variables(model, 0)
+    tx = finetune.optimizer(recipe, 1)
+    state = finetune.FinetuneState(jnp.zeros((), jnp.int32), variables['params'], variables['batch_stats'], None)
+    state = jax.device_put(state.replace(opt_state=tx.init(state.params)), sharding.replicated(mesh))
+    step = finetune.make_train_step(mesh, model, tx, task, 'imagenet', seed=0)
+    state, loss = step(state, *sharding.shard_batch(mesh, (images, labels)))
+    after.append((jax.device_get(state.params), jax.device_get(state.batch_stats), float(loss)))
+  (params8, stats8, loss8), (params1, stats1, loss1) = after
+  np.testing.assert_allclose(loss8, loss1, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-5), params8, params1)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5), stats8, stats1)
+
+
+SETTINGS = dict(batch_size=8, crop_size=32, lr=0.1, sync_bn=True)  # 16 images: 2 steps an epoch
+
+
+@pytest.mark.fast_compile
+@pytest.mark.heavy(70)  # four fine-tunings: the task, a shuffled control, an interrupted run and its resumption
+def test_segmentation_learns_resumes_exactly_and_refuses_other_settings(tmp_path, monkeypatch):
+  train, val = scenes(0, 16), scenes(1, 8)
+  write_voc(tmp_path / 'voc', {'train': [(i, m) for i, m, _ in train], 'val': [(i, m) for i, m, _ in val]})
+  shuffled = [(i, np.random.default_rng(k).permutation(4).astype(np.uint8)[m]) for k, (i, m, _) in enumerate(train)]
+  write_voc(tmp_path / 'shuffled', {'train': shuffled, 'val': [(i, m) for i, m, _ in val]})
+  workdir = helpers.save_tiny_run(tmp_path / 'run')
+  learnt = evaluate.evaluate(workdir, 'segmentation', dataset=f'voc:{tmp_path / "voc"}', epochs=20, **SETTINGS)
+  control = evaluate.evaluate(
+    helpers.save_tiny_run(tmp_path / 'control'),
+    'segmentation',
+    dataset=f'voc:{tmp_path / "shuffled"}',
+    epochs=20,
+    **SETTINGS,
+  )
+  assert learnt['miou'] > 55 and control['miou'] < 35, (learnt['miou'], control['miou'])
+  assert learnt['iou_per_class'][4:] == [None] * 17 and learnt['num_train'] == 16 and learnt['num_test'] == 8
+  assert learnt['test_dataset'] == f'voc:{tmp_path / "voc"}:val' and learnt['milestones'] == [30, 40]
+  assert json.load(open(tmp_path / 'run' / 'eval' / 'step_3_online' / 'segmentation_voc.json')) == learnt
+  assert 'mIoU' in evaluate.format_table(learnt)
+
+  # Stopped in epoch 2 (after the epoch-1 checkpoint), then rerun: the same result as a run never stopped.
+  short = dict(dataset=f'voc:{tmp_path / "voc"}', epochs=3, **SETTINGS)
+  straight = evaluate.evaluate(helpers.save_tiny_run(tmp_path / 'straight'), 'segmentation', **short)
+  resumed_dir = helpers.save_tiny_run(tmp_path / 'resumed')
+  batches = finetune.TrainData.batches
+
+  class Preempted(Exception):
+    pass
+
+  def preempted_in_epoch_two(self, start, stop):
+    for step, batch in enumerate(batches(self, start, stop), start):
+      if step == 3:
+        raise Preempted
+      yield batch
+
+  with monkeypatch.context() as patch:
+    patch.setattr(finetune.TrainData, 'batches', preempted_in_epoch_two)
+    with pytest.raises(Preempted):
+      evaluate.evaluate(resumed_dir, 'segmentation', **short)
+  run_dir = tmp_path / 'resumed' / 'eval' / 'step_3_online' / 'segmentation_voc' / 'run_0'
+  assert sorted(n for n in os.listdir(run_dir) if n.isdigit()) == ['2']
+  resumed = evaluate.evaluate(resumed_dir, 'segmentation', **short)
+  assert resumed['per_run'] == straight['per_run']
+  with pytest.raises(checkpointing.ConfigMismatchError, match=r'lr: checkpoint 0\.1 vs now 0\.2'):
+    evaluate.evaluate(resumed_dir, 'segmentation', **{**short, 'lr': 0.2})
+  with pytest.raises(checkpointing.ConfigMismatchError, match=r'crop_size: checkpoint 32 vs now 24'):
+    evaluate.evaluate(resumed_dir, 'segmentation', **{**short, 'crop_size': 24})
+
+
+@pytest.mark.fast_compile
+@pytest.mark.heavy(60)  # two fine-tunings: the task and a control
+def test_depth_learns_far_from_shuffled_depths(tmp_path, monkeypatch):
+  # No rescaling: the scale augmentation divides a depth by its ratio (dense_transforms), which nothing in these
+  # scenes shows (a real photograph's texture and object sizes do), so only its mean would be learnable.
+  unscaled = functools.partial(dense_transforms.train_example, scale_range=(1.0, 1.0))
+  monkeypatch.setattr(finetune.dense_transforms, 'train_example', unscaled)
+  train, val = scenes(2, 16), scenes(3, 8)
+  write_nyud_depth(tmp_path / 'nyud', {'train': [(i, d) for i, _, d in train], 'val': [(i, d) for i, _, d in val]})
+  shuffled = [(i, train[(k + 5) % 16][2]) for k, (i, _, _) in enumerate(train)]
+  write_nyud_depth(tmp_path / 'shuffled', {'train': shuffled, 'val': [(i, d) for i, _, d in val]})
+  workdir = helpers.save_tiny_run(tmp_path / 'run')
+  settings = dict(epochs=20, batch_size=8, crop_size=32, lr=3e-3, sync_bn=True)
+  learnt = evaluate.evaluate(workdir, 'depth', dataset=f'nyud:{tmp_path / "nyud"}', **settings)
+  control_dir = helpers.save_tiny_run(tmp_path / 'control')
+  control = evaluate.evaluate(control_dir, 'depth', dataset=f'nyud:{tmp_path / "shuffled"}', **settings)
+  constant = np.concatenate([d.ravel() for _, _, d in val]).std()  # the rmse of predicting the mean depth
+  assert learnt['rmse'] < 0.75 * control['rmse'] and learnt['rmse'] < 0.9 * constant, (learnt['rmse'], control['rmse'])
+  assert learnt['head'] == 'deeplabv3' and learnt['optimizer'] == 'adam' and learnt['schedule'] == 'poly'
+  assert 'rmse' in evaluate.format_table(learnt)
+
+
+def test_refusals(tmp_path):
+  workdir = helpers.save_tiny_run(tmp_path / 'run')
+  with pytest.raises(ValueError, match='needs --dataset=voc:PATH, cityscapes:PATH or nyud:PATH'):
+    evaluate.evaluate(workdir, 'segmentation')
+  with pytest.raises(ValueError, match='reads voc:PATH, cityscapes:PATH, nyud:PATH'):
+    evaluate.evaluate(workdir, 'segmentation', dataset=f'davis:{tmp_path}')
+  with pytest.raises(ValueError, match='protocol=depth needs --dataset=nyud:PATH'):
+    evaluate.evaluate(workdir, 'depth', dataset=f'voc:{tmp_path}')
+  write_voc(tmp_path / 'voc', {'train': [(i, m) for i, m, _ in scenes(0, 2)], 'val': []})
+  with pytest.raises(ValueError, match='scores whole test images at their own size'):
+    evaluate.evaluate(workdir, 'segmentation', dataset=f'voc:{tmp_path / "voc"}', image_size=32)
+  with pytest.raises(ValueError, match='fewer than batch_size=16'):
+    evaluate.evaluate(workdir, 'segmentation', dataset=f'voc:{tmp_path / "voc"}')
+  with pytest.raises(ValueError, match='kmeans_k: not an option of protocol=segmentation'):
+    evaluate.evaluate(workdir, 'segmentation', dataset=f'voc:{tmp_path / "voc"}', kmeans_k=3)
+
+
+@pytest.mark.heavy(25)
+def test_the_command_line(tmp_path):
+  write_voc(
+    tmp_path / 'voc', {'train': [(i, m) for i, m, _ in scenes(0, 8)], 'val': [(i, m) for i, m, _ in scenes(1, 3)]}
+  )
+  workdir = helpers.save_tiny_run(tmp_path / 'run')
+  result = helpers.run_quietly(
+    [
+      '-m',
+      'jax_moco.evaluate',
+      f'--workdir={workdir}',
+      '--protocol=segmentation',
+      f'--dataset=voc:{tmp_path / "voc"}',
+      '--epochs=1',
+      '--batch_size=8',
+      '--crop_size=32',
+    ]
+  )
+  assert 'fine-tuned segmentation (fcn head, 1 epochs, batch 8, sgd lr 0.003' in result.stdout
+  assert json.load(open(tmp_path / 'run' / 'eval' / 'step_3_online' / 'segmentation_voc.json'))['num_test'] == 3
