@@ -112,8 +112,9 @@ def mean_cell(values):
 
 
 def markdown_table(header, rows):
+  """A cell's own '|' (a subset's dataset string) is escaped, so it does not end the cell."""
   lines = [header, ['---'] * len(header), *rows]
-  return '\n'.join('| ' + ' | '.join(str(cell) for cell in line) + ' |' for line in lines)
+  return '\n'.join('| ' + ' | '.join(str(cell).replace('|', '\\|') for cell in line) + ' |' for line in lines)
 
 
 def show_table(out, text):

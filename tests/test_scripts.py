@@ -117,3 +117,8 @@ def test_sweep_table():
     '| --- | --- | --- | --- | --- | --- | --- | --- |',
     '| queue1024 | moco.queue_size=1024 | 76.56 | 67.24 | 69.10 | +1.86 | 353 | 430 |',
   ]
+
+
+def test_a_cells_bar_is_escaped_so_the_row_keeps_its_columns():
+  table = runs.markdown_table(['method', 'config'], [['uniform', 'dataset=embedded|uniform=1800']])
+  assert table.splitlines()[2] == '| uniform | dataset=embedded\\|uniform=1800 |'
