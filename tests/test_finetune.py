@@ -108,7 +108,7 @@ def test_adam_weight_decay_is_coupled_as_torch_adams():
   np.testing.assert_allclose(np.asarray(params), reference.detach().numpy(), rtol=1e-6, atol=1e-8)
 
 
-@pytest.mark.heavy(15)
+@pytest.mark.fast_compile
 def test_a_step_on_8_devices_with_synchronised_bn_equals_one_device_on_the_global_batch():
   """The loss is the global batch's mean over labelled pixels and the gradients are summed over the devices, so
   with BN synchronised the step does not depend on the device count."""
@@ -136,11 +136,13 @@ def test_a_step_on_8_devices_with_synchronised_bn_equals_one_device_on_the_globa
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5), stats8, stats1)
 
 
-SETTINGS = dict(batch_size=8, crop_size=32, lr=0.1, sync_bn=True)  # 16 images: 2 steps an epoch
+SETTINGS = dict(
+  batch_size=8, crop_size=32, lr=0.1
+)  # BN over the global batch by default  # 16 images: 2 steps an epoch
 
 
 @pytest.mark.fast_compile
-@pytest.mark.heavy(70)  # four fine-tunings: the task, a shuffled control, an interrupted run and its resumption
+@pytest.mark.heavy(50)  # four fine-tunings: the task, a shuffled control, an interrupted run and its resumption
 def test_segmentation_learns_resumes_exactly_and_refuses_other_settings(tmp_path, monkeypatch):
   train, val = scenes(0, 16), scenes(1, 8)
   write_voc(tmp_path / 'voc', {'train': [(i, m) for i, m, _ in train], 'val': [(i, m) for i, m, _ in val]})
@@ -191,7 +193,7 @@ def test_segmentation_learns_resumes_exactly_and_refuses_other_settings(tmp_path
 
 
 @pytest.mark.fast_compile
-@pytest.mark.heavy(60)  # two fine-tunings: the task and a control
+@pytest.mark.heavy(45)  # two fine-tunings: the task and a control
 def test_depth_learns_far_from_shuffled_depths(tmp_path, monkeypatch):
   # No rescaling: the scale augmentation divides a depth by its ratio (dense_transforms), which nothing in these
   # scenes shows (a real photograph's texture and object sizes do), so only its mean would be learnable.
@@ -202,7 +204,7 @@ def test_depth_learns_far_from_shuffled_depths(tmp_path, monkeypatch):
   shuffled = [(i, train[(k + 5) % 16][2]) for k, (i, _, _) in enumerate(train)]
   write_nyud_depth(tmp_path / 'shuffled', {'train': shuffled, 'val': [(i, d) for i, _, d in val]})
   workdir = helpers.save_tiny_run(tmp_path / 'run')
-  settings = dict(epochs=20, batch_size=8, crop_size=32, lr=3e-3, sync_bn=True)
+  settings = dict(epochs=20, batch_size=8, crop_size=32, lr=3e-3)
   learnt = evaluate.evaluate(workdir, 'depth', dataset=f'nyud:{tmp_path / "nyud"}', **settings)
   control_dir = helpers.save_tiny_run(tmp_path / 'control')
   control = evaluate.evaluate(control_dir, 'depth', dataset=f'nyud:{tmp_path / "shuffled"}', **settings)

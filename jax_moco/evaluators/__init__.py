@@ -102,7 +102,9 @@ def finetuned():
     Option('weight_decay', float, None, f"weight decay, coupled as PyTorch's {recipe}"),
     Option('crop_size', int, None, f'training crops (px) {recipe}'),
     Option('runs', int, 1, 'fine-tunings with seeds seed, seed + 1, ...: their mean and spread'),
-    Option('sync_bn', bool, False, 'BN statistics synchronised over all devices (default: per device)'),
+    # Both references compute BN statistics over the whole batch of 16 (one GPU for VOC, SyncBatchNorm for
+    # Cityscapes): synchronised by default; --nosync_bn for statistics per device.
+    Option('sync_bn', bool, True, 'BN statistics over the global batch (default); --nosync_bn: per device'),
   )
 
 

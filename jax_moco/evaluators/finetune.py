@@ -11,7 +11,8 @@ loaded by its dataset's reader and augmented on the host (input_pipeline.dense_t
 crop padded with the ignore label), its random choices drawn from (seed, epoch, index) and the epoch's order from
 (seed, epoch), so a resumed run sees the batches of an uninterrupted one. The loss is the mean over the global
 batch's valid pixels (what the authors' single-GPU VOC runs compute), so the device count does not change a step.
-BN: per-device statistics by default, or synchronised over all devices (`sync_bn`); see docs/evaluation.md.
+BN: statistics over the global batch by default, as the authors' runs had them (`sync_bn`), or per device; see
+docs/evaluation.md.
 Checkpointed every epoch and resumed (training_loop). `runs` fine-tunings with seeds seed, seed + 1, ..., each in
 its own directory run_<i>, and the result is their mean, spread and each one's figures.
 
@@ -28,6 +29,7 @@ from typing import Callable
 
 import flax
 import jax
+import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 import numpy as np
 import optax
@@ -135,7 +137,7 @@ def make_train_step(mesh, model, tx, task: DenseTask, statistics, seed):
         variables, normalize(images, statistics), train=True, rngs={'dropout': key}, mutable=['batch_stats']
       )
       total, count = task.loss(outputs, targets)
-      return total / jax.numpy.maximum(jax.lax.psum(count, sharding.AXIS), 1), updated['batch_stats']
+      return total / jnp.maximum(jax.lax.psum(count, sharding.AXIS), 1), updated['batch_stats']
 
     (loss, batch_stats), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
     updates, opt_state = tx.update(jax.lax.psum(grads, sharding.AXIS), state.opt_state, state.params)
