@@ -247,7 +247,20 @@ def test_the_command_line(tmp_path):
       '--epochs=1',
       '--batch_size=8',
       '--crop_size=32',
+      '--runs=2',
     ]
   )
   assert 'fine-tuned segmentation (fcn head, 1 epochs, batch 8, sgd lr 0.003' in result.stdout
-  assert json.load(open(tmp_path / 'run' / 'eval' / 'step_3_online' / 'segmentation_voc.json'))['num_test'] == 3
+  saved = json.load(open(tmp_path / 'run' / 'eval' / 'step_3_online' / 'segmentation_voc.json'))
+  assert saved['num_test'] == 3 and saved['runs'] == 2 and [r['miou'] for r in saved['per_run']] != [saved['miou']] * 2
+  assert saved['miou'] == pytest.approx(np.mean([r['miou'] for r in saved['per_run']]))
+  assert saved['miou_std'] == pytest.approx(np.std([r['miou'] for r in saved['per_run']], ddof=1))
+  assert sorted(os.listdir(tmp_path / 'run' / 'eval' / 'step_3_online' / 'segmentation_voc')) == ['run_0', 'run_1']
+
+
+def test_runs_are_summarised_by_their_mean_spread_and_each_run():
+  runs = [{'miou': 60.0, 'iou_per_class': [80.0, None, 40.0]}, {'miou': 70.0, 'iou_per_class': [90.0, 10.0, 50.0]}]
+  summary = finetune.summary(runs, 'miou')
+  assert summary['miou'] == 65.0 and summary['miou_std'] == pytest.approx(np.std([60, 70], ddof=1))
+  assert summary['iou_per_class'] == [85.0, None, 45.0] and summary['runs'] == 2 and summary['per_run'] == runs
+  assert finetune.summary(runs[:1], 'miou')['miou_std'] == 0.0
