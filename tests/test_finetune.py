@@ -17,6 +17,7 @@ from jax_moco import checkpointing
 from jax_moco import evaluate
 from jax_moco import schedules
 from jax_moco import sharding
+from jax_moco.evaluators import depth as depth_protocol
 from jax_moco.evaluators import finetune
 from jax_moco.evaluators import segmentation
 from jax_moco.models import dense_heads
@@ -264,3 +265,32 @@ def test_runs_are_summarised_by_their_mean_spread_and_each_run():
   assert summary['miou'] == 65.0 and summary['miou_std'] == pytest.approx(np.std([60, 70], ddof=1))
   assert summary['iou_per_class'] == [85.0, None, 45.0] and summary['runs'] == 2 and summary['per_run'] == runs
   assert finetune.summary(runs[:1], 'miou')['miou_std'] == 0.0
+
+
+def test_each_kind_opens_its_train_and_val_splits(tmp_path):
+  ((image, mask, depth),) = scenes(0, 1)
+  write_voc(tmp_path / 'voc', {'train': [(image, mask)], 'trainaug': [(image, mask)] * 2, 'val': [(image, mask)]})
+  train, test = segmentation.open_datasets(None, f'voc:{tmp_path / "voc"}')
+  assert (train.name, train.num_examples) == (f'voc:{tmp_path / "voc"}:trainaug', 2)  # A.3's train_aug
+  assert test.name == f'voc:{tmp_path / "voc"}:val'
+  assert segmentation.open_datasets(None, f'voc:{tmp_path / "voc"}:train')[0].num_examples == 1
+  for split in ('train', 'val'):
+    for folder, suffix, array in (('leftImg8bit', 'leftImg8bit', image), ('gtFine', 'gtFine_labelIds', mask + 7)):
+      os.makedirs(tmp_path / 'city' / folder / split / 'aachen', exist_ok=True)
+      Image.fromarray(array).save(tmp_path / 'city' / folder / split / 'aachen' / f'aachen_0_{suffix}.png')
+  train, test = segmentation.open_datasets(None, f'cityscapes:{tmp_path / "city"}')
+  assert (train.name, test.name, train.num_classes) == (
+    f'cityscapes:{tmp_path / "city"}:train',
+    f'cityscapes:{tmp_path / "city"}:val',
+    19,
+  )
+  write_nyud_depth(tmp_path / 'nyud', {'train': [(image, depth)], 'val': [(image, depth)]})
+  os.makedirs(tmp_path / 'nyud' / 'segmentation')
+  for name in ('train_0', 'val_0'):
+    Image.fromarray(mask).save(tmp_path / 'nyud' / 'segmentation' / f'{name}.png')
+  train, test = segmentation.open_datasets(None, f'nyud:{tmp_path / "nyud"}')
+  assert (test.name, train.num_classes, train.target) == (f'nyud:{tmp_path / "nyud"}:val', 40, 'segmentation')
+  with pytest.raises(ValueError, match='is not a nyud set like'):
+    segmentation.open_datasets(None, f'nyud:{tmp_path / "nyud"}', f'voc:{tmp_path / "voc"}')
+  train, test = depth_protocol.open_datasets(None, f'nyud:{tmp_path / "nyud"}')
+  assert (train.num_classes, test.target) == (1, 'depth') and np.array_equal(test.load(0)[1], depth)
