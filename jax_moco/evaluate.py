@@ -124,7 +124,8 @@ def format_table(result) -> str:
   method, scores = evaluators.get(result['protocol']).describe(result)
   rows = [('protocol', method), ('encoder', f'{result["encoder"]} {result["arch"]}, {which}')]
   if result['train_dataset']:  # not every protocol has a training set
-    rows.append(('train', f'{result["train_dataset"]} ({result["num_train"]} images, {result["image_size"]} px)'))
+    size = f'{result["image_size"]} px' if result['image_size'] else 'at their own size'  # 0: common.AS_STORED
+    rows.append(('train', f'{result["train_dataset"]} ({result["num_train"]} images, {size})'))
   rows += [('test', f'{result["test_dataset"]} ({result["num_test"]} images)'), ('result', scores)]
   return '\n'.join(f'{name:9s} {value}' for name, value in rows)
 

@@ -252,6 +252,7 @@ def test_the_command_line(tmp_path):
     ]
   )
   assert 'fine-tuned segmentation (fcn head, 1 epochs, batch 8, sgd lr 0.003' in result.stdout
+  assert f'voc:{tmp_path / "voc"}:train (8 images, at their own size)' in result.stdout
   saved = json.load(open(tmp_path / 'run' / 'eval' / 'step_3_online' / 'segmentation_voc.json'))
   assert saved['num_test'] == 3 and saved['runs'] == 2 and [r['miou'] for r in saved['per_run']] != [saved['miou']] * 2
   assert saved['miou'] == pytest.approx(np.mean([r['miou'] for r in saved['per_run']]))
