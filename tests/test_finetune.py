@@ -295,3 +295,22 @@ def test_each_kind_opens_its_train_and_val_splits(tmp_path):
     segmentation.open_datasets(None, f'nyud:{tmp_path / "nyud"}', f'voc:{tmp_path / "voc"}')
   train, test = depth_protocol.open_datasets(None, f'nyud:{tmp_path / "nyud"}')
   assert (train.num_classes, test.target) == (1, 'depth') and np.array_equal(test.load(0)[1], depth)
+
+
+def test_evaluation_batches_pad_to_a_multiple_of_32_and_fill_the_tail_with_blank_examples():
+  rng = np.random.default_rng(0)
+  examples = [
+    (rng.integers(0, 256, (h, w, 3)).astype(np.uint8), rng.integers(0, 21, (h, w)).astype(np.uint8))
+    for h, w in ((30, 40), (50, 20), (10, 10))
+  ]
+  dataset = type('Set', (), {'load': lambda self, i: examples[i]})()
+  fill = finetune.image_fill('imagenet')
+  batches = list(finetune.eval_batches(dataset, 3, 2, fill))
+  assert [b[0].shape for b in batches] == [(2, 64, 64, 3), (2, 32, 32, 3)]
+  (images, labels), (tail_images, tail_labels) = batches
+  for (image, label), padded_image, padded_label in zip(examples, [*images, tail_images[0]], [*labels, tail_labels[0]]):
+    h, w = label.shape
+    np.testing.assert_array_equal(padded_image[:h, :w], image)
+    np.testing.assert_array_equal(padded_label[:h, :w], label)
+    assert (padded_label == 255).sum() == padded_label.size - label.size and (padded_image[h:] == fill).all()
+  assert (tail_labels[1] == 255).all() and (tail_images[1] == fill).all()  # past the split's end: scores nothing
