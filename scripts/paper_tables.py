@@ -3,19 +3,22 @@ Representations") with the paper's own rows beside a row for each of your checkp
 
   python scripts/paper_tables.py --workdir=runs/A [--workdir=runs/B ...] [--table=9|4]
       [--voc07=PATH|tfds:voc/2007] [--imagenet=TRAIN,VAL] [--places=TRAIN,VAL] [--davis=PATH]
+      [--voc=PATH] [--cityscapes=PATH] [--nyud=PATH] [--runs=N]
       [--random_init] [--noown_data] [--image_size=N] [--max_examples=N] [--linear_epochs=N] [--out=FILE.md]
 
 A work directory is a training run's or one `jax_moco.import_torch` wrote (the authors' released checkpoints).
 Each column is measured by the `jax_moco.evaluate` protocol the paper's figure comes from, on the data the flags
 give: VOC07 mAP by `voc07_svm` (the authors' linear SVMs), ImageNet and Places top-1 by `linear_classification`
-with the paper's weight decay 1e-4 (appendix A.2), DAVIS J&F by `label_propagation`. A column whose data is not given
-shows '-' and the notes name the flag that adds it; the fine-tuned columns (segmentation mIoU, NYUD depth) show '-'
-until jax_moco has those protocols. Two columns are not the paper's: kNN top-1 and the SVMs' mAP (one-vs-rest) on
+with the paper's weight decay 1e-4 (appendix A.2), DAVIS J&F by `label_propagation`, the fine-tuned columns by
+`segmentation` (VOC, Cityscapes and NYUD mIoU) and `depth` (NYUD rmse) with the paper's recipes (appendix A.3, A.5),
+the mean and sample standard deviation of --runs fine-tunings each. A column whose data is not given shows '-' and
+the notes name the flag that adds it. Two columns are not the paper's: kNN top-1 and the SVMs' mAP (one-vs-rest) on
 each run's own sets (its kNN bank and eval_dataset), so a run on the embedded data has figures too.
 
 Every result is cached under the run's DIR/eval/step_N_online/paper_tables/<column>.json (beside jax_moco.evaluate's
-own results and feature caches) with the request that made it, so a rerun with the same flags runs nothing. The
-table (Markdown) is printed and, with --out, written to a file.
+own results and feature caches) with the request that made it, so a rerun with the same flags runs nothing; a
+fine-tuned column also reads jax_moco.evaluate's own result (segmentation_KIND.json, depth.json there) when that was
+made with the settings the table asks for. The table (Markdown) is printed and, with --out, written to a file.
 """
 
 import dataclasses
@@ -23,7 +26,6 @@ import json
 import os
 import shutil
 import sys
-from typing import Optional
 
 from absl import app
 from absl import flags
@@ -34,32 +36,34 @@ from jax_moco import console  # noqa: E402
 from jax_moco import evaluate  # noqa: E402
 from jax_moco import evaluators  # noqa: E402
 from jax_moco import files  # noqa: E402
+from jax_moco.evaluators import finetune  # noqa: E402
 from scripts import runs  # noqa: E402
 
 # Van Gansbeke et al. 2021, appendix A.2: the ImageNet and Places linear classifiers, 100 epochs at weight decay 1e-4
 # (lr 30 and batch 256 are linear_classification's defaults), on 224 px images as the VOC07 SVMs.
 LINEAR_EPOCHS, LINEAR_WEIGHT_DECAY, PAPER_IMAGE_SIZE = 100, 1e-4, 224
-FINE_TUNED = 'fine-tuned: not in jax_moco yet (the next issue adds it)'
+FINE_TUNED = ('segmentation', 'depth')  # the protocols that fine-tune the backbone, --runs times
+NYUD_FLAG = '--nyud=PATH (NYUD-v2 in the NYUD_MT layout of Vandenhende et al.)'
 
 
 @dataclasses.dataclass(frozen=True)
 class Column:
   header: str
-  protocol: Optional[str]  # None: a fine-tuned protocol jax_moco does not have yet
+  protocol: str
   metric: str = ''  # the key of the protocol's result shown
   flag: str = ''  # the flag giving its data; '' for the runs' own data
   digits: int = 1
 
 
 COLUMNS = {
-  'voc_seg': Column('VOC seg. mIoU', None),
-  'cityscapes_seg': Column('Cityscapes seg. mIoU', None),
-  'nyud_seg': Column('NYUD seg. mIoU', None),
+  'voc_seg': Column('VOC seg. mIoU', 'segmentation', 'miou', '--voc=PATH (a VOC 2012 folder, trainaug list)'),
+  'cityscapes_seg': Column('Cityscapes seg. mIoU', 'segmentation', 'miou', '--cityscapes=PATH (leftImg8bit/, gtFine/)'),
+  'nyud_seg': Column('NYUD seg. mIoU', 'segmentation', 'miou', NYUD_FLAG),
   'voc07': Column('VOC07 SVM mAP', 'voc07_svm', 'map', '--voc07=PATH (a VOCdevkit/VOC2007 folder) or tfds:voc/2007'),
   'imagenet': Column('ImageNet linear top-1', 'linear_classification', 'top1', '--imagenet=TRAIN,VAL'),
   'places': Column('Places linear top-1', 'linear_classification', 'top1', '--places=TRAIN,VAL'),
   'davis': Column('DAVIS J&F', 'label_propagation', 'jf_mean', '--davis=PATH (a DAVIS-2017 folder)'),
-  'nyud_depth': Column('NYUD depth rmse', None, digits=3),
+  'nyud_depth': Column('NYUD depth rmse', 'depth', 'rmse', NYUD_FLAG, digits=3),
   'own_knn': Column('own data: kNN top-1', 'knn', 'top1'),
   'own_svm': Column('own data: SVM mAP (one-vs-rest)', 'voc07_svm', 'map'),
 }
@@ -140,6 +144,25 @@ def requests(voc07=None, imagenet=(), places=(), davis=None, image_size=None, ma
   return made
 
 
+def fine_tuned_requests(voc=None, cityscapes=None, nyud=None, runs=1, max_examples=None):
+  """{column: request} of the fine-tuned columns whose folder is given (each at its dataset's recipe, whole test
+  images at their own size); NYUD's folder gives its segmentation and its depth."""
+  if runs < 1:
+    raise ValueError(f'--runs={runs}: at least one fine-tuning')
+  wanted = (
+    ('voc_seg', 'voc', voc),
+    ('cityscapes_seg', 'cityscapes', cityscapes),
+    ('nyud_seg', 'nyud', nyud),
+    ('nyud_depth', 'nyud', nyud),
+  )
+  made = {}
+  for column, kind, given in wanted:
+    if given:
+      dataset = _spec(given, (kind,), kind)
+      made[column] = request(COLUMNS[column].protocol, dataset, max_examples=max_examples, options={'runs': runs})
+  return made
+
+
 def latest_step(workdir):
   """The newest checkpoint's step, read from the folder names (nothing is restored)."""
   directory = os.path.join(workdir, 'checkpoints')
@@ -167,9 +190,37 @@ def _keep_classifier(directory, column):
     os.rename(trained, kept)
 
 
+def fine_tuned_result(directory, wanted, random_init):
+  """jax_moco.evaluate's own result of the fine-tuned request `wanted` in `directory` (segmentation_KIND.json,
+  depth.json) when it holds the settings the request makes: the same sets and sizes, the dataset's recipe, the
+  default BN and as many runs; else None."""
+  evaluator = evaluators.get(wanted['protocol'])
+  train, test = evaluator.open_datasets(None, wanted['dataset'], wanted['test_dataset'])
+  options = evaluators.options(wanted['protocol'], **wanted['options'])
+  made = dict(
+    protocol=wanted['protocol'],
+    encoder='online',
+    random_init=random_init,
+    train_dataset=train.name,
+    test_dataset=test.name,
+    num_train=finetune.capped(train, wanted['max_examples']),
+    num_test=finetune.capped(test, wanted['max_examples']),
+    runs=options.runs,
+    sync_bn=options.sync_bn,
+    **finetune.recipe_fields(finetune.recipe_for(evaluator.kind_of(train), options)),
+  )
+  path = os.path.join(directory, f'{evaluator.name_for(train)}.json')
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    result = json.load(f)
+  return result if all(result.get(k) == v for k, v in made.items()) else None
+
+
 def cached_evaluate(workdir, column, wanted, random_init=False):
-  """The result of `wanted` (a request) on the run's latest checkpoint: read back when an earlier call made it,
-  else computed by jax_moco.evaluate and saved with the request as DIR/eval/<tag>/paper_tables/<column>.json."""
+  """The result of `wanted` (a request) on the run's latest checkpoint: read back when an earlier call made it (or,
+  for a fine-tuned column, jax_moco.evaluate's own result of the same settings), else computed by jax_moco.evaluate
+  and saved with the request as DIR/eval/<tag>/paper_tables/<column>.json."""
   directory = eval_directory(workdir, random_init, latest_step(workdir))
   path = os.path.join(directory, 'paper_tables', f'{column}.json')
   if os.path.exists(path):
@@ -177,6 +228,10 @@ def cached_evaluate(workdir, column, wanted, random_init=False):
       cached = json.load(f)
     if cached['request'] == wanted:
       return cached['result']
+  if wanted['protocol'] in FINE_TUNED:
+    done = fine_tuned_result(directory, wanted, random_init)
+    if done is not None:
+      return done
   arguments = {k: v for k, v in wanted.items() if k not in ('protocol', 'options')}
   result = evaluate.evaluate(workdir, wanted['protocol'], random_init=random_init, **arguments, **wanted['options'])
   if wanted['protocol'] == 'linear_classification':
@@ -203,9 +258,12 @@ class Row:
     return f'{which} ({arch})' if arch else which
 
   def cell(self, column):
+    """The figure, with ' ± ' and its sample standard deviation over the runs of a fine-tuned column's several runs."""
     if column not in self.results:
       return '-'
-    return f'{self.results[column][COLUMNS[column].metric]:.{COLUMNS[column].digits}f}'
+    result, metric, digits = self.results[column], COLUMNS[column].metric, COLUMNS[column].digits
+    spread = f' ± {result[f"{metric}_std"]:.{digits}f}' if result.get('runs', 1) > 1 else ''
+    return f'{result[metric]:.{digits}f}{spread}'
 
 
 def own_data(workdir, random_init, image_size=None, max_examples=None):
@@ -229,8 +287,7 @@ def measure(workdir, table, wanted, random_init=False, with_own_data=True, image
   missing = {}
   for column in PAPER[table][1]:
     if column not in wanted:
-      protocol, flag = COLUMNS[column].protocol, COLUMNS[column].flag
-      missing[column] = FINE_TUNED if protocol is None else f'give {flag}'
+      missing[column] = f'give {COLUMNS[column].flag}'
   if with_own_data:
     own, why = own_data(workdir, random_init, image_size, max_examples)
     results.update(own)
@@ -266,6 +323,8 @@ def notes(table, rows, max_examples=None):
     for why in dict.fromkeys(row.missing[column] for row in rows if column in row.missing):
       unfilled.setdefault(why, []).append(COLUMNS[column].header)
   lines += [f'- {", ".join(headers)}: -: {why}.' for why, headers in unfilled.items()]
+  if any(' ± ' in row.cell(column) for row in rows for column in PAPER[table][1]):
+    lines.append('- a ± s: the mean and sample standard deviation of --runs fine-tunings (the paper: VOC, five).')
   lines.append("- own data (not the paper's columns): each run's kNN bank -> eval_dataset; the SVMs one-vs-rest:")
   for row in rows:
     if 'own_svm' in row.results:
@@ -292,10 +351,12 @@ def paper_table(
 ):
   """The Markdown table of `table` ('4' or '9') with a row for each work directory (and its random network with
   `random_init`), measuring what `wanted` (requests()) and the runs' own data allow, cached results read back."""
-  wanted = wanted or {}
-  extra = [COLUMNS[c].header for c in wanted if c not in PAPER[table][1]]
+  wanted, flags_used = wanted or {}, {COLUMNS[c].flag for c in PAPER[table][1]}
+  # A column of Table 9 alone is refused, unless its flag fills another (--nyud: NYUD segmentation in Table 4 too).
+  extra = [COLUMNS[c].header for c in wanted if c not in PAPER[table][1] and COLUMNS[c].flag not in flags_used]
   if extra:
     raise ValueError(f'Table {table} has no {", ".join(extra)} column (Table 9 has)')
+  wanted = {c: r for c, r in wanted.items() if c in PAPER[table][1]}
   rows = [
     measure(workdir, table, wanted, init, with_own_data, image_size, max_examples)
     for workdir in workdirs
@@ -314,6 +375,10 @@ def define_flags():
   flags.DEFINE_list('imagenet', [], 'ImageNet linear top-1: TRAIN,VAL, folders of class sub-folders (or datasets).')
   flags.DEFINE_list('places', [], 'Places linear top-1: TRAIN,VAL, as --imagenet.')
   flags.DEFINE_string('davis', None, 'DAVIS J&F (Table 9): a DAVIS-2017 folder, scored on its val split.')
+  flags.DEFINE_string('voc', None, 'VOC seg. mIoU: a PASCAL VOC 2012 folder (trainaug -> val, A.3).')
+  flags.DEFINE_string('cityscapes', None, 'Cityscapes seg. mIoU: a folder of leftImg8bit/ and gtFine/ (train -> val).')
+  flags.DEFINE_string('nyud', None, 'NYUD seg. mIoU and depth rmse: NYUD-v2 in the NYUD_MT layout (train -> val).')
+  flags.DEFINE_integer('runs', 1, 'Fine-tunings of each fine-tuned column, their mean and spread (the paper: VOC 5).')
   flags.DEFINE_bool('own_data', True, "Score each run's own sets (its kNN bank -> eval_dataset): kNN, SVMs.")
   flags.DEFINE_bool('random_init', False, "Add a row for each run's network at initialisation (the baseline).")
   flags.DEFINE_integer(
@@ -332,6 +397,7 @@ def main(argv):
     raise app.UsageError('--workdir is required (repeat it for several runs)')
   try:
     wanted = requests(f.voc07, f.imagenet, f.places, f.davis, f.image_size, f.max_examples, f.linear_epochs)
+    wanted.update(fine_tuned_requests(f.voc, f.cityscapes, f.nyud, f.runs, f.max_examples))
     console.import_tensorflow(f.verbosity)  # TensorFlow's C++ notices and Orbax's lines only with -v 1
     text = paper_table(f.workdir, f.table, wanted, f.random_init, f.own_data, f.image_size, f.max_examples)
   except (ValueError, FileNotFoundError) as e:

@@ -1,7 +1,8 @@
 """scripts/paper_tables.py: Van Gansbeke et al. 2021's Tables 4 and 9 beside a run's rows. End to end on a tiny saved
 run and generated data in every layout the columns read (a VOC2007 folder, ImageNet-style class folders, a DAVIS
-folder, the embedded set), and the table's logic (rows, columns, the '-' cells and their reasons, the cache) with
-jax_moco.evaluate replaced by a stand-in."""
+folder, the embedded set), and the table's logic (rows, columns, the '-' cells and their reasons, the cache, the
+fine-tuned columns' spread over runs and jax_moco.evaluate's own results read back) with jax_moco.evaluate replaced
+by a stand-in."""
 
 import json
 import os
@@ -10,8 +11,12 @@ from PIL import Image
 import pytest
 
 from jax_moco import evaluate
+from jax_moco.evaluators import finetune
 from scripts import paper_tables
 from tests.helpers import save_tiny_run
+from tests.test_finetune import scenes
+from tests.test_finetune import write_nyud_depth
+from tests.test_finetune import write_voc
 from tests.test_label_propagation import moving_shapes
 from tests.test_label_propagation import write_davis
 from tests.test_voc07_svm import voc07_folder
@@ -63,7 +68,7 @@ def test_every_layout_fills_its_column_and_a_rerun_reads_the_cache(tmp_path, mon
   assert [ours[c] for c in ('voc_seg', 'cityscapes_seg', 'nyud_seg', 'nyud_depth')] == ['-'] * 4
   for column in ('voc07', 'imagenet', 'places', 'davis', 'own_knn', 'own_svm'):
     assert 0 <= float(ours[column]) <= 100, (column, ours[column])
-  assert 'NYUD seg. mIoU, NYUD depth rmse: -: fine-tuned: not in jax_moco yet' in text
+  assert '- NYUD seg. mIoU, NYUD depth rmse: -: give --nyud=PATH (NYUD-v2 in the NYUD_MT layout' in text
   assert 'linear classification (1 epochs, lr 30.0, weight decay 0.0001, batch 256)' in text
   # Each linear classifier trained on its own set; each result beside jax_moco.evaluate's, with its request.
   kept = tmp_path / 'run' / 'eval' / 'step_3_online' / 'paper_tables'
@@ -85,19 +90,28 @@ def fake_evaluate(calls, unreadable=()):
   def fake(
     workdir, protocol, dataset=None, test_dataset=None, image_size=None, max_examples=None, random_init=False, **options
   ):
-    calls.append(dict(workdir=workdir, protocol=protocol, dataset=dataset, image_size=image_size))
+    calls.append(dict(workdir=workdir, protocol=protocol, dataset=dataset, image_size=image_size, **options))
     if dataset is None and workdir in unreadable:
       raise ValueError(f'the run of {workdir} has no eval_dataset')
     tag = 'random_init_online' if random_init else 'step_3_online'
     if protocol == 'linear_classification':
       os.makedirs(os.path.join(workdir, 'eval', tag, 'linear_classification'))
+    if protocol in paper_tables.FINE_TUNED:  # the fields describe() reads; whole images (image_size 0)
+      fine_tuned = dict(
+        finetune.recipe_fields(finetune.RECIPES[dataset.split(':')[0]]), sync_bn=True, runs=options['runs']
+      )
+      image_size = 0
     scores = dict(
       knn=dict(top1=61.25, top5=90.0, k=200, temperature=0.1),
       voc07_svm=dict(map=70.0, costs=[0.5], difficult='negative'),
       linear_classification=dict(top1=42.0, epochs=1, lr=30.0, weight_decay=1e-4, batch_size=256),
+      segmentation=dict(miou=71.34, miou_std=0.56),
+      depth=dict(rmse=0.6123, rmse_std=0.0123, abs_rel=0.15, delta1=0.8),
     )[protocol]
+    scores.update(fine_tuned if protocol in paper_tables.FINE_TUNED else {})
     sets = dict(train_dataset=dataset or 'embedded:train', test_dataset=test_dataset or 'embedded:test')
-    run = dict(protocol=protocol, step=None if random_init else 3, arch='resnet50', image_size=image_size or 32)
+    run = dict(protocol=protocol, step=None if random_init else 3, arch='resnet50', image_size=32)
+    run['image_size'] = 32 if image_size is None else image_size
     return dict(run, num_train=8, num_test=4, **sets, **scores)
 
   return fake
@@ -143,3 +157,58 @@ def test_rows_columns_reasons_and_cache(tmp_path, monkeypatch):
   with pytest.raises(FileNotFoundError, match='is not a jax_moco work directory'):
     paper_tables.paper_table([str(tmp_path)], '9')
   assert paper_tables.requests(voc07='tfds:voc/2007')['voc07']['test_dataset'] == 'tfds:voc/2007:test'
+
+
+def nyud_folder(root):
+  """A NYUD_MT folder of one train and one val photograph with their segmentation and depth."""
+  ((image, mask, depth),) = scenes(0, 1)
+  write_nyud_depth(root, {'train': [(image, depth)], 'val': [(image, depth)]})
+  os.makedirs(root / 'segmentation')
+  for name in ('train_0', 'val_0'):
+    Image.fromarray(mask).save(root / 'segmentation' / f'{name}.png')
+  return str(root)
+
+
+def test_fine_tuned_columns_show_the_runs_spread_and_read_evaluates_own_results(tmp_path, monkeypatch):
+  run = str(tmp_path / 'A')
+  os.makedirs(os.path.join(run, 'checkpoints', '3'))
+  ((image, mask, _),) = scenes(0, 1)
+  voc = tmp_path / 'voc'
+  write_voc(voc, {'train': [(image, mask)] * 2, 'val': [(image, mask)]})
+  # jax_moco.evaluate's own result of --protocol=segmentation --dataset=voc:PATH --runs=2, as it writes it.
+  sets = dict(train_dataset=f'voc:{voc}:train', test_dataset=f'voc:{voc}:val', num_train=2, num_test=1)
+  recipe = dict(finetune.recipe_fields(finetune.RECIPES['voc']), sync_bn=True, seed=0, devices=8)
+  written = dict(protocol='segmentation', step=3, encoder='online', random_init=False, arch='resnet50', image_size=0)
+  written.update(**sets, **recipe, miou=65.43, miou_std=1.04, runs=2)
+  os.makedirs(os.path.join(run, 'eval', 'step_3_online'))
+  with open(os.path.join(run, 'eval', 'step_3_online', 'segmentation_voc.json'), 'w') as f:
+    json.dump(written, f)
+  calls = []
+  monkeypatch.setattr(evaluate, 'evaluate', fake_evaluate(calls))
+  wanted = paper_tables.fine_tuned_requests(voc=str(voc), nyud=nyud_folder(tmp_path / 'nyud'), runs=2)
+  assert wanted['voc_seg']['dataset'] == f'voc:{voc}' and wanted['nyud_depth']['options'] == {'runs': 2}
+  text = paper_tables.paper_table([run], '9', wanted, with_own_data=False)
+  assert [(c['protocol'], c['dataset'], c['runs']) for c in calls] == [
+    ('segmentation', f'nyud:{tmp_path / "nyud"}', 2),
+    ('depth', f'nyud:{tmp_path / "nyud"}', 2),
+  ]  # VOC read back from its result
+  ours = dict(zip(paper_tables.columns('9'), table_rows(text)[-1][2:]))
+  assert [ours[c] for c in ('voc_seg', 'cityscapes_seg', 'nyud_seg', 'nyud_depth')] == [
+    '65.4 ± 1.0',
+    '-',
+    '71.3 ± 0.6',
+    '0.612 ± 0.012',
+  ]
+  assert '- Cityscapes seg. mIoU: -: give --cityscapes=PATH (leftImg8bit/, gtFine/).' in text
+  assert '- a ± s: the mean and sample standard deviation of --runs fine-tunings' in text
+  settings = 'sgd lr 0.003 x0.1 after epochs [30, 40], weight decay 0.0001, crops 513, synchronised BN, 2 run(s))'
+  assert f'{settings}, on voc:{voc}:train -> voc:{voc}:val (2 / 1 images, at their own size)' in text
+
+  # Table 4 takes --nyud's segmentation and leaves its depth; then one run each: VOC's result of two does not serve.
+  header4, *body4 = table_rows(paper_tables.paper_table([run], '4', wanted, with_own_data=False))
+  assert 'NYUD depth rmse' not in header4 and body4[-1][2:5] == ['65.4 ± 1.0', '-', '71.3 ± 0.6'] and len(calls) == 2
+  once = paper_tables.fine_tuned_requests(voc=str(voc), runs=1)
+  assert table_rows(paper_tables.paper_table([run], '4', once, with_own_data=False))[-1][2] == '71.3'
+  assert (calls[-1]['dataset'], calls[-1]['runs']) == (f'voc:{voc}', 1)
+  with pytest.raises(ValueError, match='--runs=0: at least one fine-tuning'):
+    paper_tables.fine_tuned_requests(voc=str(voc), runs=0)

@@ -51,9 +51,9 @@ class Evaluator(finetune.FinetuneEvaluator):
   def dense_task(train):
     return DENSE_TASK
 
-  @property
-  def result_name(self) -> str:
-    return 'depth'
+  @classmethod
+  def name_for(cls, train) -> str:
+    return 'depth'  # one kind
 
   @staticmethod
   def describe(result):

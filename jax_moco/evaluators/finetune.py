@@ -293,6 +293,11 @@ def recipe_for(kind, options) -> Recipe:
   )
 
 
+def recipe_fields(recipe: Recipe) -> dict:
+  """The recipe as its result's fields (JSON: milestones a list)."""
+  return {**dataclasses.asdict(recipe), 'milestones': list(recipe.milestones)}
+
+
 def capped(dataset, cap):
   return min(dataset.num_examples, cap or dataset.num_examples)
 
@@ -375,9 +380,14 @@ class FinetuneEvaluator:
     self.recipe, self.runs, self.sync_bn = recipe_for(self.kind, o), o.runs, o.sync_bn
     self.dense = self.dense_task(task.train)
 
+  @classmethod
+  def name_for(cls, train) -> str:
+    """The name of the result (<name>.json) and of its checkpoints' folder for the training set `train`."""
+    return f'{cls.protocol}_{cls.kind_of(train)}'
+
   @property
   def result_name(self) -> str:
-    return f'{self.protocol}_{self.kind}'
+    return self.name_for(self.task.train)
 
   def run(self, backbone_variables):
     t, name = self.task, self.result_name
@@ -395,7 +405,7 @@ class FinetuneEvaluator:
       for r in range(self.runs)
     ]
     yield from summary(per_run, self.dense.figure).items()
-    yield from {**dataclasses.asdict(self.recipe), 'milestones': list(self.recipe.milestones)}.items()
+    yield from recipe_fields(self.recipe).items()
     yield from dict(sync_bn=self.sync_bn, seed=t.config.seed, devices=t.features.mesh.size).items()
     yield from dict(num_train=capped(t.train, t.max_train), num_test=capped(t.test, t.max_test)).items()
 
