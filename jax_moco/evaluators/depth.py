@@ -20,7 +20,7 @@ def open_datasets(config, dataset=None, test_dataset=None):
   if not dataset or not dataset.startswith('nyud:'):
     raise ValueError(f'protocol=depth needs --dataset=nyud:PATH (NYUD-v2 in {nyud.LAYOUT}), got {dataset!r}')
   train = nyud.get(dataset, 'train', target='depth')
-  return train, nyud.get(test_dataset or f'{train.name.rpartition(":")[0]}:val', 'val', target='depth')
+  return train, nyud.get(test_dataset or finetune.val_spec(train), 'val', target='depth')
 
 
 def squared_error(outputs, depth):

@@ -12,7 +12,7 @@ crop padded with the ignore label), its random choices drawn from (seed, epoch, 
 (seed, epoch), so a resumed run sees the batches of an uninterrupted one. The loss is the mean over the global
 batch's valid pixels (what the authors' single-GPU VOC runs compute), so the device count does not change a step.
 BN: statistics over the global batch by default, as the authors' runs had them (`sync_bn`), or per device; see
-docs/evaluation.md.
+docs/evaluation.md, "segmentation".
 Checkpointed every epoch and resumed (training_loop). `runs` fine-tunings with seeds seed, seed + 1, ..., each in
 its own directory run_<i>, and the result is their mean, spread and each one's figures.
 
@@ -68,10 +68,11 @@ class Recipe:
 
 
 RECIPES = {
-  # configs/pascal_voc.yml: 45 epochs, batch 16, SGD lr 0.003 momentum 0.9, x0.1 after epochs 30 and 40, wd 1e-4; the
-  # FCN head at dilation 6 (utils/common_config.py); crops of 513 (A.3).
+  # The authors' configs/pascal_voc.yml: 45 epochs, batch 16, SGD lr 0.003 momentum 0.9, x0.1 after epochs 30 and 40,
+  # wd 1e-4; the FCN head at dilation 6 (their utils/common_config.py); crops of 513 (A.3).
   'voc': Recipe('fcn', 6, 45, 16, 'sgd', 0.003, 'step', (30, 40), 1e-4, 513),
-  # configs/cityscapes.yml: 150 epochs, Adam lr 1e-4 poly, wd 1e-4; batch 8 a GPU on 2 GPUs; dilation 1; crops of 768.
+  # The authors' configs/cityscapes.yml: 150 epochs, Adam lr 1e-4 poly, wd 1e-4; batch 8 a GPU on 2 GPUs; dilation 1;
+  # crops of 768.
   'cityscapes': Recipe('fcn', 1, 150, 16, 'adam', 1e-4, 'poly', (), 1e-4, 768),
   # A.3 and Vandenhende et al.'s configs/nyud/resnet50/{semseg,depth}.yml: 100 epochs, batch 8, Adam 1e-4 poly, wd
   # 1e-4, DeepLab-v3 head; crops of 512 (A.3).
@@ -285,6 +286,11 @@ def score(eval_step, variables, mesh, task: DenseTask, dataset, num_examples, ba
   return task.scores(total)
 
 
+def val_spec(train):
+  """The val split of the folder `train` was read from (its name is KIND:PATH:SPLIT): the default test set."""
+  return f'{train.name.rpartition(":")[0]}:val'
+
+
 def recipe_for(kind, options) -> Recipe:
   """RECIPES[kind] with the options (epochs, batch_size, lr, weight_decay, crop_size) that are not None."""
   fields = ('epochs', 'batch_size', 'lr', 'weight_decay', 'crop_size')
@@ -299,6 +305,7 @@ def recipe_fields(recipe: Recipe) -> dict:
 
 
 def capped(dataset, cap):
+  """How many of `dataset`'s examples a protocol reads: all, or the first `cap` (--max_examples)."""
   return min(dataset.num_examples, cap or dataset.num_examples)
 
 

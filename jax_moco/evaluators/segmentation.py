@@ -39,11 +39,6 @@ def kind_of(spec):
   return kind
 
 
-def val_spec(train):
-  """The val split of the folder `train` was read from (its name is KIND:PATH:SPLIT)."""
-  return f'{train.name.rpartition(":")[0]}:val'
-
-
 def open_datasets(config, dataset=None, test_dataset=None):
   """(train, test) sets of one kind: `dataset` (required) and `test_dataset`, by default the same folder's val."""
   del config
@@ -51,7 +46,7 @@ def open_datasets(config, dataset=None, test_dataset=None):
     raise ValueError('protocol=segmentation needs --dataset=voc:PATH, cityscapes:PATH or nyud:PATH')
   kind = kind_of(dataset)
   train = READERS[kind](voc_train_spec(dataset) if kind == 'voc' else dataset, 'train')
-  test_spec = test_dataset or val_spec(train)
+  test_spec = test_dataset or finetune.val_spec(train)
   if kind_of(test_spec) != kind:
     raise ValueError(f'--test_dataset={test_spec!r} is not a {kind} set like --dataset={dataset!r}')
   return train, READERS[kind](test_spec, 'val')
