@@ -1,4 +1,4 @@
-"""Dense features: shapes, output strides and channels of every network (dense.OUTPUTS) for ResNet-18 and ResNet-50
+"""Dense features: shapes, output strides and channels of each network (resnet.DENSE_OUTPUTS) of ResNet-18 and ResNet-50
 (tiny widths) and both stems at sizes that are not multiples of the stride; unit norm per location; the dilated
 networks against the strided ones on the same weights (every s-th location of a dilated map is exactly the map with
 the strides); the stride-8 networks against transcriptions of the references' PyTorch code (MaskContrast's

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from jax_moco import sharding
+from jax_moco import state as state_lib
 from jax_moco import torch_layout
-from jax_moco.evaluators import dense
 from jax_moco.models import dense_heads
 from jax_moco.models import resnet
 from tests import helpers
@@ -177,9 +177,14 @@ def theirs_dense_model(head, variables, model):
   return forward
 
 
+def backbone_of(config):
+  """The run's backbone as trained, as finetune builds it."""
+  return state_lib.create_encoder(config).backbone
+
+
 @pytest.mark.parametrize('head', ['fcn', 'deeplabv3'])
 def test_dense_models_compute_the_references_models(head):
-  backbone = dense.dense_backbone(resnet.create_resnet('resnet50', width=1 / 16), dense_heads.HEADS[head])
+  backbone = resnet.dense_backbone(resnet.create_resnet('resnet50', width=1 / 16), dense_heads.HEADS[head])
   head_module = dense_heads.FCNHead(5, 6, channels=8) if head == 'fcn' else dense_heads.DeepLabV3Head(5)
   model = dense_heads.DenseModel(backbone, head_module)
   variables = perturbed(dense_heads.init_variables(model, 3), 4)
@@ -198,7 +203,7 @@ def test_synchronised_bn_over_8_devices_is_bn_over_the_global_batch():
   x = np.random.default_rng(0).normal(size=(16, 32, 32, 3)).astype(np.float32)
 
   def train_outputs(sync_bn, per_device):
-    model = dense_heads.create_dense_model(config, 'fcn', 3, dilation=1, sync_bn=sync_bn, channels=8)
+    model = dense_heads.create_dense_model(backbone_of(config), 'fcn', 3, dilation=1, sync_bn=sync_bn, channels=8)
     variables = dense_heads.init_variables(model, 0)
 
     def apply(images):
@@ -219,7 +224,7 @@ def test_synchronised_bn_over_8_devices_is_bn_over_the_global_batch():
 
 def test_init_variables_take_the_checkpoints_backbone_and_a_seeded_head():
   config = helpers.tiny_config()
-  model = dense_heads.create_dense_model(config, 'deeplabv3', 4, channels=8)
+  model = dense_heads.create_dense_model(backbone_of(config), 'deeplabv3', 4, channels=8)
   assert (model.backbone.stage_modes(), model.backbone.pool) == (dense_heads.HEADS['deeplabv3'], False)
   fresh = dense_heads.init_variables(model, 1)
   given = jax.tree.map(lambda leaf: leaf + 1.0, {c: fresh[c]['backbone'] for c in fresh})
@@ -228,10 +233,12 @@ def test_init_variables_take_the_checkpoints_backbone_and_a_seeded_head():
   again, other = dense_heads.init_variables(model, 0, given), dense_heads.init_variables(model, 1, given)
   jax.tree.map(np.testing.assert_array_equal, again['params']['head'], variables['params']['head'])
   assert not np.array_equal(other['params']['head']['4']['kernel'], variables['params']['head']['4']['kernel'])
-  wider = dense_heads.create_dense_model(helpers.tiny_config(**{'model.width': 0.25}), 'deeplabv3', 4, channels=8)
+  wider = dense_heads.create_dense_model(
+    backbone_of(helpers.tiny_config(**{'model.width': 0.25})), 'deeplabv3', 4, channels=8
+  )
   with pytest.raises(
     ValueError, match=r'model \(batch_stats/bn1/mean: given float32\[8\], the model needs float32\[16\]\)'
   ):
     dense_heads.init_variables(wider, 0, given)
   with pytest.raises(ValueError, match="dense head 'psp': choose one of fcn, deeplabv3"):
-    dense_heads.create_dense_model(config, 'psp', 4)
+    dense_heads.create_dense_model(backbone_of(config), 'psp', 4)

@@ -17,6 +17,7 @@ from jax_moco import checkpointing
 from jax_moco import evaluate
 from jax_moco import schedules
 from jax_moco import sharding
+from jax_moco import state as state_lib
 from jax_moco.evaluators import depth as depth_protocol
 from jax_moco.evaluators import finetune
 from jax_moco.evaluators import segmentation
@@ -123,7 +124,9 @@ def test_a_step_on_8_devices_with_synchronised_bn_equals_one_device_on_the_globa
   after = []
   for devices, sync in ((jax.devices(), True), (jax.devices()[:1], False)):
     mesh = sharding.create_mesh(devices)
-    model = dense_heads.create_dense_model(config, recipe.head, 4, recipe.dilation, sync_bn=sync)
+    model = dense_heads.create_dense_model(
+      state_lib.create_encoder(config).backbone, recipe.head, 4, recipe.dilation, sync_bn=sync
+    )
     variables = dense_heads.init_variables(model, 0)
     tx = finetune.optimizer(recipe, 1)
     state = finetune.FinetuneState(jnp.zeros((), jnp.int32), variables['params'], variables['batch_stats'], None)

@@ -39,7 +39,7 @@ N_JOBS = Option('n_jobs', int, -1, 'parallel fits of the L2 grid as joblib count
 
 
 def dense_output(default):
-  """The dense protocols' network (evaluators.dense.OUTPUTS), each protocol defaulting to its reference's."""
+  """The dense protocols' network (models.resnet.DENSE_OUTPUTS), each protocol defaulting to its reference's."""
   return Option(
     'dense_output',
     str,

@@ -1,7 +1,7 @@
 """Dense features of a frozen backbone, for the evaluations without finetuning that need a feature per location (Van
 Gansbeke et al. 2021, A.6 and A.7): the backbone without average pooling, its later stages run at a smaller output
-stride (OUTPUTS), each location's feature L2-normalised. The same parameters serve: neither dilating nor unstriding a
-stage changes a shape or a name.
+stride (resnet.DENSE_OUTPUTS), each location's feature L2-normalised. The same parameters serve: neither dilating nor
+unstriding a stage changes a shape or a name.
 
 Images of any size (one size per call: a spatially padded image would give other features near its border, so
 sizes are never mixed in a batch); batches are split over the mesh and padded with masked examples, so the device
@@ -12,47 +12,23 @@ import jax
 import numpy as np
 
 from jax_moco import sharding
+from jax_moco.models import resnet
 from jax_moco.normalization import l2_normalize
 from jax_moco.normalization import normalize
-
-# The dense networks, named by their output stride with the ImageNet stem (the CIFAR stem's is a quarter of it: its
-# stem does not downsample): how stages 2, 3 and 4 run (ResNet.stage_strides).
-OUTPUTS = {
-  # The backbone as trained.
-  'stride32': ('strided', 'strided', 'strided'),
-  # Stage 4's 3x3 convs at dilation 2, stride 1: Van Gansbeke et al. 2021, A.3 and A.7's words ("the 3x3 convolutions
-  # in the final ResNet-block have dilation 2 and stride 1"), torchvision's replace_stride_with_dilation=[False, False,
-  # True], MaskContrast's ResnetDilated(dilate_scale=16).
-  'stride16_dilated': ('strided', 'strided', 'dilated'),
-  # Stages 3 and 4 dilated (2 and 4): MaskContrast's ResnetDilated at its default dilate_scale=8 (Van Gansbeke et al.
-  # 2021, "Unsupervised Semantic Segmentation by Contrasting Object Mask Proposals": the segment retrieval code the
-  # authors' README points to for A.7), torchvision's [False, True, True]; A.7's 64 x 64 output at 512 px.
-  'stride8_dilated': ('strided', 'dilated', 'dilated'),
-  # Stage 3 at stride 1 without dilation, stage 4 dropped (4x fewer channels): Jabri et al. 2020, "Space-Time
-  # Correspondence as a Contrastive Random Walk", their label propagation test's defaults (ResNet.modify,
-  # --remove-layers layer4), the code Van Gansbeke et al. 2021, A.6 ran.
-  'stride8_no_stage4': ('strided', 'unstrided', 'dropped'),
-}
-
-
-def dense_backbone(backbone, stage_strides, **overrides):
-  """`backbone` run without pooling, its later stages as `stage_strides` says (resnet.STAGE_STRIDES; OUTPUTS names
-  this module's), one BN group; `overrides` set other fields of the clone."""
-  return backbone.clone(dilate_last=False, stage_strides=stage_strides, pool=False, bn_groups=1, **overrides)
 
 
 class DenseFeatures:
   """features(variables, images) -> [n, h, w, C] float32, unit norm along C, for host-local uint8 images
   [n, H, W, 3] of every process (their features concatenated in process order, on every process).
 
-  `output` names the network (OUTPUTS); `variables` are the backbone's (state.backbone_variables); `batch_size` is
-  the global batch (a multiple of the device count; default one image a device)."""
+  `output` names the network (resnet.DENSE_OUTPUTS); `variables` are the backbone's (state.backbone_variables);
+  `batch_size` is the global batch (a multiple of the device count; default one image a device)."""
 
   def __init__(self, mesh, backbone, output, statistics='imagenet', batch_size=None, compiler_options=None):
-    if output not in OUTPUTS:
-      raise ValueError(f'dense_output={output!r}: choose one of {", ".join(OUTPUTS)}')
+    if output not in resnet.DENSE_OUTPUTS:
+      raise ValueError(f'dense_output={output!r}: choose one of {", ".join(resnet.DENSE_OUTPUTS)}')
     self.mesh, self.output = mesh, output
-    self.module = dense_backbone(backbone, OUTPUTS[output])
+    self.module = resnet.dense_backbone(backbone, resnet.DENSE_OUTPUTS[output])
     self.batch_size = batch_size or mesh.size
     if self.batch_size % mesh.size:
       raise ValueError(f'dense features: batch_size={self.batch_size} is not a multiple of {mesh.size} devices')

@@ -321,7 +321,8 @@ def finetune_once(t, dense: DenseTask, recipe: Recipe, sync_bn, seed, directory,
     raise ValueError(
       f'{t.train.name}: {data.num_examples} training examples, fewer than batch_size={recipe.batch_size}'
     )
-  model = dense_heads.create_dense_model(t.config, recipe.head, dense.num_outputs, recipe.dilation, sync_bn)
+  backbone = state_lib.create_encoder(t.config).backbone
+  model = dense_heads.create_dense_model(backbone, recipe.head, dense.num_outputs, recipe.dilation, sync_bn)
   variables = dense_heads.init_variables(model, seed, backbone_variables)
   tx = optimizer(recipe, data.steps_per_epoch)
   state = FinetuneState(np.zeros((), np.int32), variables['params'], variables['batch_stats'], None)

@@ -217,7 +217,7 @@ def label_propagation(
 
 
 class Evaluator:
-  """Options (evaluators.OPTIONS): the Propagation settings and `dense_output` (dense.OUTPUTS), by default the
+  """Options (evaluators.OPTIONS): the Propagation settings and `dense_output` (resnet.DENSE_OUTPUTS), by default the
   reference's; `propagation_save_masks` also writes the predicted masks."""
 
   default_image_size = common.AS_STORED  # DAVIS 480p frames as they are, unless --image_size is given

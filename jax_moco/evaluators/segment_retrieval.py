@@ -123,7 +123,7 @@ def open_datasets(config, dataset=None, test_dataset=None):
 class Evaluator:
   """Options (evaluators.OPTIONS): `kmeans_k` regions per image, `kmeans_seed` for KMeans; `batch_size` images a
   batch over the devices (global; default 16, rounded up to a multiple of the device count); `dense_output` the
-  network (dense.OUTPUTS). The image size is --image_size (default 512); --max_examples caps both splits."""
+  network (resnet.DENSE_OUTPUTS). The image size is --image_size (default 512); --max_examples caps both splits."""
 
   open_datasets = staticmethod(open_datasets)
   default_image_size = IMAGE_SIZE

@@ -32,8 +32,6 @@ import jax
 import jax.numpy as jnp
 
 from jax_moco import sharding
-from jax_moco import state as state_lib
-from jax_moco.evaluators import dense
 from jax_moco.models import encoder
 from jax_moco.models import resnet
 from jax_moco.models.batchnorm import SplitBatchNorm
@@ -143,18 +141,18 @@ class DenseModel(nn.Module):
 # Each head with its reference's last stage (resnet.STAGE_STRIDES of stages 2, 3 and 4).
 HEADS = {
   'fcn': ('strided', 'strided', 'dilated_all'),
-  'deeplabv3': dense.OUTPUTS['stride16_dilated'],
+  'deeplabv3': resnet.DENSE_OUTPUTS['stride16_dilated'],
 }
 
 
-def create_dense_model(config, head, num_outputs, dilation=6, sync_bn=False, channels=256) -> DenseModel:
-  """The run's backbone (`config`'s model) with `head` ('fcn', at `dilation`, or 'deeplabv3') of `channels` (256 in
-  both references) to `num_outputs`; `sync_bn` synchronises every BN over the mesh's axis (the step must then run
-  under shard_map), else each device's BN uses its own images."""
+def create_dense_model(backbone, head, num_outputs, dilation=6, sync_bn=False, channels=256) -> DenseModel:
+  """`backbone` (the run's resnet.ResNet as trained: state.create_encoder(config).backbone) with `head` ('fcn', at
+  `dilation`, or 'deeplabv3') of `channels` (256 in both references) to `num_outputs`; `sync_bn` synchronises every
+  BN over the mesh's axis (the step must then run under shard_map), else each device's BN uses its own images."""
   if head not in HEADS:
     raise ValueError(f'dense head {head!r}: choose one of {", ".join(HEADS)}')
   axis_name = sharding.AXIS if sync_bn else None
-  backbone = dense.dense_backbone(state_lib.create_encoder(config).backbone, HEADS[head], bn_axis_name=axis_name)
+  backbone = resnet.dense_backbone(backbone, HEADS[head], bn_axis_name=axis_name)
   options = dict(num_outputs=num_outputs, channels=channels, bn_axis_name=axis_name, dtype=backbone.dtype)
   return DenseModel(backbone, FCNHead(dilation=dilation, **options) if head == 'fcn' else DeepLabV3Head(**options))
 

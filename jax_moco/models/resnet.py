@@ -4,7 +4,8 @@ one onto torchvision's state-dict names: `layer2_0/downsample_1/scale` <-> `laye
 Options: width multiplier, ImageNet or CIFAR stem (3x3 conv, no max-pool), dilation in the last stage, zero-init of
 the last BN of each block, compute dtype (parameters stay float32), and split BN groups. For dense features,
 `stage_strides` runs each stage after the first strided as trained, dilated, unstrided or not at all; none of
-these changes a parameter's name or shape.
+these changes a parameter's name or shape. DENSE_OUTPUTS names the dense networks the evaluations run, and
+dense_backbone makes one of a backbone (unpooled).
 """
 
 import functools
@@ -121,6 +122,25 @@ class Bottleneck(ResidualBlock):
 # 3x3 conv at the new dilation too (the FCN of Van Gansbeke et al. 2021's segmentation code: every 3x3 conv of the last
 # stage at dilation 2, their _apply_dilation_2_stride_1).
 STAGE_STRIDES = ('strided', 'dilated', 'unstrided', 'dropped', 'dilated_all')
+
+# The dense networks, named by their output stride with the ImageNet stem (the CIFAR stem's is a quarter of it: its
+# stem does not downsample): how stages 2, 3 and 4 run (ResNet.stage_strides).
+DENSE_OUTPUTS = {
+  # The backbone as trained.
+  'stride32': ('strided', 'strided', 'strided'),
+  # Stage 4's 3x3 convs at dilation 2, stride 1: Van Gansbeke et al. 2021, A.3 and A.7's words ("the 3x3 convolutions
+  # in the final ResNet-block have dilation 2 and stride 1"), torchvision's replace_stride_with_dilation=[False, False,
+  # True], MaskContrast's ResnetDilated(dilate_scale=16).
+  'stride16_dilated': ('strided', 'strided', 'dilated'),
+  # Stages 3 and 4 dilated (2 and 4): MaskContrast's ResnetDilated at its default dilate_scale=8 (Van Gansbeke et al.
+  # 2021, "Unsupervised Semantic Segmentation by Contrasting Object Mask Proposals": the segment retrieval code the
+  # authors' README points to for A.7), torchvision's [False, True, True]; A.7's 64 x 64 output at 512 px.
+  'stride8_dilated': ('strided', 'dilated', 'dilated'),
+  # Stage 3 at stride 1 without dilation, stage 4 dropped (4x fewer channels): Jabri et al. 2020, "Space-Time
+  # Correspondence as a Contrastive Random Walk", their label propagation test's defaults (ResNet.modify,
+  # --remove-layers layer4), the code Van Gansbeke et al. 2021, A.6 ran.
+  'stride8_no_stage4': ('strided', 'unstrided', 'dropped'),
+}
 
 
 def _shortcut(block, x, train):
@@ -244,3 +264,9 @@ def create_resnet(arch: str, **kwargs) -> ResNet:
     raise ValueError(f'model.arch={arch!r}: choose one of {", ".join(ARCHS)}')
   stage_sizes, block = ARCHS[arch]
   return ResNet(stage_sizes=stage_sizes, block=block, **kwargs)
+
+
+def dense_backbone(backbone, stage_strides, **overrides):
+  """`backbone` run without pooling, its later stages as `stage_strides` says (STAGE_STRIDES; DENSE_OUTPUTS names
+  the dense networks), one BN group; `overrides` set other fields of the clone."""
+  return backbone.clone(dilate_last=False, stage_strides=stage_strides, pool=False, bn_groups=1, **overrides)
