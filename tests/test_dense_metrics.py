@@ -22,7 +22,11 @@ def test_confusion_counts_pixels_by_truth_and_prediction_leaving_out_255_and_mas
   valid = np.array([True, False])[:, None, None]
   jitted = jax.jit(dense_metrics.confusion, static_argnums=2)
   np.testing.assert_array_equal(jitted(prediction, labels, 3, valid), first)
-  np.testing.assert_array_equal(jitted(prediction[1:], labels[1:], 3) + jitted(prediction[:1], labels[:1], 3), both)
+  # Summed over batches on the host in 64 bits.
+  second = dense_metrics.add_sums(None, jitted(prediction[1:], labels[1:], 3))
+  summed = dense_metrics.add_sums(second, jitted(prediction[:1], labels[:1], 3))
+  assert summed.dtype == np.int64
+  np.testing.assert_array_equal(summed, both)
 
 
 def test_iou_per_class_and_miou():
@@ -57,7 +61,9 @@ def test_depth_metrics_pool_the_valid_pixels_of_the_split():
     valid=np.array([True, False])[:, None, None],
   )
   first = jax.jit(dense_metrics.depth_sums)(np.array([[1.0, 3.0, 7.0]]), np.array([[1.0, 2.0, 255.0]]))
-  pooled = dense_metrics.depth_metrics(dense_metrics.add_sums(dense_metrics.add_sums(None, first), second))
+  pooled_sums = dense_metrics.add_sums(dense_metrics.add_sums(None, first), second)
+  assert pooled_sums['squared_error'].dtype == np.float64 and pooled_sums['pixels'].dtype == np.int64
+  pooled = dense_metrics.depth_metrics(pooled_sums)
   assert pooled == pytest.approx(expected, rel=1e-6)
 
 

@@ -15,6 +15,7 @@ The sums take NumPy or JAX arrays and run under jit (one global sum over a shard
 examples.
 """
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -75,9 +76,15 @@ def depth_sums(prediction, depth, valid=None) -> dict:
 
 
 def add_sums(total, sums):
-  """`total` + `sums` (dicts of depth_sums), accumulated in float64 on the host; `total` None starts at 0."""
-  sums = {name: np.float64(value) for name, value in sums.items()}
-  return sums if total is None else {name: total[name] + sums[name] for name in sums}
+  """`total` + `sums`, trees of a split's sums (a confusion matrix, depth_sums' dict) from the host or the devices,
+  accumulated on the host in 64 bits (float64, int64); `total` None starts at 0."""
+
+  def widened(x):
+    x = np.asarray(x)
+    return x.astype(np.float64 if np.issubdtype(x.dtype, np.floating) else np.int64)
+
+  sums = jax.tree.map(widened, jax.device_get(sums))
+  return sums if total is None else jax.tree.map(np.add, total, sums)
 
 
 def depth_metrics(sums) -> dict:

@@ -40,6 +40,7 @@ from jax_moco import evaluators
 from jax_moco import schedules
 from jax_moco import sharding
 from jax_moco import state as state_lib
+from jax_moco.evaluators import dense_metrics
 from jax_moco.evaluators import training_loop
 from jax_moco.models import dense_heads
 from jax_moco.normalization import NORMALIZATION
@@ -280,9 +281,7 @@ def score(eval_step, variables, mesh, task: DenseTask, dataset, num_examples, ba
   for images, targets in tqdm(
     batches, total=-(-num_examples // batch_size), desc='evaluation', disable=jax.process_index() != 0
   ):
-    sums = jax.device_get(eval_step(variables, *sharding.shard_batch(mesh, (images, targets))))
-    sums = jax.tree.map(lambda x: np.asarray(x, np.float64 if np.issubdtype(x.dtype, np.floating) else np.int64), sums)
-    total = sums if total is None else jax.tree.map(np.add, total, sums)
+    total = dense_metrics.add_sums(total, eval_step(variables, *sharding.shard_batch(mesh, (images, targets))))
   return task.scores(total)
 
 
