@@ -24,8 +24,8 @@ import numpy as np
 from PIL import Image
 
 SCALE_RANGE = (0.5, 2.0)
-IGNORE = 255
-INVALID_DEPTH = 0.0
+IGNORE = 255  # the label of unlabelled pixels (every dataset's void), and of padding
+INVALID_DEPTH = 0.0  # the depth of pixels without a measurement, and of padding
 
 
 @dataclasses.dataclass(frozen=True)

@@ -243,7 +243,7 @@ def test_nyud_reader(tmp_path):
   depths = nyud.get(f'nyud:{tmp_path}:val', target='depth')
   assert depths.target == 'depth' and depths.num_classes == 1 and depths.name == f'nyud:{tmp_path}:val'
   _, got = depths.load(1)
-  assert got.dtype == np.float32 and (got[1, :2] == nyud.INVALID_DEPTH).all()
+  assert got.dtype == np.float32 and (got[1, :2] == dense_transforms.INVALID_DEPTH).all()
   np.testing.assert_array_equal(got, depth)
   np.save(tmp_path / 'depth' / '0001.npy', depth.astype(np.float64)[..., None])  # [H, W, 1] float64 accepted
   np.testing.assert_array_equal(depths.load(1)[1], depth)

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from input_pipeline import dense_transforms
 from input_pipeline import voc07
 from jax_moco.evaluators import segment_retrieval
 from jax_moco.readers import davis
@@ -72,7 +73,7 @@ def test_voc_reader_on_real_photographs(examples, tmp_path):
     assert set(np.unique(mask)) == classes
     # labelme's own class-id arrays (-1 unlabelled) agree: the palette indices are the class ids.
     class_ids = np.load(examples / VOC_FOLDER / 'SegmentationClass' / f'{name}.npy')
-    np.testing.assert_array_equal(np.where(class_ids < 0, voc_segmentation.IGNORE, class_ids), mask)
+    np.testing.assert_array_equal(np.where(class_ids < 0, dense_transforms.IGNORE, class_ids), mask)
   # ... in VOC's order: id c is VOC's class c (after the background), as voc07 lists them.
   names = (examples / VOC_FOLDER / 'class_names.txt').read_text().split('\n')
   normalised = tuple(n.replace(' ', '').replace('/', '') for n in names if n)

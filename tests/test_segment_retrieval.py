@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from input_pipeline import dense_transforms
 from jax_moco import evaluate
 from jax_moco.evaluators import dense_metrics
 from jax_moco.evaluators import segment_retrieval
@@ -25,10 +26,10 @@ CELL = 8  # the colour encoder's stride
 def test_miou_matches_its_definition():
   rng = np.random.default_rng(0)
   mask = rng.integers(0, 6, (40, 50)).astype(np.uint8)
-  mask[rng.random(mask.shape) < 0.1] = voc_segmentation.IGNORE
+  mask[rng.random(mask.shape) < 0.1] = dense_transforms.IGNORE
   prediction = np.where(rng.random(mask.shape) < 0.6, mask % 6, rng.integers(0, 8, mask.shape))
   ious = dense_metrics.iou_per_class(dense_metrics.confusion(prediction, mask, voc_segmentation.NUM_CLASSES))
-  valid = mask != voc_segmentation.IGNORE
+  valid = mask != dense_transforms.IGNORE
   for c in range(voc_segmentation.NUM_CLASSES):
     union = ((prediction == c) | (mask == c)) & valid
     intersection = (prediction == c) & (mask == c) & valid
@@ -53,7 +54,7 @@ def segments(rng, size=64):
     height, width = rng.integers(2, size // CELL // 2 + 1, 2) * CELL
     mask[top : top + height, left : left + width] = rng.integers(1, len(COLOURS))
   image = COLOURS[mask]
-  mask[:, size // 2] = voc_segmentation.IGNORE
+  mask[:, size // 2] = dense_transforms.IGNORE
   return image, mask
 
 

@@ -19,19 +19,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-IGNORE = 255  # the label of unlabelled pixels, and of the padding of a crop
+from input_pipeline import dense_transforms
+
 DELTA = 1.25
 MIN_DEPTH = 1e-9
 
 
 def _counted(labels, valid):
-  known = labels != IGNORE
+  known = labels != dense_transforms.IGNORE
   return known if valid is None else known & jnp.asarray(valid, bool)
 
 
 def confusion(prediction, labels, num_classes, valid=None):
   """[num_classes, num_classes] int32 counts, rows the ground truth: `prediction` and `labels` integer arrays of one
-  shape (labels in 0..num_classes-1 or IGNORE), `valid` a mask broadcastable to it (None: every pixel)."""
+  shape (labels in 0..num_classes-1 or dense_transforms.IGNORE), `valid` a mask broadcastable to it (None: every
+  pixel)."""
   counted = _counted(labels, valid)
   pairs = jnp.where(counted, jnp.asarray(labels, jnp.int32) * num_classes + jnp.asarray(prediction, jnp.int32), 0)
   return jnp.bincount(pairs.ravel(), counted.ravel().astype(jnp.int32), length=num_classes**2).reshape(
@@ -58,7 +60,7 @@ def depth_sums(prediction, depth, valid=None) -> dict:
   """The sums the depth metrics need over the valid pixels of `prediction` and ground-truth `depth` (same shape;
   `valid` broadcastable to them, None: every pixel whose depth is known)."""
   depth = jnp.asarray(depth, jnp.float32)
-  known = (depth > 0) & (depth != IGNORE)
+  known = (depth > 0) & (depth != dense_transforms.IGNORE)
   known = known if valid is None else known & jnp.asarray(valid, bool)
   truth = jnp.where(known, depth, 1.0)  # any positive stand-in keeps the logs and ratios finite where not counted
   predicted = jnp.maximum(jnp.asarray(prediction, jnp.float32), MIN_DEPTH)

@@ -23,6 +23,7 @@ from PIL import Image
 from sklearn.cluster import KMeans
 from tqdm import tqdm
 
+from input_pipeline import dense_transforms
 from jax_moco import evaluators
 from jax_moco import sharding
 from jax_moco.evaluators import common
@@ -55,7 +56,7 @@ def majority_labels(assignment, mask, num_regions):
   """Each region's majority ground-truth class at the mask's resolution (255 left out); -1 where a region covers
   no labelled pixel."""
   up = upsample_nearest(assignment, *mask.shape)
-  known = mask != voc_segmentation.IGNORE
+  known = mask != dense_transforms.IGNORE
   counts = np.zeros((num_regions, voc_segmentation.NUM_CLASSES), np.int64)
   np.add.at(counts, (up[known], mask[known]), 1)
   return np.where(counts.sum(axis=1) > 0, counts.argmax(axis=1), -1)

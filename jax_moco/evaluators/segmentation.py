@@ -11,6 +11,7 @@ import os
 import jax.numpy as jnp
 import optax
 
+from input_pipeline import dense_transforms
 from input_pipeline import split_lists
 from jax_moco.evaluators import dense_metrics
 from jax_moco.evaluators import finetune
@@ -18,7 +19,6 @@ from jax_moco.readers import cityscapes
 from jax_moco.readers import nyud
 from jax_moco.readers import voc_segmentation
 
-IGNORE = dense_metrics.IGNORE
 READERS = {'voc': voc_segmentation.get, 'cityscapes': cityscapes.get, 'nyud': nyud.get}
 
 
@@ -54,7 +54,7 @@ def open_datasets(config, dataset=None, test_dataset=None):
 
 def cross_entropy(logits, labels):
   """(sum, count) of the cross-entropy over the pixels not labelled 255."""
-  valid = labels != IGNORE
+  valid = labels != dense_transforms.IGNORE
   losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), jnp.where(valid, labels, 0))
   return jnp.sum(jnp.where(valid, losses, 0.0)), jnp.sum(valid)
 

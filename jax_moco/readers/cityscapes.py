@@ -17,11 +17,11 @@ import os
 
 import numpy as np
 
+from input_pipeline import dense_transforms
 from input_pipeline import split_lists
 from jax_moco.readers import voc_segmentation
 
 SPLITS = ('train', 'val')
-IGNORE = 255
 NUM_LABEL_IDS = 34  # label ids 0-33; license plate's id -1 is never drawn in the label images
 # label id -> training id: the official table's trainId column, for its 19 evaluated classes.
 TRAIN_IDS = {
@@ -39,7 +39,7 @@ LAYOUT = 'the Cityscapes layout leftImg8bit/SPLIT/CITY/*_leftImg8bit.png, gtFine
 
 
 def _train_id_table():
-  table = np.full(256, IGNORE, np.uint8)
+  table = np.full(256, dense_transforms.IGNORE, np.uint8)
   table[list(TRAIN_IDS)] = list(TRAIN_IDS.values())
   return table
 

@@ -8,8 +8,8 @@ segmentation/<id>.png and its depth depth/<id>.npy (the folder's edge/ and norma
 - A label PNG (mode L or P) holds 0 for unlabelled pixels and 1-40 for the 40 classes (wall, floor, ..., otherprop);
   `load` returns 0 as 255 (ignored) and the others minus one (0-39), as their loader does.
 - A depth file is a NumPy array [H, W] (or [H, W, 1]) of float depths in metres, 0 where the sensor gave none;
-  `load` returns float32 [H, W] metres with invalid pixels 0 (INVALID_DEPTH; their code masks label == 0 for its
-  metrics and sets those pixels to 255 for its loss).
+  `load` returns float32 [H, W] metres with invalid pixels 0 (dense_transforms.INVALID_DEPTH; their code masks
+  label == 0 for its metrics and sets those pixels to 255 for its loss).
 One set reads one target (`target='segmentation'` or `'depth'`). Refused naming the string or file: a missing list
 or file (when the set is opened); a label PNG of another mode, with a value above 40, a depth array of another shape,
 a non-float type, negative or non-finite values, or a target of another size than its photograph (when an example is
@@ -21,19 +21,18 @@ import os
 
 import numpy as np
 
+from input_pipeline import dense_transforms
 from input_pipeline import split_lists
 from jax_moco.readers import voc_segmentation
 
 NUM_CLASSES = 40
-IGNORE = 255
-INVALID_DEPTH = 0.0
 TARGETS = {'segmentation': ('segmentation', '.png'), 'depth': ('depth', '.npy')}  # target -> (folder, file ending)
 LAYOUT = 'the NYUD_MT layout of Vandenhende et al.: gt_sets/SPLIT.txt, images/, segmentation/, depth/'
 
 
 def semantic_labels(values):
   """The class ids (0-39, 255 ignored) of an array of the label PNGs' values 0-40 (0 unlabelled)."""
-  return np.where(values == 0, IGNORE, values.astype(np.int64) - 1).astype(np.uint8)
+  return np.where(values == 0, dense_transforms.IGNORE, values.astype(np.int64) - 1).astype(np.uint8)
 
 
 def _read_depth(path, shape):
@@ -79,7 +78,7 @@ class NyudSet:
 
   def load(self, index):
     """(image uint8 [H, W, 3], target) of example `index`: mask uint8 [H, W] of class ids 0-39 and 255, or depth
-    float32 [H, W] in metres, INVALID_DEPTH (0) where invalid."""
+    float32 [H, W] in metres, dense_transforms.INVALID_DEPTH (0) where invalid."""
     image_path, target_path = self.paths(index)
     image = voc_segmentation.read_rgb(image_path)
     if self.target == 'depth':

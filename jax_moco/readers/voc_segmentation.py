@@ -13,10 +13,10 @@ import os
 import numpy as np
 from PIL import Image
 
+from input_pipeline import dense_transforms
 from input_pipeline import split_lists
 
 NUM_CLASSES = 21
-IGNORE = 255
 INDEX_MODES = ('P', 'L', 'I;16', 'I')  # one integer channel: palette, 8-, 16- or 32-bit grey
 
 
@@ -46,8 +46,9 @@ class SegmentationSet:
     mask_path = os.path.join(self.mask_dir, f'{name}.png')
     require_files(self.name, (image_path, mask_path))
     image = read_rgb(image_path)
-    known = (*range(NUM_CLASSES), IGNORE)
-    return image, read_index_png(mask_path, image.shape[:2], known, f'VOC has 0-{NUM_CLASSES - 1} and {IGNORE}')
+    known = (*range(NUM_CLASSES), dense_transforms.IGNORE)
+    expected = f'VOC has 0-{NUM_CLASSES - 1} and {dense_transforms.IGNORE}'
+    return image, read_index_png(mask_path, image.shape[:2], known, expected)
 
 
 def require_files(dataset_name, paths):
