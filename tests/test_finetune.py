@@ -20,6 +20,7 @@ from jax_moco import sharding
 from jax_moco import state as state_lib
 from jax_moco.evaluators import depth as depth_protocol
 from jax_moco.evaluators import finetune
+from jax_moco.evaluators import finetune_data
 from jax_moco.evaluators import segmentation
 from jax_moco.models import dense_heads
 from tests import helpers
@@ -171,7 +172,7 @@ def test_segmentation_learns_resumes_exactly_and_refuses_other_settings(tmp_path
   short = dict(dataset=f'voc:{tmp_path / "voc"}', epochs=3, **SETTINGS)
   straight = evaluate.evaluate(helpers.save_tiny_run(tmp_path / 'straight'), 'segmentation', **short)
   resumed_dir = helpers.save_tiny_run(tmp_path / 'resumed')
-  batches = finetune.TrainData.batches
+  batches = finetune_data.TrainData.batches
 
   class Preempted(Exception):
     pass
@@ -183,7 +184,7 @@ def test_segmentation_learns_resumes_exactly_and_refuses_other_settings(tmp_path
       yield batch
 
   with monkeypatch.context() as patch:
-    patch.setattr(finetune.TrainData, 'batches', preempted_in_epoch_two)
+    patch.setattr(finetune_data.TrainData, 'batches', preempted_in_epoch_two)
     with pytest.raises(Preempted):
       evaluate.evaluate(resumed_dir, 'segmentation', **short)
   run_dir = tmp_path / 'resumed' / 'eval' / 'step_3_online' / 'segmentation_voc' / 'run_0'
@@ -307,8 +308,8 @@ def test_evaluation_batches_pad_to_a_multiple_of_32_and_fill_the_tail_with_blank
     for h, w in ((30, 40), (50, 20), (10, 10))
   ]
   dataset = type('Set', (), {'load': lambda self, i: examples[i]})()
-  fill = finetune.image_fill('imagenet')
-  batches = list(finetune.eval_batches(dataset, 3, 2, fill))
+  fill = finetune_data.image_fill('imagenet')
+  batches = list(finetune_data.eval_batches(dataset, 3, 2, fill))
   assert [b[0].shape for b in batches] == [(2, 64, 64, 3), (2, 32, 32, 3)]
   (images, labels), (tail_images, tail_labels) = batches
   for (image, label), padded_image, padded_label in zip(examples, [*images, tail_images[0]], [*labels, tail_labels[0]]):

@@ -7,21 +7,21 @@ the checkpoint's, and a fresh head (jax_moco.models.dense_heads), every layer tr
 dataset kind) gives the head, epochs, batch, optimiser, schedule and crop; the protocol's options override each.
 
 Training: data-parallel over every device and process (jax.shard_map over the mesh's 'data' axis). Each example is
-loaded by its dataset's reader and augmented on the host (input_pipeline.dense_transforms: scale in [0.5, 2], flip,
-crop padded with the ignore label), its random choices drawn from (seed, epoch, index) and the epoch's order from
-(seed, epoch), so a resumed run sees the batches of an uninterrupted one. The loss is the mean over the global
-batch's valid pixels (what the authors' single-GPU VOC runs compute), so the device count does not change a step.
+loaded by its dataset's reader and augmented on the host (finetune_data.TrainData with
+input_pipeline.dense_transforms: scale in [0.5, 2], flip, crop padded with the ignore label), its random choices
+drawn from (seed, epoch, index) and the epoch's order from (seed, epoch), so a resumed run sees the batches of an
+uninterrupted one. The loss is the mean over the global batch's valid pixels (what the authors' single-GPU VOC runs
+compute), so the device count does not change a step.
 BN: statistics over the global batch by default, as the authors' runs had them (`sync_bn`), or per device; see
 docs/evaluation.md, "segmentation".
 Checkpointed every epoch and resumed (training_loop). `runs` fine-tunings with seeds seed, seed + 1, ..., each in
 its own directory run_<i>, and the result is their mean, spread and each one's figures.
 
-Evaluation: whole test images at their own size, batched over the devices, each batch padded at the bottom and right
-to its largest image (rounded up to EVAL_PAD_MULTIPLE) with the ignore label, and the tail of the split filled with
-examples that are all ignored; the task's sums (a confusion matrix, depth error sums) accumulate over the split.
+Evaluation: whole test images at their own size, batched over the devices (finetune_data.eval_batches: padded with
+the ignore label, the split's tail blank); the task's sums (a confusion matrix, depth error sums) accumulate over the
+split (dense_metrics.add_sums).
 """
 
-import concurrent.futures
 import dataclasses
 import os
 from typing import Any
@@ -35,21 +35,18 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from input_pipeline import dense_transforms
 from jax_moco import evaluators
 from jax_moco import schedules
 from jax_moco import sharding
 from jax_moco import state as state_lib
 from jax_moco.evaluators import dense_metrics
+from jax_moco.evaluators import finetune_data
 from jax_moco.evaluators import training_loop
 from jax_moco.models import dense_heads
-from jax_moco.normalization import NORMALIZATION
 from jax_moco.normalization import normalize
 
 MOMENTUM = 0.9  # SGD's, the VOC recipe's
 POLY_POWER = 0.9  # the authors' adjust_learning_rate
-EVAL_PAD_MULTIPLE = 32  # evaluation batches are padded to a multiple of this: few shapes to compile
-LOADER_THREADS = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,114 +167,10 @@ def make_eval_step(mesh, model, task: DenseTask, statistics):
   return jax.jit(mapped)
 
 
-def image_fill(statistics):
-  """The mean colour of the input normalisation, uint8: padding that the network sees as zeros."""
-  return np.round(np.asarray(NORMALIZATION[statistics][0]) * 255).astype(np.uint8)
-
-
-ORDER_STREAM = 2**32 - 1  # the epoch order's Generator: [seed, epoch, ORDER_STREAM], apart from any example's
-
-
-def epoch_order(seed, epoch, num_examples):
-  """The order of the training examples in `epoch`, a permutation drawn from (seed, epoch) alone."""
-  return np.random.default_rng([seed, epoch, ORDER_STREAM]).permutation(num_examples)
-
-
-def prefetched(load, keys, pool, depth):
-  """Yields load(key) for each of `keys` in order, with up to `depth` loads running ahead on `pool`."""
-  keys, pending = iter(keys), []
-  for key in keys:
-    pending.append(pool.submit(load, key))
-    if len(pending) > depth:
-      yield pending.pop(0).result()
-  for future in pending:
-    yield future.result()
-
-
-def stacked(examples):
-  """(images [n, h, w, 3], targets [n, h, w]) of a list of (image, target) pairs."""
-  return np.stack([e[0] for e in examples]), np.stack([e[1] for e in examples])
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainData:
-  """This process's share of each global training batch: `batch_size` examples a step (the global batch, split over
-  the processes in process order), epochs of num_examples // batch_size steps in epoch_order, each example
-  augmented by dense_transforms with its (seed, epoch, index) Generator."""
-
-  dataset: Any
-  num_examples: int
-  crop_size: int
-  batch_size: int
-  seed: int
-  fill: np.ndarray
-
-  @property
-  def steps_per_epoch(self) -> int:
-    return self.num_examples // self.batch_size
-
-  def local_keys(self, step):
-    """(epoch, index) of this process's examples at `step` (from 0)."""
-    epoch, position = divmod(step, self.steps_per_epoch)
-    rows = epoch_order(self.seed, epoch, self.num_examples)[
-      position * self.batch_size : (position + 1) * self.batch_size
-    ]
-    local = self.batch_size // jax.process_count()
-    return [(epoch, int(i)) for i in rows[jax.process_index() * local : (jax.process_index() + 1) * local]]
-
-  def example(self, key):
-    epoch, index = key
-    image, target = self.dataset.load(index)
-    rng = dense_transforms.example_rng(self.seed, epoch, index)
-    return dense_transforms.train_example(image, target, self.crop_size, rng, self.fill)
-
-  def batches(self, start, stop):
-    """Yields (images, targets) of this process for steps start, ..., stop - 1."""
-    local = self.batch_size // jax.process_count()
-    keys = (key for step in range(start, stop) for key in self.local_keys(step))
-    with concurrent.futures.ThreadPoolExecutor(LOADER_THREADS) as pool:
-      examples = prefetched(self.example, keys, pool, 2 * max(local, LOADER_THREADS))
-      for _ in range(start, stop):
-        yield stacked([next(examples) for _ in range(local)])
-
-
-def padded(example, size, fill, target_dtype):
-  """`example` padded to `size` (dense_transforms.pad_example), or for None a blank example that scores nothing: the
-  fill colour, its target 255 for labels or 0 (invalid) for depth, as the padding."""
-  if example is not None:
-    return dense_transforms.pad_example(*example, size, fill)[:2]
-  floating = np.issubdtype(target_dtype, np.floating)
-  target = np.full(size, dense_transforms.INVALID_DEPTH if floating else dense_transforms.IGNORE, target_dtype)
-  return np.tile(fill, size + (1,)), target
-
-
-def padded_size(examples):
-  """The (height, width) every example of the global batch is padded to: the largest over all processes, rounded up
-  to EVAL_PAD_MULTIPLE."""
-  sizes = np.array([e[0].shape[:2] for e in examples] or [(1, 1)])
-  largest = sharding.all_processes(sizes.max(0, keepdims=True)).max(0)
-  return tuple(int(-(-n // EVAL_PAD_MULTIPLE) * EVAL_PAD_MULTIPLE) for n in largest)
-
-
-def eval_batches(dataset, num_examples, batch_size, fill):
-  """Yields this process's (images, targets) of each global batch of `batch_size` test examples (its contiguous
-  share, in process order), padded to padded_size; positions past the split's end are blank examples."""
-  local = batch_size // jax.process_count()
-  starts = range(0, num_examples, batch_size)
-  keys = [s + jax.process_index() * local + i for s in starts for i in range(local)]
-  target_dtype = dataset.load(0)[1].dtype
-  with concurrent.futures.ThreadPoolExecutor(LOADER_THREADS) as pool:
-    loaded = prefetched(lambda i: dataset.load(i) if i < num_examples else None, keys, pool, 2 * LOADER_THREADS)
-    for _ in starts:
-      examples = [next(loaded) for _ in range(local)]
-      size = padded_size([e for e in examples if e is not None])
-      yield stacked([padded(e, size, fill, target_dtype) for e in examples])
-
-
 def score(eval_step, variables, mesh, task: DenseTask, dataset, num_examples, batch_size, fill):
   """The task's scores on the first `num_examples` of `dataset`, from sums accumulated on the host in 64 bits."""
   total = None
-  batches = eval_batches(dataset, num_examples, batch_size, fill)
+  batches = finetune_data.eval_batches(dataset, num_examples, batch_size, fill)
   for images, targets in tqdm(
     batches, total=-(-num_examples // batch_size), desc='evaluation', disable=jax.process_index() != 0
   ):
@@ -314,8 +207,8 @@ def finetune_once(t, dense: DenseTask, recipe: Recipe, sync_bn, seed, directory,
   mesh, statistics = t.features.mesh, t.features.statistics
   if recipe.batch_size % mesh.size:
     raise ValueError(f'batch_size={recipe.batch_size} is not a multiple of the {mesh.size} devices')
-  fill = image_fill(statistics)
-  data = TrainData(t.train, capped(t.train, t.max_train), recipe.crop_size, recipe.batch_size, seed, fill)
+  fill = finetune_data.image_fill(statistics)
+  data = finetune_data.TrainData(t.train, capped(t.train, t.max_train), recipe.crop_size, recipe.batch_size, seed, fill)
   if not data.steps_per_epoch:
     raise ValueError(
       f'{t.train.name}: {data.num_examples} training examples, fewer than batch_size={recipe.batch_size}'
