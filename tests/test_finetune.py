@@ -203,7 +203,7 @@ def test_depth_learns_far_from_shuffled_depths(tmp_path, monkeypatch):
   # No rescaling: the scale augmentation divides a depth by its ratio (dense_transforms), which nothing in these
   # scenes shows (a real photograph's texture and object sizes do), so only its mean would be learnable.
   unscaled = functools.partial(dense_transforms.train_example, scale_range=(1.0, 1.0))
-  monkeypatch.setattr(finetune.dense_transforms, 'train_example', unscaled)
+  monkeypatch.setattr(finetune_data.dense_transforms, 'train_example', unscaled)
   train, val = scenes(2, 16), scenes(3, 8)
   write_nyud_depth(tmp_path / 'nyud', {'train': [(i, d) for i, _, d in train], 'val': [(i, d) for i, _, d in val]})
   shuffled = [(i, train[(k + 5) % 16][2]) for k, (i, _, _) in enumerate(train)]
