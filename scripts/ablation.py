@@ -106,26 +106,18 @@ def row_config(name, seed, steps=None, overrides=None, study='methods'):
 def run_ablation(out, rows, seeds, steps=None, overrides=None, probe_max_examples=None, study='methods'):
   """Trains and scores every row of `study` with every seed in OUT/<row>_seed<seed>; shows the table after each
   row and returns it."""
-  done, random_probes = {}, []
-  for name in rows:
-    done[name] = []
-    for seed in seeds:
-      config = row_config(name, seed, steps, overrides, study)
-      workdir = os.path.join(out, f'{name}_seed{seed}')
-      summary, _ = runs.train_once(config, workdir)
-      probe_set = config.knn_bank_dataset or None
-      probe = linear_probe(workdir, probe_max_examples, probe_set)
-      done[name].append(
-        dict(seed=seed, workdir=workdir, batch=config.batch_size, summary=summary, probe=probe, probe_set=probe_set)
-      )
-    if not random_probes:
-      # At a seed the untrained network is the same whatever the method: probed once, in the first row's workdir.
-      random_probes = [
-        linear_probe(run['workdir'], probe_max_examples, run['probe_set'], random_init=True) for run in done[name]
-      ]
-    text = table(done, seeds, random_probes, study)
-    runs.show_table(out, text)
-  return text
+
+  def probe(workdir, config, random_init=False):  # on the run's labelled bank
+    return linear_probe(workdir, probe_max_examples, config.knn_bank_dataset or None, random_init)
+
+  return runs.train_and_score(
+    out,
+    rows,
+    seeds,
+    lambda name, seed: row_config(name, seed, steps, overrides, study),
+    probe,
+    lambda done, random_probes: table(done, seeds, random_probes, study),
+  )
 
 
 def table(done, seeds, random_probes, study='methods'):
@@ -140,7 +132,7 @@ def table(done, seeds, random_probes, study='methods'):
     label, method, row_overrides = STUDIES[study][name]
     shown = f'configs/{method}.py' + ''.join(f' {k}={v}' for k, v in row_overrides.items())
     after = runs.mean_cell([run['summary']['knn_after']['top1'] for run in row if 'knn_after' in run['summary']])
-    probe = runs.mean_cell([_probe_score(run['probe']) for run in row])
+    probe = runs.mean_cell([_probe_score(run['scores']) for run in row])
     loss = runs.mean_cell([final_instance_loss(run['workdir']) for run in row])
     seconds = statistics.mean(run['summary']['train_seconds'] for run in row)
     body.append([label, shown, after, probe, loss, row[0]['summary']['steps'], row[0]['batch'], f'{seconds:.0f}'])

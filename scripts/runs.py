@@ -80,6 +80,30 @@ def _refuse_another_config(config, workdir):
     )
 
 
+def train_and_score(out, names, seeds, config_of, score, tabulate):
+  """What the study scripts share: trains config_of(name, seed) for every row `name` and seed in
+  OUT/<name>_seed<seed> and scores it, score(workdir, config); the untrained network, the same at a seed whatever the
+  row, is scored once per seed in the first row's work directories, score(workdir, config, random_init=True). After
+  each row the table tabulate(done, random_init) is shown (show_table); returns it. `done` is {row: [run, ...]}, a
+  run a dict of seed, workdir, config, batch, summary and scores."""
+  done, random_init = {}, []
+  for name in names:
+    done[name] = []
+    for seed in seeds:
+      config = config_of(name, seed)
+      workdir = os.path.join(out, f'{name}_seed{seed}')
+      summary, _ = train_once(config, workdir)
+      scores = score(workdir, config)
+      done[name].append(
+        dict(seed=seed, workdir=workdir, config=config, batch=config.batch_size, summary=summary, scores=scores)
+      )
+    if not random_init:
+      random_init = [score(run['workdir'], run['config'], random_init=True) for run in done[name]]
+    text = tabulate(done, random_init)
+    show_table(out, text)
+  return text
+
+
 def cached_json(path, compute):
   """compute()'s result dict, read from `path` when an earlier invocation wrote it there (whole or not at all)."""
   if os.path.exists(path):

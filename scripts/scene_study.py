@@ -184,21 +184,14 @@ def run_study(
   rows = study_rows(study, data)
   scale = scale_overrides(data, settings, batch_size(overrides))
   requests = protocols(data, settings['settings']['size'], protocol_names)
-  done, random_init = {}, []
-  for name in names or list(rows):
-    done[name] = []
-    for seed in seeds:
-      config = row_config(rows, name, seed, scale, steps, overrides)
-      workdir = os.path.join(out, f'{name}_seed{seed}')
-      summary, _ = runs.train_once(config, workdir)
-      results = evaluations(workdir, requests, max_examples)
-      done[name].append(dict(seed=seed, workdir=workdir, batch=config.batch_size, summary=summary, results=results))
-    if not random_init:
-      # At a seed the untrained network is the same whatever the row: scored once, in the first row's workdirs.
-      random_init = [evaluations(run['workdir'], requests, max_examples, random_init=True) for run in done[name]]
-    text = table(rows, done, seeds, random_init, requests)
-    runs.show_table(out, text)
-  return text
+  return runs.train_and_score(
+    out,
+    names or list(rows),
+    seeds,
+    lambda name, seed: row_config(rows, name, seed, scale, steps, overrides),
+    lambda workdir, config, random_init=False: evaluations(workdir, requests, max_examples, random_init),
+    lambda done, random_init: table(rows, done, seeds, random_init, requests),
+  )
 
 
 def batch_size(overrides):
@@ -233,14 +226,14 @@ def table(rows, done, seeds, random_init, requests):
     label, method, row_overrides, kind = rows[name]
     shown = f'configs/{method}.py' + ''.join(f' {k}={v}' for k, v in row_overrides.items() if k != 'dataset')
     seconds = statistics.mean(run['summary']['train_seconds'] for run in row)
-    results = [run['results'] for run in row]
+    results = [run['scores'] for run in row]
     body.append(
       [label, shown, f'{kind}-centric', *cells(results), row[0]['summary']['steps'], row[0]['batch'], f'{seconds:.0f}']
     )
   which = f'Mean over seeds {", ".join(map(str, seeds))} (each seed in brackets)' if seeds[1:] else f'Seed {seeds[0]}'
   notes = [f'{which}; the pretraining images are the train split of the set; each column by jax_moco.evaluate:']
   for column, protocol, _, _ in requests:
-    result = next(iter(done.values()))[0]['results'][column]
+    result = next(iter(done.values()))[0]['scores'][column]
     size = f'{result["image_size"]} px' if result['image_size'] else 'at their own size'
     tested = f'{result["num_videos"]} videos' if 'num_videos' in result else f'{result["num_test"]} test images'
     notes.append(f'- {column}: --protocol={protocol}, {MEASURES[protocol]} ({size}, {tested}).')
