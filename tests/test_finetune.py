@@ -22,6 +22,7 @@ from jax_moco.evaluators import depth as depth_protocol
 from jax_moco.evaluators import finetune
 from jax_moco.evaluators import finetune_data
 from jax_moco.evaluators import segmentation
+from jax_moco.evaluators import training_loop
 from jax_moco.models import dense_heads
 from tests import helpers
 
@@ -217,6 +218,36 @@ def test_depth_learns_far_from_shuffled_depths(tmp_path, monkeypatch):
   assert learnt['rmse'] < 0.75 * control['rmse'] and learnt['rmse'] < 0.9 * constant, (learnt['rmse'], control['rmse'])
   assert learnt['head'] == 'deeplabv3' and learnt['optimizer'] == 'adam' and learnt['schedule'] == 'poly'
   assert 'rmse' in evaluate.format_table(learnt)
+
+
+class RecordedLoss:
+  """A step's loss that records its step when the loop waits for it."""
+
+  def __init__(self, step, waited):
+    self.step, self.waited = step, waited
+
+  def block_until_ready(self):
+    self.waited.append(self.step)
+    return self
+
+  def __float__(self):
+    return 0.0
+
+
+def test_the_loop_waits_for_step_s_minus_1_before_running_step_s_plus_1(tmp_path):
+  # JAX dispatches a step without waiting for it; unbounded, the loop would queue an epoch of steps and each save
+  # (which needs the state) would wait for that backlog, while the bar counted steps not yet computed.
+  waited, waited_before = [], {}
+
+  def step_fn(state, batch):
+    step = int(state.step) + 1
+    waited_before[step] = list(waited)
+    return state.replace(step=state.step + 1), RecordedLoss(step, waited)
+
+  zeros = jnp.zeros(2)
+  state = finetune.FinetuneState(jnp.zeros((), jnp.int32), zeros, zeros, zeros)
+  training_loop.train(str(tmp_path), {'seed': 0}, state, step_fn, lambda start: iter(range(start, 6)), 3, 6, 'test')
+  assert waited_before == {s: list(range(1, s - 1)) for s in range(1, 7)}
 
 
 def test_refusals(tmp_path):

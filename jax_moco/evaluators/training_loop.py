@@ -24,8 +24,14 @@ def train(directory, settings, state, step_fn, batches, steps_per_epoch, total_s
     start = int(state.step)
     data = batches(start)
     with tqdm(total=total_steps, initial=start, unit='step', desc=description, disable=jax.process_index() != 0) as bar:
+      previous_loss = None
       for step in range(start + 1, total_steps + 1):
         state, loss = step_fn(state, next(data))
+        # At most one step queued behind the running one. Unbounded, JAX's asynchronous dispatch queues steps (and
+        # their batches) as fast as the data comes, so the bar counts dispatched steps and each save, which needs the
+        # state, waits for the epoch's backlog: a pause at every epoch's end that is the epoch's own computation.
+        jax.block_until_ready(previous_loss)
+        previous_loss = loss
         bar.update(1)
         if checkpointer.save(step, state, force=step == total_steps):  # every epoch and at the end
           bar.set_postfix(epoch=-(-step // steps_per_epoch), loss=f'{float(loss):.3f}')
