@@ -7,8 +7,12 @@ import errno
 import importlib.util
 import logging
 import os
+import re
 import sys
+import traceback
 
+from absl import app
+from absl import flags
 from absl import logging as absl_logging
 
 import input_pipeline
@@ -93,3 +97,88 @@ def _one_line(error, errors):
       'from the newest checkpoint once there is room'
     )
   return None
+
+
+def _verbosity(argv) -> int:
+  """absl's --verbosity / -v as given in `argv` (read by hand: the config flag's error interrupts absl's parsing)."""
+  for i, arg in enumerate(argv):
+    name, equals, value = arg.lstrip('-').partition('=')
+    if name in ('v', 'verbosity') and arg.startswith('-'):
+      value = value if equals else (argv[i + 1] if i + 1 < len(argv) else '')
+      return int(value) if value.lstrip('-').isdigit() else 0
+  return 0
+
+
+def _load_error(error, path) -> str:
+  """The cause of a config file's failure to load, on one line, with the file's line where there is one."""
+  if isinstance(error, SyntaxError):
+    return f'{error.msg} (line {error.lineno})'
+  if isinstance(error, OSError):  # a missing file: ml_collections lists the paths it tried, the OS error last
+    return str(error).strip().splitlines()[-1].strip()
+  if isinstance(error, flags.Error) and isinstance(error.__context__, (TypeError, ValueError)):
+    # absl's wrapping of what get_config raised, which ml_collections gave its traceback as text: the last line
+    return str(error.__context__).strip().splitlines()[-1].strip()
+  lines = [f.lineno for f in traceback.extract_tb(error.__traceback__) if os.path.abspath(f.filename) == path]
+  return f'{type(error).__name__}: {error}' + (f' (line {lines[-1]})' if lines else '')
+
+
+def _unknown_field(error, argv):
+  """What is wrong with an override (--config.FIELD=VALUE) naming a field the config lacks, or None: ml_collections
+  raises an AttributeError or KeyError whose text starts with the missing name (and may suggest another)."""
+  missing = re.match(r'\W*(\w+)', str(error)) if isinstance(error, (AttributeError, KeyError)) else None
+  if missing is None:
+    return None
+  for arg in argv:
+    name = arg.lstrip('-').split('=', 1)[0]
+    if name.startswith('config.') and missing.group(1) in name.split('.')[1:]:
+      suggestion = re.search(r'Did you mean "(\w+)"', str(error))
+      hint = f' (did you mean {suggestion.group(1)}?)' if suggestion else ''
+      return f'--{name}: the config has no field {missing.group(1)!r}{hint}'
+  return None
+
+
+def _config_flag_error(error, argv):
+  """The one-line message of an error of the --config flag's parsing, or None for absl's other flag errors."""
+  unknown = _unknown_field(error, argv)
+  if unknown:
+    return unknown
+  from_get_config = str(error).startswith('flag --config=') and isinstance(error.__context__, (TypeError, ValueError))
+  if isinstance(error, flags.Error) and not from_get_config:
+    return None  # --config missing, a value of the wrong type (--config.batch_size=abc), another flag's: absl's line
+  config = next((arg.split('=', 1)[1] for arg in argv if arg.startswith('--config=')), '--config')
+  return f'the config file {config} does not load: {_load_error(error, os.path.abspath(config.split(":")[0]))}'
+
+
+def parse_config_flags(argv):
+  """absl's flag parsing (app.run's flags_parser) for a command line with an ml_collections --config file, which
+  the parsing loads: a file that does not load (missing, a syntax error, an error in get_config or its preset) is
+  said in one line naming the file and the cause, an override of a field the config lacks naming the flag; the
+  traceback only with --verbosity=1. absl's other flag errors are said as absl says them."""
+  try:
+    remaining = flags.FLAGS(argv)
+    getattr(flags.FLAGS.config, 'to_dict', None)  # a missing file loads as a config that raises when it is used
+    return remaining
+  except Exception as e:
+    message = _config_flag_error(e, argv)
+    if message is None and isinstance(e, flags.Error):  # as app.parse_flags_with_usage says it
+      print(f'FATAL Flags parsing error: {e}', file=sys.stderr)
+      print('Pass --helpshort or --helpfull to see help on flags.', file=sys.stderr, flush=True)
+      sys.exit(1)
+    if _verbosity(argv) >= 1:
+      raise
+    print(f'error: {message}', file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+# What the OS raises naming a path the user gave: one that is missing, is there already, or is of the other kind.
+PATH_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError)
+
+
+@contextlib.contextmanager
+def usage_errors(*errors):
+  """Bad input met in the block, one of `errors` (those the library raises naming the culprit: a file, a field, a
+  flag), ends the command line as absl's usage error, its message last (a KeyError's without the quotes)."""
+  try:
+    yield
+  except errors as e:
+    raise app.UsageError(e.args[0] if isinstance(e, KeyError) and e.args else str(e)) from e

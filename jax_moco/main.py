@@ -14,13 +14,14 @@ JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID variables); `--coor
 
 import datetime
 import os
-import sys
 import traceback
 
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from jax_moco import console
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -36,58 +37,25 @@ flags.DEFINE_integer('process_id', None, "This process's index (with --coordinat
 flags.mark_flags_as_required(['config'])
 
 
-def _config_argument(argv) -> str:
-  return next((arg.split('=', 1)[1] for arg in argv if arg.startswith('--config=')), '--config')
+class BadInputError(Exception):
+  """A config or dataset that train.prepare refused before anything was built (a field out of range, a dataset
+  that does not open): bad input, said in one line; a ValueError raised later keeps its traceback (a bug)."""
 
 
-def _verbosity(argv) -> int:
-  """absl's --verbosity / -v as given in `argv` (read by hand: the config flag's error interrupts absl's parsing)."""
-  for i, arg in enumerate(argv):
-    name, equals, value = arg.lstrip('-').partition('=')
-    if name in ('v', 'verbosity') and arg.startswith('-'):
-      value = value if equals else (argv[i + 1] if i + 1 < len(argv) else '')
-      return int(value) if value.lstrip('-').isdigit() else 0
-  return 0
-
-
-def _load_error(error, path) -> str:
-  """The cause of a config file's failure to load, on one line, with the file's line where there is one."""
-  if isinstance(error, SyntaxError):
-    return f'{error.msg} (line {error.lineno})'
-  if isinstance(error, OSError):  # a missing file: ml_collections lists the paths it tried, the OS error last
-    return str(error).strip().splitlines()[-1].strip()
-  lines = [f.lineno for f in traceback.extract_tb(error.__traceback__) if os.path.abspath(f.filename) == path]
-  return f'{type(error).__name__}: {error}' + (f' (line {lines[-1]})' if lines else '')
-
-
-def parse_flags(argv):
-  """absl's flag parsing, where ml_collections loads the config file: one that does not load (missing, a syntax
-  error, an error in get_config or its preset) is said in one line naming the file and the cause, the traceback
-  only with --verbosity=1."""
-  try:
-    remaining = app.parse_flags_with_usage(argv)
-    FLAGS.config.to_dict  # noqa: B018  a missing file loads as a config that raises when it is used
-    return remaining
-  except Exception as e:
-    if _verbosity(argv) >= 1:
-      raise
-    config = _config_argument(argv)
-    cause = _load_error(e, os.path.abspath(config.split(':')[0]))
-    print(f'error: the config file {config} does not load: {cause}', file=sys.stderr, flush=True)
-    sys.exit(1)
+def _raised_in(function, error) -> bool:
+  return any(frame.f_code is function.__code__ for frame, _ in traceback.walk_tb(error.__traceback__))
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  from jax_moco import console
-
   console.import_tensorflow(FLAGS.verbosity)
   import jax
 
   if FLAGS.distributed or FLAGS.coordinator_address:  # before anything starts the XLA backend
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
 
+  from jax_moco import checkpointing
   from jax_moco import train
 
   if jax.process_count() > 1 and not FLAGS.workdir:
@@ -105,9 +73,14 @@ def main(argv):
   )
   if jax.process_index() == 0:
     print(f'workdir: {os.path.abspath(workdir)}', flush=True)
-  with console.one_line_errors(FLAGS.verbosity, *train.USER_ERRORS):
-    train.train_and_evaluate(FLAGS.config, workdir)
+  with console.one_line_errors(FLAGS.verbosity, *train.USER_ERRORS, checkpointing.ConfigMismatchError, BadInputError):
+    try:
+      train.train_and_evaluate(FLAGS.config, workdir)
+    except (ValueError, FileNotFoundError) as e:
+      if _raised_in(train.prepare, e):
+        raise BadInputError(str(e)) from e
+      raise
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=console.parse_config_flags)

@@ -8,9 +8,11 @@ import subprocess
 import sys
 import time
 
+from absl import app
 import pytest
 
 from jax_moco import checkpointing
+from jax_moco import console
 from jax_moco import evaluate
 from jax_moco import workdir_lock
 from tests.helpers import save_tiny_run
@@ -130,7 +132,7 @@ def command(*args):
   return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
 
 
-@pytest.mark.heavy(15)  # seconds on 2 cores, for the order of tests/conftest.py
+@pytest.mark.heavy(20)  # seconds on 2 cores, for the order of tests/conftest.py
 def test_start_up_errors_are_one_line_naming_the_path_and_the_cause(tmp_path):
   syntax_error = tmp_path / 'syntax_error.py'
   syntax_error.write_text('def get_config(:\n')
@@ -145,6 +147,18 @@ def test_start_up_errors_are_one_line_naming_the_path_and_the_cause(tmp_path):
       f'error: the config file {fails} does not load: NameError: .*undefined_name.* \\(line 2\\)',
     ),
     ([f'--config={missing}'], f'error: the config file {missing} does not load: \\[Errno 2\\] No such file .*'),
+    (
+      ['--config=configs/knn.py:nopreset'],
+      "error: the config file configs/knn.py:nopreset does not load: ValueError: unknown preset 'nopreset'; .*",
+    ),
+    (
+      ['--config=configs/knn.py', '--config.model.archh=resnet10'],
+      "error: --config.model.archh: the config has no field 'archh' \\(did you mean arch\\?\\)",
+    ),
+    (  # refused by train.prepare before anything is built: bad input, not a bug
+      ['--config=configs/knn.py', f'--config.dataset=folder:{missing}', f'--workdir={tmp_path / "run"}'],
+      f'error: folder:{missing} is not a directory',
+    ),
     (
       ['--config=configs/knn.py', f'--workdir={tmp_path / "a_file" / "run"}'],
       f'error: cannot write to the work directory {tmp_path / "a_file" / "run"}: Not a directory',
@@ -211,3 +225,15 @@ def test_a_full_disk_met_by_any_file_is_one_line_and_other_errors_keep_their_tra
   for raised, verbosity in (("OSError(28, 'No space left on device', '/run/metrics.jsonl')", 1), ('KeyError(1)', 0)):
     rc, said = console_of(raised, verbosity)
     assert rc == 1 and 'Traceback' in said
+
+
+def test_bad_input_is_a_usage_error_naming_it_and_other_errors_pass():
+  with pytest.raises(app.UsageError, match='^--workdir=x: no checkpoints'):
+    with console.usage_errors(ValueError):
+      raise ValueError('--workdir=x: no checkpoints')
+  with pytest.raises(app.UsageError, match='^Key "archh" does not exist'):  # a KeyError's message, not its repr
+    with console.usage_errors(KeyError):
+      raise KeyError('Key "archh" does not exist')
+  with pytest.raises(TypeError):
+    with console.usage_errors(ValueError):
+      raise TypeError('a bug')
