@@ -29,6 +29,8 @@ import numpy as np
 from PIL import Image
 
 from input_pipeline import scene_composition as composition
+from jax_moco import console
+from jax_moco import files
 
 FLAGS = flags.FLAGS
 STAMPS_VARIABLE = 'JAX_MOCO_TUXPAINT_STAMPS'
@@ -168,6 +170,8 @@ def generate(out, stamps, background_folder, settings):
   """Writes the whole set under `out` (new or empty); returns the dataset strings that read it."""
   if os.path.isdir(out) and os.listdir(out):
     raise FileExistsError(f'{out} is not empty: the scenes are written into a new or empty folder')
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise FileExistsError(f'{out} is a file: the scenes are written into a new or empty folder')
   os.makedirs(out, exist_ok=True)
   parts = composition.instance_splits(stamps, background_folder, settings)
   record = {'settings': dataclasses.asdict(settings), 'classes': composition.CLASSES}
@@ -244,21 +248,33 @@ def define_flags():
   flags.DEFINE_string('samples', '', 'Where to write a PNG of test samples with their masks (samples_picture).')
   defaults = composition.Settings()
   flags.DEFINE_integer('seed', defaults.seed, 'Seeds every draw (the instance split and each image).')
-  flags.DEFINE_integer('size', defaults.size, "The images' side, px.")
-  flags.DEFINE_integer('train_images', defaults.train_images, 'Training images of each kind.')
-  flags.DEFINE_integer('test_images', defaults.test_images, 'Test images of each kind.')
-  flags.DEFINE_integer('max_objects', defaults.max_objects, 'Most objects in a scene-centric image.')
-  flags.DEFINE_integer('train_videos', defaults.train_videos, 'Training videos.')
-  flags.DEFINE_integer('test_videos', defaults.test_videos, 'Test (val) videos.')
-  flags.DEFINE_integer('frames', defaults.frames, "A video's frames.")
-  flags.DEFINE_float('test_fraction', defaults.test_fraction, "The test split's share of cut-outs and backgrounds.")
+  counts = dict(lower_bound=1)
+  flags.DEFINE_integer('size', defaults.size, "The images' side, px.", **counts)
+  flags.DEFINE_integer('train_images', defaults.train_images, 'Training images of each kind.', **counts)
+  flags.DEFINE_integer('test_images', defaults.test_images, 'Test images of each kind.', **counts)
+  flags.DEFINE_integer('max_objects', defaults.max_objects, 'Most objects in a scene-centric image.', **counts)
+  flags.DEFINE_integer('train_videos', defaults.train_videos, 'Training videos.', **counts)
+  flags.DEFINE_integer('test_videos', defaults.test_videos, 'Test (val) videos.', **counts)
+  flags.DEFINE_integer('frames', defaults.frames, "A video's frames.", **counts)
+  flags.DEFINE_float(
+    'test_fraction',
+    defaults.test_fraction,
+    "The test split's share of cut-outs and backgrounds.",
+    lower_bound=0,
+    upper_bound=1,
+  )
   flags.mark_flags_as_required(['out'])
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   settings = composition.Settings(**{f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(composition.Settings)})
-  for what, strings in generate(FLAGS.out, FLAGS.stamps, FLAGS.backgrounds, settings).items():
+  with console.usage_errors(*console.PATH_ERRORS):
+    if FLAGS.samples:  # before the set is made
+      files.prepare_output(FLAGS.samples, 'samples')
+    made = generate(FLAGS.out, FLAGS.stamps, FLAGS.backgrounds, settings)
+  for what, strings in made.items():
     print(f'{what}: {strings}')
   if FLAGS.samples:
     print(f'samples: {samples_picture(FLAGS.out, FLAGS.samples)}')

@@ -11,24 +11,25 @@ from absl import flags
 from ml_collections import config_flags
 
 import input_pipeline
+from jax_moco import console
+from jax_moco import files
 
 FLAGS = flags.FLAGS
 
 BOX_COLOURS = ('red', 'lime') + ('deepskyblue',) * 64
 
 
-def draw_views(config, out_path, num_images):
+def draw_views(config, source, out_path, num_images):
+  """The picture of `num_images` of `source`'s examples (config.dataset's) as the module docstring says."""
   import matplotlib
 
   matplotlib.use('Agg')
   import matplotlib.patches as patches
   import matplotlib.pyplot as plt
 
-  # Imported here, as TensorFlow with them: the command line quiets TensorFlow's import first (main).
+  # Imported here, as TensorFlow with it: the command line quiets TensorFlow's import first (main).
   from input_pipeline import pipeline
-  from input_pipeline import sources
 
-  source = sources.get_source(config.dataset, config.data_dir)
   # Augmented here whatever crops.augment_on_device says: the same views the step would make.
   spec = dataclasses.replace(pipeline.view_spec(config.crops), augment_on_device=False)
   ds = pipeline.train_dataset(source, spec, num_images, config.seed, keep_boxes=True)
@@ -66,16 +67,22 @@ def define_flags():
   """Command-line flags, defined only when run as a program (so the module imports cleanly anywhere)."""
   config_flags.DEFINE_config_file('config', None, 'Config file (as for training).', lock_config=True)
   flags.DEFINE_string('out', 'views.png', 'Output PNG.')
-  flags.DEFINE_integer('num_images', 6, 'How many images (rows).')
+  flags.DEFINE_integer('num_images', 6, 'How many images (rows).', lower_bound=1)
   flags.mark_flags_as_required(['config'])
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   input_pipeline.import_tensorflow(FLAGS.verbosity)
-  print(draw_views(FLAGS.config, FLAGS.out, FLAGS.num_images))
+  from input_pipeline import sources
+
+  with console.usage_errors(ValueError, *console.PATH_ERRORS):
+    files.prepare_output(FLAGS.out, 'out')
+    source = sources.get_source(FLAGS.config.dataset, FLAGS.config.data_dir)
+  print(draw_views(FLAGS.config, source, FLAGS.out, FLAGS.num_images))
 
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=console.parse_config_flags)

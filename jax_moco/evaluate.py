@@ -89,6 +89,9 @@ def evaluate(
 
   evaluator = evaluators.get(protocol)
   evaluators.options(protocol, **options)  # an option of another protocol is refused before the run is read
+  for name, value in (('max_examples', max_examples), ('image_size', image_size)):
+    if value is not None and value <= 0:
+      raise ValueError(f'{name}={value}: must be positive (leave it out for the default)')
   config, state, step = checkpointing.load_run(workdir, step)
   with workdir_lock.held(workdir):  # the run's directory: no training or other evaluation writes beside this one
     train, test = evaluator.open_datasets(config, dataset, test_dataset)
@@ -134,7 +137,7 @@ def define_flags():
   """Command-line flags, defined only when run as a program (so the module imports cleanly anywhere)."""
   flags.DEFINE_string('workdir', None, 'Work directory of a training run (or of jax_moco.import_torch).')
   flags.DEFINE_enum('protocol', 'knn', evaluators.PROTOCOLS, 'Evaluation protocol (a module of jax_moco.evaluators).')
-  flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
+  flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).', lower_bound=0)
   flags.DEFINE_enum('encoder', 'online', state_lib.ENCODERS, "Whose backbone: f (online, as the papers) or f'.")
   flags.DEFINE_string(
     'dataset',
@@ -148,9 +151,14 @@ def define_flags():
     "Test set (default: the config's eval_dataset; segment_retrieval, segmentation, depth: the folder's val).",
   )
   flags.DEFINE_integer(
-    'image_size', None, "Eval image size (default: the config's crops.large_size; segment_retrieval: 512)."
+    'image_size',
+    None,
+    "Eval image size (default: the config's crops.large_size; segment_retrieval: 512).",
+    lower_bound=1,
   )
-  flags.DEFINE_integer('max_examples', None, 'Use at most this many examples of each set (a quick look).')
+  flags.DEFINE_integer(
+    'max_examples', None, 'Use at most this many examples of each set (a quick look).', lower_bound=1
+  )
   flags.DEFINE_bool('random_init', False, 'Score the architecture at initialisation instead (the baseline).')
   define_option_flags()
 
@@ -188,7 +196,9 @@ def main(argv):
 
   console.import_tensorflow(f.verbosity)
   options = {name: f[name].value for name in option_flags() if f[name].value is not None}
-  try:
+  with console.usage_errors(
+    ValueError, FileNotFoundError, workdir_lock.WorkdirBusyError, workdir_lock.WorkdirUnwritableError
+  ):
     result = evaluate(
       f.workdir,
       f.protocol,
@@ -201,8 +211,6 @@ def main(argv):
       f.random_init,
       **options,
     )
-  except (FileNotFoundError, ValueError, workdir_lock.WorkdirBusyError, workdir_lock.WorkdirUnwritableError) as e:
-    raise app.UsageError(str(e)) from e
   print(format_table(result))
 
 

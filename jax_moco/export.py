@@ -25,6 +25,7 @@ import numpy as np
 
 from jax_moco import checkpointing
 from jax_moco import console
+from jax_moco import files
 from jax_moco import state as state_lib
 from jax_moco import torch_layout
 
@@ -101,7 +102,7 @@ def export(workdir, fmt, output, step=None, encoder='online'):
     raise ValueError(f'format={fmt!r}: choose one of {", ".join(FORMATS)}')
   config, state, step = checkpointing.load_run(workdir, step)
   check_exportable(config, fmt)
-  os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+  files.prepare_output(output)
   if fmt == 'detectron2':
     payload = detectron2_checkpoint(state, encoder)
     with open(output, 'wb') as f:
@@ -134,7 +135,7 @@ def export(workdir, fmt, output, step=None, encoder='online'):
 def define_flags():
   """Command-line flags, defined only when run as a program (so the module imports cleanly anywhere)."""
   flags.DEFINE_string('workdir', None, 'Work directory of a training run.')
-  flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
+  flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).', lower_bound=0)
   flags.DEFINE_enum('format', 'torchvision', FORMATS, 'Output format.')
   flags.DEFINE_enum('encoder', 'online', state_lib.ENCODERS, 'Which encoder (torchvision, detectron2).')
   flags.DEFINE_string('output', None, 'Output file (.pth for torchvision / moco, .pkl for detectron2).')
@@ -146,10 +147,8 @@ def main(argv):
   if not flags.FLAGS.workdir or not flags.FLAGS.output:
     raise app.UsageError('--workdir and --output are required')
   console.quiet_logging(flags.FLAGS.verbosity)
-  try:
+  with console.usage_errors(ValueError, *console.PATH_ERRORS):
     print(export(flags.FLAGS.workdir, flags.FLAGS.format, flags.FLAGS.output, flags.FLAGS.step, flags.FLAGS.encoder))
-  except (checkpointing.NotARunError, ValueError) as e:
-    raise app.UsageError(str(e)) from e
 
 
 if __name__ == '__main__':

@@ -19,3 +19,18 @@ def atomic_write(path, mode='w'):
     if os.path.exists(temporary):
       os.remove(temporary)
     raise
+
+
+def prepare_output(path, flag='output'):
+  """Makes the missing folders of a file about to be written at `path`, after refusing, naming the flag, a path
+  that cannot be a file (IsADirectoryError: a folder; NotADirectoryError: one under a file), to be said before the
+  work whose result the file is to hold."""
+  full = os.path.abspath(path)
+  if os.path.isdir(full):
+    raise IsADirectoryError(f'--{flag}={path} is a directory: name the file to write')
+  parent = os.path.dirname(full)
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise NotADirectoryError(f'--{flag}={path}: {parent} is a file, not a directory')
+  os.makedirs(os.path.dirname(full), exist_ok=True)

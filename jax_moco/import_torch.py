@@ -30,7 +30,12 @@ def read_torch_checkpoint(path):
   """{name: NumPy array} with any DistributedDataParallel `module.` prefix removed, and the layout's name."""
   import torch
 
-  payload = torch.load(path, map_location='cpu', weights_only=True)
+  try:
+    payload = torch.load(path, map_location='cpu', weights_only=True)
+  except OSError:  # a missing or unreadable file, which the error names
+    raise
+  except Exception as e:  # bytes of another kind: the unpickler's error varies (UnpicklingError, IndexError, ...)
+    raise ValueError(f'{path} is not a PyTorch checkpoint (torch.load: {type(e).__name__})') from e
   state_dict = payload.get('state_dict', payload) if isinstance(payload, dict) else None
   if not isinstance(state_dict, dict) or not all(hasattr(v, 'numpy') for v in state_dict.values()):
     raise ValueError(f'{path}: neither a MoCo checkpoint nor a state dict of tensors')
@@ -123,12 +128,10 @@ def main(argv):
   if not flags.FLAGS.checkpoint or not flags.FLAGS.workdir or flags.FLAGS.config is None:
     raise app.UsageError('--checkpoint, --workdir and --config are required')
   console.quiet_logging(flags.FLAGS.verbosity)
-  try:
+  with console.usage_errors(ValueError, *console.PATH_ERRORS):
     print(import_checkpoint(flags.FLAGS.checkpoint, flags.FLAGS.workdir, flags.FLAGS.config))
-  except (ValueError, FileExistsError) as e:
-    raise app.UsageError(str(e)) from e
 
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=console.parse_config_flags)

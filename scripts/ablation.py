@@ -79,6 +79,17 @@ def parse_override(text):
     return name, value
 
 
+def parse_seeds(values):
+  """--seeds (a list of strings) as integers, at least one."""
+  try:
+    seeds = [int(s) for s in values]
+  except ValueError:
+    raise ValueError(f'--seeds={",".join(values)}: give integers separated by commas, e.g. 0,1') from None
+  if not seeds:
+    raise ValueError('--seeds: give at least one')
+  return seeds
+
+
 def linear_probe(workdir, max_examples, dataset=None, random_init=False):
   """The linear_probe protocol as `python -m jax_moco.evaluate --protocol=linear_probe [--dataset=DATASET]` runs it,
   cached in the run's work directory."""
@@ -150,7 +161,9 @@ def define_flags():
   """Command-line flags, defined only when run as a program (so the module imports cleanly anywhere)."""
   flags.DEFINE_string('out', 'runs/ablation', 'One work directory per row and seed under here.')
   flags.DEFINE_enum('study', 'methods', list(STUDIES), 'Which study: its rows (see the module docstring).')
-  flags.DEFINE_integer('steps', None, "Training steps of every run (default: the demo's num_train_steps).")
+  flags.DEFINE_integer(
+    'steps', None, "Training steps of every run (default: the demo's num_train_steps).", lower_bound=1
+  )
   flags.DEFINE_list('seeds', ['0', '1'], 'Seeds; every row trains once with each.')
   flags.DEFINE_list(
     'rows', [], "Rows of the study to run, in order (default: all; methods' are " + ', '.join(ROWS) + ').'
@@ -162,6 +175,7 @@ def define_flags():
     'probe_max_examples',
     None,
     "Linear probe: at most this many images of each set (evaluate's --max_examples; default: all).",
+    lower_bound=1,
   )
 
 
@@ -174,15 +188,11 @@ def main(argv):
   unknown = [r for r in rows if r not in study]
   if unknown:
     raise app.UsageError(f'unknown rows {unknown} of --study={f.study}; choose from {list(study)}')
-  try:
+  with console.usage_errors(ValueError, KeyError, AttributeError, TypeError):
     overrides = dict(parse_override(o) for o in f.override)
-    seeds = [int(s) for s in f.seeds]
-    if not seeds:
-      raise ValueError('--seeds: give at least one')
+    seeds = parse_seeds(f.seeds)
     # A misspelt field or a value of the wrong type, before anything trains.
     row_config(rows[0], seeds[0], f.steps, overrides, f.study)
-  except (ValueError, KeyError, AttributeError, TypeError) as e:
-    raise app.UsageError(str(e)) from e
   console.import_tensorflow(f.verbosity)  # the parameter tables and Orbax's lines only with -v 1
   run_ablation(f.out, rows, seeds, f.steps, overrides, f.probe_max_examples, f.study)
 

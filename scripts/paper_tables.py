@@ -378,14 +378,21 @@ def define_flags():
   flags.DEFINE_string('voc', None, 'VOC seg. mIoU: a PASCAL VOC 2012 folder (trainaug -> val, A.3).')
   flags.DEFINE_string('cityscapes', None, 'Cityscapes seg. mIoU: a folder of leftImg8bit/ and gtFine/ (train -> val).')
   flags.DEFINE_string('nyud', None, 'NYUD seg. mIoU and depth rmse: NYUD-v2 in the NYUD_MT layout (train -> val).')
-  flags.DEFINE_integer('runs', 1, 'Fine-tunings of each fine-tuned column, their mean and spread (the paper: VOC 5).')
+  flags.DEFINE_integer(
+    'runs', 1, 'Fine-tunings of each fine-tuned column, their mean and spread (the paper: VOC 5).', lower_bound=1
+  )
   flags.DEFINE_bool('own_data', True, "Score each run's own sets (its kNN bank -> eval_dataset): kNN, SVMs.")
   flags.DEFINE_bool('random_init', False, "Add a row for each run's network at initialisation (the baseline).")
   flags.DEFINE_integer(
-    'image_size', None, "Classification columns' image size (default: the paper's 224; own data: the run's)."
+    'image_size',
+    None,
+    "Classification columns' image size (default: the paper's 224; own data: the run's).",
+    lower_bound=1,
   )
-  flags.DEFINE_integer('max_examples', None, 'At most this many examples of each set (a quick look).')
-  flags.DEFINE_integer('linear_epochs', LINEAR_EPOCHS, 'Epochs of the ImageNet and Places linear classifiers.')
+  flags.DEFINE_integer('max_examples', None, 'At most this many examples of each set (a quick look).', lower_bound=1)
+  flags.DEFINE_integer(
+    'linear_epochs', LINEAR_EPOCHS, 'Epochs of the ImageNet and Places linear classifiers.', lower_bound=1
+  )
   flags.DEFINE_string('out', None, 'Also write the table to this Markdown file.')
 
 
@@ -395,13 +402,13 @@ def main(argv):
   f = flags.FLAGS
   if not f.workdir:
     raise app.UsageError('--workdir is required (repeat it for several runs)')
-  try:
+  with console.usage_errors(ValueError, *console.PATH_ERRORS):
+    if f.out:  # before the measurements, which its table holds
+      files.prepare_output(f.out, 'out')
     wanted = requests(f.voc07, f.imagenet, f.places, f.davis, f.image_size, f.max_examples, f.linear_epochs)
     wanted.update(fine_tuned_requests(f.voc, f.cityscapes, f.nyud, f.runs, f.max_examples))
     console.import_tensorflow(f.verbosity)  # TensorFlow's C++ notices and Orbax's lines only with -v 1
     text = paper_table(f.workdir, f.table, wanted, f.random_init, f.own_data, f.image_size, f.max_examples)
-  except (ValueError, FileNotFoundError) as e:
-    raise app.UsageError(str(e)) from e
   print(text)
   if f.out:
     with files.atomic_write(f.out) as out:

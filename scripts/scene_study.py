@@ -277,7 +277,9 @@ def define_flags():
   flags.DEFINE_string('data', None, 'A set written by `python -m input_pipeline.scenes --out=DIR`.')
   flags.DEFINE_string('out', 'runs/scene_study', 'One work directory per row and seed under here.')
   flags.DEFINE_enum('study', 'methods', list(STUDIES), 'Which study: its rows (see the module docstring).')
-  flags.DEFINE_integer('steps', None, "Training steps of every run (default: the demo's num_train_steps).")
+  flags.DEFINE_integer(
+    'steps', None, "Training steps of every run (default: the demo's num_train_steps).", lower_bound=1
+  )
   flags.DEFINE_list('seeds', ['0', '1'], 'Seeds; every row trains once with each.')
   flags.DEFINE_list('rows', [], 'Rows of the study to run, in order (default: all).')
   flags.DEFINE_multi_string(
@@ -286,9 +288,11 @@ def define_flags():
   flags.DEFINE_list(
     'protocols', [], 'Protocols scoring every row, a column each (default: all those of the module docstring).'
   )
-  flags.DEFINE_integer('max_examples', None, 'Every protocol: at most this many examples of each set (a quick look).')
+  flags.DEFINE_integer(
+    'max_examples', None, 'Every protocol: at most this many examples of each set (a quick look).', lower_bound=1
+  )
   flags.DEFINE_bool('cam', False, 'Also the CAM pictures of the MoCo-v2 and multi-crop rows (--study=methods).')
-  flags.DEFINE_integer('cam_images', 8, 'Object-centric test images in each CAM picture.')
+  flags.DEFINE_integer('cam_images', 8, 'Object-centric test images in each CAM picture.', lower_bound=1)
   flags.mark_flags_as_required(['data'])
 
 
@@ -296,7 +300,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
-  try:
+  with console.usage_errors(ValueError, KeyError, AttributeError, TypeError):
     settings = check_scene_set(f.data)
     rows = study_rows(f.study, f.data)
     names = f.rows or list(rows)
@@ -306,14 +310,10 @@ def main(argv):
     if f.cam and (f.study != 'methods' or not set(CAM_ROWS) <= set(names)):
       raise ValueError(f'--cam compares the rows {" and ".join(CAM_ROWS)} of --study=methods: run both')
     overrides = dict(ablation.parse_override(o) for o in f.override)
-    seeds = [int(s) for s in f.seeds]
-    if not seeds:
-      raise ValueError('--seeds: give at least one')
+    seeds = ablation.parse_seeds(f.seeds)
     # A misspelt field or a value of the wrong type, before anything trains.
     row_config(rows, names[0], seeds[0], scale_overrides(f.data, settings, batch_size(overrides)), f.steps, overrides)
     protocols(f.data, settings['settings']['size'], f.protocols)
-  except (ValueError, KeyError, AttributeError, TypeError) as e:
-    raise app.UsageError(str(e)) from e
   console.import_tensorflow(f.verbosity)  # the parameter tables and Orbax's lines only with -v 1
   run_study(f.data, f.out, f.study, names, seeds, f.steps, overrides, f.max_examples, f.protocols)
   if f.cam:

@@ -199,6 +199,16 @@ def test_a_cache_file_is_written_whole_or_not_at_all(tmp_path):
   assert os.listdir(tmp_path) == ['features.npz']  # no temporary file left behind
 
 
+def test_an_output_path_that_cannot_be_a_file_is_refused_naming_the_flag(tmp_path):
+  (tmp_path / 'a_file').write_text('')
+  with pytest.raises(IsADirectoryError, match=f'^--out={tmp_path} is a directory'):
+    files.prepare_output(str(tmp_path), 'out')
+  with pytest.raises(NotADirectoryError, match=f'^--out={tmp_path}/a_file/b/t.md: {tmp_path}/a_file is a file'):
+    files.prepare_output(str(tmp_path / 'a_file' / 'b' / 't.md'), 'out')
+  files.prepare_output(str(tmp_path / 'new' / 'folders' / 't.md'), 'out')
+  assert os.path.isdir(tmp_path / 'new' / 'folders')
+
+
 def test_normalization_statistics_and_the_head_feature_monitor(make_config):
   images = np.random.default_rng(0).integers(0, 256, (2, 4, 4, 3), np.uint8)
   for name, (mean, std) in normalization.NORMALIZATION.items():
@@ -236,6 +246,10 @@ def test_one_table_of_the_protocols_options_gives_the_flags_and_the_evaluators_o
   refusal = r'^epochs: not an option of protocol=knn \(its options: knn_k, knn_temperature\)'
   with pytest.raises(ValueError, match=refusal):
     evaluators.options('knn', epochs=3)
+  with pytest.raises(ValueError, match='^knn_k=0: must be positive'):  # not the run's k instead
+    evaluators.options('knn', knn_k=0)
+  with pytest.raises(ValueError, match='^epochs=-1, lr=0.0: must be positive'):
+    evaluators.options('linear_classification', epochs=-1, lr=0.0, weight_decay=0.0)
   # The protocols' library functions default to the same settings.
   assert evaluators.options('segment_retrieval').kmeans_k == segment_retrieval.K
   propagation = evaluators.options('label_propagation')
@@ -285,6 +299,8 @@ def test_evaluate_a_saved_run_writes_results_and_reuses_features(make_config, tm
     evaluate.evaluate(str(tmp_path), 'linear')
   with pytest.raises(ValueError, match='epochs: not an option of protocol=knn'):
     evaluate.evaluate(str(tmp_path), 'knn', epochs=3)
+  with pytest.raises(ValueError, match='^max_examples=0: must be positive'):  # not all of them instead
+    evaluate.evaluate(str(tmp_path), 'knn', max_examples=0)
 
 
 @pytest.mark.fast_compile

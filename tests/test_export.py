@@ -234,6 +234,11 @@ def test_clear_errors(tmp_path):
     import_torch.import_checkpoint(str(tmp_path / 'r34.pth'), str(tmp_path / 'r34'), run_config('resnet50'))
   with pytest.raises(ValueError, match='step=3'):
     export.export(str(tmp_path / 'cifar'), 'torchvision', str(tmp_path / 'x.pth'), step=3)
+  with pytest.raises(IsADirectoryError, match=f'--output={tmp_path} is a directory'):
+    export.export(str(tmp_path / 'cifar'), 'torchvision', str(tmp_path))
+  (tmp_path / 'not_a_checkpoint.pth').write_text('text')
+  with pytest.raises(ValueError, match='not_a_checkpoint.pth is not a PyTorch checkpoint'):
+    import_torch.import_checkpoint(str(tmp_path / 'not_a_checkpoint.pth'), str(tmp_path / 'c'), cifar)
 
 
 def test_layout_names_come_from_the_tree():

@@ -186,3 +186,9 @@ def test_the_samples_picture_shows_images_masks_and_a_video(generated, tmp_path)
   assert picture.size == (4 * SETTINGS.size, 4 * SETTINGS.size)  # 2 rows of pairs, the video's frames and masks
   mask = np.asarray(picture)[: SETTINGS.size, SETTINGS.size : 2 * SETTINGS.size]
   assert (mask == 0).all(axis=-1).any() and (mask == 224).any()  # VOC's black background and cream border
+
+
+def test_a_file_is_refused_as_the_sets_folder(tmp_path):
+  (tmp_path / 'a_file').write_text('')
+  with pytest.raises(FileExistsError, match=f'{tmp_path}/a_file is a file'):
+    scenes.generate(str(tmp_path / 'a_file'), str(tmp_path), str(tmp_path), SETTINGS)

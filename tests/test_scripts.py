@@ -122,3 +122,11 @@ def test_sweep_table():
 def test_a_cells_bar_is_escaped_so_the_row_keeps_its_columns():
   table = runs.markdown_table(['method', 'config'], [['uniform', 'dataset=embedded|uniform=1800']])
   assert table.splitlines()[2] == '| uniform | dataset=embedded\\|uniform=1800 |'
+
+
+def test_seeds_that_are_not_integers_are_refused_naming_the_flag():
+  assert ablation.parse_seeds(['0', '3']) == [0, 3]
+  with pytest.raises(ValueError, match='^--seeds=0,a: give integers'):
+    ablation.parse_seeds(['0', 'a'])
+  with pytest.raises(ValueError, match='^--seeds: give at least one'):
+    ablation.parse_seeds([])

@@ -132,6 +132,8 @@ def test_single_labels_are_one_vs_rest_and_bad_options_are_named():
   assert voc07_svm.parse_costs('0.01, 0.1,1') == (0.01, 0.1, 1.0)
   with pytest.raises(ValueError, match='svm_costs'):
     voc07_svm.parse_costs('0,1')
+  with pytest.raises(ValueError, match="^svm_costs='abc': give one positive cost"):
+    voc07_svm.parse_costs('abc')
   # A class without a positive training example (a small subset) is not scored, nor counted in the mean.
   targets = np.array([[1, 0], [0, 0], [1, 0], [0, 1]])
   models, _ = zip(*voc07_svm.fit(np.eye(4)[:3], targets[:3], n_jobs=1))

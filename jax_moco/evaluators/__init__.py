@@ -23,6 +23,7 @@ class Option:
   type: type  # int, float, str or bool: the flag's kind
   default: Any  # None: the protocol works it out, as `help` says
   help: str
+  positive: bool = False  # a number that must be above 0 (a count, a size, a rate)
 
   def description(self) -> str:
     """The help with the default, when there is one to state."""
@@ -50,29 +51,34 @@ def dense_output(default):
 
 OPTIONS = {
   'knn': (
-    Option('knn_k', int, None, "k neighbours (default: the run's knn.k)"),
-    Option('knn_temperature', float, None, "temperature T (default: the run's knn.temperature)"),
+    Option('knn_k', int, None, "k neighbours (default: the run's knn.k)", positive=True),
+    Option('knn_temperature', float, None, "temperature T (default: the run's knn.temperature)", positive=True),
   ),
   'linear_probe': (VALIDATION_DATASET, N_JOBS),
   # MoCo's ImageNet protocol (He et al. 2020, "Momentum Contrast for Unsupervised Visual Representation Learning",
   # Sec. 4.1): 100 epochs of batch 256 at lr 30.
   'linear_classification': (
-    Option('epochs', int, 100, 'epochs'),
-    Option('batch_size', int, 256, 'global batch'),
-    Option('lr', float, 30.0, 'learning rate'),
+    Option('epochs', int, 100, 'epochs', positive=True),
+    Option('batch_size', int, 256, 'global batch', positive=True),
+    Option('lr', float, 30.0, 'learning rate', positive=True),
     # MoCo's main_lincls.py uses 0; Van Gansbeke et al. 2021, appendix A.2, 1e-4 (their ImageNet and Places columns).
     Option('weight_decay', float, 0.0, "weight decay (Van Gansbeke et al. 2021's tables: 1e-4)"),
   ),
   'segment_retrieval': (
-    Option('kmeans_k', int, 15, 'K-means regions an image'),  # Van Gansbeke et al. 2021, A.7 (segment_retrieval.K)
+    # Van Gansbeke et al. 2021, A.7 (segment_retrieval.K)
+    Option('kmeans_k', int, 15, 'K-means regions an image', positive=True),
     Option('kmeans_seed', int, 0, 'K-means seed'),
     Option(
-      'batch_size', int, None, 'images a global batch (default: 16, rounded up to a multiple of the device count)'
+      'batch_size',
+      int,
+      None,
+      'images a global batch (default: 16, rounded up to a multiple of the device count)',
+      positive=True,
     ),
     # MaskContrast's retrieval network, which the authors' README runs for A.7 (its 64 x 64 maps at 512 px).
     dense_output('stride8_dilated'),
   ),
-  'cam': (Option('cam_images', int, 16, 'test images in the picture'), VALIDATION_DATASET, N_JOBS),
+  'cam': (Option('cam_images', int, 16, 'test images in the picture', positive=True), VALIDATION_DATASET, N_JOBS),
   # Van Gansbeke et al. 2021's VOC07 SVMs (voc07_svm.COST), Goyal et al. 2019's cross-validated costs as a variant.
   'voc07_svm': (
     Option('svm_costs', str, '0.5', "the SVMs' cost C; several, comma-separated: each class's by 3-fold CV"),
@@ -82,9 +88,11 @@ OPTIONS = {
   # Jabri et al. 2020's label propagation test, as Van Gansbeke et al. 2021 ran it (label_propagation.Propagation).
   'label_propagation': (
     Option('propagation_context', int, 20, 'previous frames in the context, besides the first'),
-    Option('propagation_topk', int, 10, 'neighbours a location takes its labels from'),
-    Option('propagation_temperature', float, 0.07, 'softmax temperature over their affinities'),
-    Option('propagation_radius', float, 12.0, 'how far (in feature cells) the previous frames are searched'),
+    Option('propagation_topk', int, 10, 'neighbours a location takes its labels from', positive=True),
+    Option('propagation_temperature', float, 0.07, 'softmax temperature over their affinities', positive=True),
+    Option(
+      'propagation_radius', float, 12.0, 'how far (in feature cells) the previous frames are searched', positive=True
+    ),
     Option('propagation_save_masks', bool, False, 'write the predicted masks as PNGs'),
     dense_output('stride8_no_stage4'),  # the reference's network (its radius is in cells of this map)
   ),
@@ -96,12 +104,12 @@ def finetuned():
   (finetune.RECIPES), the number of runs and the BN choice."""
   recipe = "(default: the dataset's recipe, finetune.RECIPES)"
   return (
-    Option('epochs', int, None, f'epochs {recipe}'),
-    Option('batch_size', int, None, f'global batch {recipe}'),
-    Option('lr', float, None, f'learning rate {recipe}'),
+    Option('epochs', int, None, f'epochs {recipe}', positive=True),
+    Option('batch_size', int, None, f'global batch {recipe}', positive=True),
+    Option('lr', float, None, f'learning rate {recipe}', positive=True),
     Option('weight_decay', float, None, f"weight decay, coupled as PyTorch's {recipe}"),
-    Option('crop_size', int, None, f'training crops (px) {recipe}'),
-    Option('runs', int, 1, 'fine-tunings with seeds seed, seed + 1, ...: their mean and spread'),
+    Option('crop_size', int, None, f'training crops (px) {recipe}', positive=True),
+    Option('runs', int, 1, 'fine-tunings with seeds seed, seed + 1, ...: their mean and spread', positive=True),
     # Both references compute BN statistics over the whole batch of 16 (one GPU for VOC, SyncBatchNorm for
     # Cityscapes): synchronised by default; --nosync_bn for statistics per device.
     Option('sync_bn', bool, True, 'BN statistics over the global batch (default); --nosync_bn: per device'),
@@ -127,7 +135,7 @@ def get(protocol):
 
 def options(protocol, **given) -> types.SimpleNamespace:
   """Every option of `protocol` (OPTIONS), its given value or else its default; an option the protocol does not
-  take is refused, naming it."""
+  take, or a value 0 or below of a positive one, is refused, naming it."""
   _check(protocol)
   accepted = {option.name: option.default for option in OPTIONS[protocol]}
   unknown = sorted(set(given) - set(accepted))
@@ -135,4 +143,8 @@ def options(protocol, **given) -> types.SimpleNamespace:
     raise ValueError(
       f'{", ".join(unknown)}: not an option of protocol={protocol} (its options: {", ".join(sorted(accepted))})'
     )
+  values = {o.name: given.get(o.name) for o in OPTIONS[protocol] if o.positive}
+  below = [f'{name}={value}' for name, value in values.items() if value is not None and value <= 0]
+  if below:
+    raise ValueError(f'{", ".join(below)}: must be positive')
   return types.SimpleNamespace(**{**accepted, **given})

@@ -150,7 +150,10 @@ def scores(models, features, targets, difficult='negative'):
 
 def parse_costs(costs):
   """'0.5' or '0.01,0.1,1' -> a tuple of positive floats."""
-  values = tuple(float(c) for c in str(costs).split(',') if c.strip())
+  try:
+    values = tuple(float(c) for c in str(costs).split(',') if c.strip())
+  except ValueError:
+    values = ()  # a word, not a number
   if not values or min(values) <= 0:
     raise ValueError(f'svm_costs={costs!r}: give one positive cost, or several separated by commas')
   return values
