@@ -14,6 +14,8 @@ from ml_collections import config_flags
 import numpy as np
 
 import input_pipeline
+from jax_moco import console
+from jax_moco import files
 
 # The modules that read and crop the data import TensorFlow: sample_boxes, overlaps and report import them when
 # called, so the command line quiets TensorFlow's import first (main).
@@ -108,11 +110,8 @@ def _wrap(text, width=70):
   return lines
 
 
-def report(config, out_path: str, num_samples: int) -> str:
-  """Samples, plots and prints the summary numbers; returns out_path."""
-  from input_pipeline import sources
-
-  source = sources.get_source(config.dataset, config.data_dir)
+def report(config, source, out_path: str, num_samples: int) -> str:
+  """Samples `source` (config.dataset's), plots and prints the summary numbers; returns out_path."""
   iou = overlaps(sample_boxes(config, num_samples, source))
   for name, values in iou.items():
     print(f'{name}: {describe(_summary_of(name, values, config))}')
@@ -128,16 +127,22 @@ def define_flags():
   """Command-line flags, defined only when run as a program (so the module imports cleanly anywhere)."""
   config_flags.DEFINE_config_file('config', None, 'Config file (as for training).', lock_config=True)
   flags.DEFINE_string('out', 'iou.png', 'Output PNG.')
-  flags.DEFINE_integer('num_samples', 10000, 'How many training examples to draw boxes for.')
+  flags.DEFINE_integer('num_samples', 10000, 'How many training examples to draw boxes for.', lower_bound=1)
   flags.mark_flags_as_required(['config'])
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   input_pipeline.import_tensorflow(FLAGS.verbosity)
-  print(report(FLAGS.config, FLAGS.out, FLAGS.num_samples))
+  from input_pipeline import sources
+
+  with console.usage_errors(ValueError, *console.PATH_ERRORS):
+    files.prepare_output(FLAGS.out, 'out')
+    source = sources.get_source(FLAGS.config.dataset, FLAGS.config.data_dir)
+  print(report(FLAGS.config, source, FLAGS.out, FLAGS.num_samples))
 
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=console.parse_config_flags)

@@ -24,7 +24,7 @@ FLAGS = flags.FLAGS
 def define_flags():
   """Command-line flags, defined only when run as a program (so the module imports cleanly anywhere)."""
   flags.DEFINE_string('out', 'runs/sweep', 'One work directory per variant under here.')
-  flags.DEFINE_integer('steps', 1000, 'Training steps of every variant.')
+  flags.DEFINE_integer('steps', 1000, 'Training steps of every variant.', lower_bound=1)
   flags.DEFINE_list('variants', [], 'Variants to run (default: all).')
 
 

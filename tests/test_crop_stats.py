@@ -1,5 +1,8 @@
 """Crop-overlap statistics (input_pipeline.crop_stats) and the anchor-positive IoU cap (crops.max_iou)."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -11,6 +14,7 @@ from input_pipeline import sources
 from input_pipeline import views
 from tests.helpers import run_quietly
 from tests.helpers import tiny_config
+from tests.test_train import ROOT
 
 
 def _numpy_iou(boxes, anchor):
@@ -81,3 +85,13 @@ def test_the_command_lines_print_only_their_results(tmp_path):
   assert result.stdout.splitlines()[0].startswith('anchor-positive: mean ') and (tmp_path / 'iou.png').exists()
   run_quietly(['-m', 'input_pipeline.show', '--config=configs/knn.py', f'--out={tmp_path}/views.png', '--num_images=2'])
   assert (tmp_path / 'views.png').exists()
+
+
+def test_a_missing_dataset_is_refused_before_drawing(tmp_path):
+  """show opens the dataset, and says its error as a usage error, before any box is drawn: no traceback
+  (crop_stats's main does the same)."""
+  missing = tmp_path / 'missing'
+  args = ['-m', 'input_pipeline.show', '--config=configs/knn.py', f'--config.dataset=folder:{missing}']
+  result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1 and 'Traceback' not in result.stderr, result.stderr[-3000:]
+  assert result.stderr.strip().splitlines()[-1] == f'folder:{missing} is not a directory'
