@@ -73,7 +73,8 @@ def main(argv):
   )
   if jax.process_index() == 0:
     print(f'workdir: {os.path.abspath(workdir)}', flush=True)
-  with console.one_line_errors(FLAGS.verbosity, *train.USER_ERRORS, checkpointing.ConfigMismatchError, BadInputError):
+  refused = (checkpointing.ConfigMismatchError, checkpointing.UnreadableCheckpointsError, BadInputError)
+  with console.one_line_errors(FLAGS.verbosity, *train.USER_ERRORS, *refused):
     try:
       train.train_and_evaluate(FLAGS.config, workdir)
     except (ValueError, FileNotFoundError) as e:

@@ -132,7 +132,7 @@ def command(*args):
   return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
 
 
-@pytest.mark.heavy(20)  # seconds on 2 cores, for the order of tests/conftest.py
+@pytest.mark.heavy(25)  # seconds on 2 cores, for the order of tests/conftest.py
 def test_start_up_errors_are_one_line_naming_the_path_and_the_cause(tmp_path):
   syntax_error = tmp_path / 'syntax_error.py'
   syntax_error.write_text('def get_config(:\n')
@@ -165,6 +165,12 @@ def test_start_up_errors_are_one_line_naming_the_path_and_the_cause(tmp_path):
     ),
   ):
     assert_said_in_one_line(command(*args), said)
+  checkpoints = tmp_path / 'damaged' / 'checkpoints'
+  (checkpoints / '5').mkdir(parents=True)
+  (checkpoints / '5' / 'junk').write_text('')
+  damaged = command('--config=configs/knn.py', f'--workdir={checkpoints.parent}')
+  assert_said_in_one_line(damaged, '  step 5: .*')  # the error's last line: why each checkpoint did not restore
+  assert f'error: no checkpoint in {checkpoints} restores' in damaged.stderr
   verbose = command(f'--config={syntax_error}', '--verbosity=1')
   assert verbose.returncode == 1 and 'Traceback' in verbose.stderr and 'SyntaxError' in verbose.stderr
 
