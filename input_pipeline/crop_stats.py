@@ -137,7 +137,7 @@ def main(argv):
   input_pipeline.import_tensorflow(FLAGS.verbosity)
   from input_pipeline import sources
 
-  with console.usage_errors(ValueError, *console.PATH_ERRORS):
+  with console.bad_input(ValueError, *console.PATH_ERRORS):
     files.prepare_output(FLAGS.out, 'out')
     source = sources.get_source(FLAGS.config.dataset, FLAGS.config.data_dir)
   print(report(FLAGS.config, source, FLAGS.out, FLAGS.num_samples))

@@ -270,7 +270,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   settings = composition.Settings(**{f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(composition.Settings)})
-  with console.usage_errors(*console.PATH_ERRORS):
+  with console.bad_input(*console.PATH_ERRORS):
     if FLAGS.samples:  # before the set is made
       files.prepare_output(FLAGS.samples, 'samples')
     made = generate(FLAGS.out, FLAGS.stamps, FLAGS.backgrounds, settings)

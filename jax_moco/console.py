@@ -11,7 +11,6 @@ import re
 import sys
 import traceback
 
-from absl import app
 from absl import flags
 from absl import logging as absl_logging
 
@@ -175,10 +174,13 @@ PATH_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirect
 
 
 @contextlib.contextmanager
-def usage_errors(*errors):
+def bad_input(*errors):
   """Bad input met in the block, one of `errors` (those the library raises naming the culprit: a file, a field, a
-  flag), ends the command line as absl's usage error, its message last (a KeyError's without the quotes)."""
+  flag), ends the command line with its message in one line, `error: ...` (rc 1; a KeyError's message without the
+  quotes), not a traceback nor absl's usage text; the traceback only with --verbosity=1."""
   try:
     yield
   except errors as e:
-    raise app.UsageError(e.args[0] if isinstance(e, KeyError) and e.args else str(e)) from e
+    if flags.FLAGS['verbosity'].value >= 1:
+      raise
+    raise SystemExit(f'error: {e.args[0] if isinstance(e, KeyError) and e.args else e}') from e

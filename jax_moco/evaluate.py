@@ -196,7 +196,7 @@ def main(argv):
 
   console.import_tensorflow(f.verbosity)
   options = {name: f[name].value for name in option_flags() if f[name].value is not None}
-  with console.usage_errors(
+  with console.bad_input(
     ValueError, FileNotFoundError, workdir_lock.WorkdirBusyError, workdir_lock.WorkdirUnwritableError
   ):
     result = evaluate(

@@ -147,7 +147,7 @@ def main(argv):
   if not flags.FLAGS.workdir or not flags.FLAGS.output:
     raise app.UsageError('--workdir and --output are required')
   console.quiet_logging(flags.FLAGS.verbosity)
-  with console.usage_errors(ValueError, *console.PATH_ERRORS):
+  with console.bad_input(ValueError, *console.PATH_ERRORS):
     print(export(flags.FLAGS.workdir, flags.FLAGS.format, flags.FLAGS.output, flags.FLAGS.step, flags.FLAGS.encoder))
 
 

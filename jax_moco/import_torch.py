@@ -128,7 +128,7 @@ def main(argv):
   if not flags.FLAGS.checkpoint or not flags.FLAGS.workdir or flags.FLAGS.config is None:
     raise app.UsageError('--checkpoint, --workdir and --config are required')
   console.quiet_logging(flags.FLAGS.verbosity)
-  with console.usage_errors(ValueError, *console.PATH_ERRORS):
+  with console.bad_input(ValueError, *console.PATH_ERRORS):
     print(import_checkpoint(flags.FLAGS.checkpoint, flags.FLAGS.workdir, flags.FLAGS.config))
 
 

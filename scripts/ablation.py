@@ -188,7 +188,7 @@ def main(argv):
   unknown = [r for r in rows if r not in study]
   if unknown:
     raise app.UsageError(f'unknown rows {unknown} of --study={f.study}; choose from {list(study)}')
-  with console.usage_errors(ValueError, KeyError, AttributeError, TypeError):
+  with console.bad_input(ValueError, KeyError, AttributeError, TypeError):
     overrides = dict(parse_override(o) for o in f.override)
     seeds = parse_seeds(f.seeds)
     # A misspelt field or a value of the wrong type, before anything trains.

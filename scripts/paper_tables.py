@@ -402,7 +402,7 @@ def main(argv):
   f = flags.FLAGS
   if not f.workdir:
     raise app.UsageError('--workdir is required (repeat it for several runs)')
-  with console.usage_errors(ValueError, *console.PATH_ERRORS):
+  with console.bad_input(ValueError, *console.PATH_ERRORS):
     if f.out:  # before the measurements, which its table holds
       files.prepare_output(f.out, 'out')
     wanted = requests(f.voc07, f.imagenet, f.places, f.davis, f.image_size, f.max_examples, f.linear_epochs)

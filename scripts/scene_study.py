@@ -300,7 +300,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
-  with console.usage_errors(ValueError, KeyError, AttributeError, TypeError):
+  with console.bad_input(ValueError, KeyError, AttributeError, TypeError):
     settings = check_scene_set(f.data)
     rows = study_rows(f.study, f.data)
     names = f.rows or list(rows)

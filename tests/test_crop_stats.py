@@ -88,10 +88,10 @@ def test_the_command_lines_print_only_their_results(tmp_path):
 
 
 def test_a_missing_dataset_is_refused_before_drawing(tmp_path):
-  """show opens the dataset, and says its error as a usage error, before any box is drawn: no traceback
+  """show opens the dataset, and says its error in one line, before any box is drawn: no traceback
   (crop_stats's main does the same)."""
   missing = tmp_path / 'missing'
   args = ['-m', 'input_pipeline.show', '--config=configs/knn.py', f'--config.dataset=folder:{missing}']
   result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert result.returncode == 1 and 'Traceback' not in result.stderr, result.stderr[-3000:]
-  assert result.stderr.strip().splitlines()[-1] == f'folder:{missing} is not a directory'
+  assert result.stderr.strip().splitlines()[-1] == f'error: folder:{missing} is not a directory'

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 
-from absl import app
 import pytest
 
 from jax_moco import checkpointing
@@ -233,13 +232,13 @@ def test_a_full_disk_met_by_any_file_is_one_line_and_other_errors_keep_their_tra
     assert rc == 1 and 'Traceback' in said
 
 
-def test_bad_input_is_a_usage_error_naming_it_and_other_errors_pass():
-  with pytest.raises(app.UsageError, match='^--workdir=x: no checkpoints'):
-    with console.usage_errors(ValueError):
+def test_bad_input_is_one_line_naming_it_and_other_errors_pass():
+  with pytest.raises(SystemExit, match='^error: --workdir=x: no checkpoints$'):
+    with console.bad_input(ValueError):
       raise ValueError('--workdir=x: no checkpoints')
-  with pytest.raises(app.UsageError, match='^Key "archh" does not exist'):  # a KeyError's message, not its repr
-    with console.usage_errors(KeyError):
+  with pytest.raises(SystemExit, match='^error: Key "archh" does not exist$'):  # a KeyError's message, not its repr
+    with console.bad_input(KeyError):
       raise KeyError('Key "archh" does not exist')
   with pytest.raises(TypeError):
-    with console.usage_errors(ValueError):
+    with console.bad_input(ValueError):
       raise TypeError('a bug')
