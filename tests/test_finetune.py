@@ -142,35 +142,38 @@ def test_a_step_on_8_devices_with_synchronised_bn_equals_one_device_on_the_globa
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5), stats8, stats1)
 
 
-SETTINGS = dict(
-  batch_size=8, crop_size=32, lr=0.1
-)  # BN over the global batch by default  # 16 images: 2 steps an epoch
+SETTINGS = dict(batch_size=8, crop_size=32, lr=0.1)  # BN over the global batch by default
+# The learning tests train on 16 scenes, each listed REPEATS times: 5 epochs of 8 steps see each scene as often as 20
+# epochs of 2 would, with a quarter of the checkpoints (one an epoch, a large share of a tiny fine-tuning's time).
+REPEATS = 4
 
 
 @pytest.mark.fast_compile
-@pytest.mark.heavy(50)  # four fine-tunings: the task, a shuffled control, an interrupted run and its resumption
+@pytest.mark.heavy(40)  # four fine-tunings: the task, a shuffled control, an interrupted run and its resumption
 def test_segmentation_learns_resumes_exactly_and_refuses_other_settings(tmp_path, monkeypatch):
-  train, val = scenes(0, 16), scenes(1, 8)
-  write_voc(tmp_path / 'voc', {'train': [(i, m) for i, m, _ in train], 'val': [(i, m) for i, m, _ in val]})
-  shuffled = [(i, np.random.default_rng(k).permutation(4).astype(np.uint8)[m]) for k, (i, m, _) in enumerate(train)]
-  write_voc(tmp_path / 'shuffled', {'train': shuffled, 'val': [(i, m) for i, m, _ in val]})
+  train, val = [(i, m) for i, m, _ in scenes(0, 16)], [(i, m) for i, m, _ in scenes(1, 8)]
+  write_voc(tmp_path / 'voc', {'train': train * REPEATS, 'val': val})
+  shuffled = [(i, np.random.default_rng(k).permutation(4).astype(np.uint8)[m]) for k, (i, m) in enumerate(train)]
+  write_voc(tmp_path / 'shuffled', {'train': shuffled * REPEATS, 'val': val})
   workdir = helpers.save_tiny_run(tmp_path / 'run')
-  learnt = evaluate.evaluate(workdir, 'segmentation', dataset=f'voc:{tmp_path / "voc"}', epochs=20, **SETTINGS)
+  learnt = evaluate.evaluate(workdir, 'segmentation', dataset=f'voc:{tmp_path / "voc"}', epochs=5, **SETTINGS)
   control = evaluate.evaluate(
     helpers.save_tiny_run(tmp_path / 'control'),
     'segmentation',
     dataset=f'voc:{tmp_path / "shuffled"}',
-    epochs=20,
+    epochs=5,
     **SETTINGS,
   )
   assert learnt['miou'] > 55 and control['miou'] < 35, (learnt['miou'], control['miou'])
-  assert learnt['iou_per_class'][4:] == [None] * 17 and learnt['num_train'] == 16 and learnt['num_test'] == 8
+  assert learnt['iou_per_class'][4:] == [None] * 17 and learnt['num_train'] == 64 and learnt['num_test'] == 8
   assert learnt['test_dataset'] == f'voc:{tmp_path / "voc"}:val' and learnt['milestones'] == [30, 40]
   assert json.load(open(tmp_path / 'run' / 'eval' / 'step_3_online' / 'segmentation_voc.json')) == learnt
   assert 'mIoU' in evaluate.format_table(learnt)
 
-  # Stopped in epoch 2 (after the epoch-1 checkpoint), then rerun: the same result as a run never stopped.
-  short = dict(dataset=f'voc:{tmp_path / "voc"}', epochs=3, **SETTINGS)
+  # Stopped in epoch 2 (after the epoch-1 checkpoint), then rerun: the same result as a run never stopped. 16 images:
+  # 2 steps an epoch.
+  write_voc(tmp_path / 'small', {'train': train, 'val': val})
+  short = dict(dataset=f'voc:{tmp_path / "small"}', epochs=3, **SETTINGS)
   straight = evaluate.evaluate(helpers.save_tiny_run(tmp_path / 'straight'), 'segmentation', **short)
   resumed_dir = helpers.save_tiny_run(tmp_path / 'resumed')
   batches = finetune_data.TrainData.batches
@@ -199,22 +202,22 @@ def test_segmentation_learns_resumes_exactly_and_refuses_other_settings(tmp_path
 
 
 @pytest.mark.fast_compile
-@pytest.mark.heavy(45)  # two fine-tunings: the task and a control
+@pytest.mark.heavy(40)  # two fine-tunings: the task and a control
 def test_depth_learns_far_from_shuffled_depths(tmp_path, monkeypatch):
   # No rescaling: the scale augmentation divides a depth by its ratio (dense_transforms), which nothing in these
   # scenes shows (a real photograph's texture and object sizes do), so only its mean would be learnable.
   unscaled = functools.partial(dense_transforms.train_example, scale_range=(1.0, 1.0))
   monkeypatch.setattr(finetune_data.dense_transforms, 'train_example', unscaled)
-  train, val = scenes(2, 16), scenes(3, 8)
-  write_nyud_depth(tmp_path / 'nyud', {'train': [(i, d) for i, _, d in train], 'val': [(i, d) for i, _, d in val]})
-  shuffled = [(i, train[(k + 5) % 16][2]) for k, (i, _, _) in enumerate(train)]
-  write_nyud_depth(tmp_path / 'shuffled', {'train': shuffled, 'val': [(i, d) for i, _, d in val]})
+  train, val = [(i, d) for i, _, d in scenes(2, 16)], [(i, d) for i, _, d in scenes(3, 8)]
+  write_nyud_depth(tmp_path / 'nyud', {'train': train * REPEATS, 'val': val})
+  shuffled = [(i, train[(k + 5) % 16][1]) for k, (i, _) in enumerate(train)]
+  write_nyud_depth(tmp_path / 'shuffled', {'train': shuffled * REPEATS, 'val': val})
   workdir = helpers.save_tiny_run(tmp_path / 'run')
-  settings = dict(epochs=20, batch_size=8, crop_size=32, lr=3e-3)
+  settings = dict(epochs=5, batch_size=8, crop_size=32, lr=3e-3)
   learnt = evaluate.evaluate(workdir, 'depth', dataset=f'nyud:{tmp_path / "nyud"}', **settings)
   control_dir = helpers.save_tiny_run(tmp_path / 'control')
   control = evaluate.evaluate(control_dir, 'depth', dataset=f'nyud:{tmp_path / "shuffled"}', **settings)
-  constant = np.concatenate([d.ravel() for _, _, d in val]).std()  # the rmse of predicting the mean depth
+  constant = np.concatenate([d.ravel() for _, d in val]).std()  # the rmse of predicting the mean depth
   assert learnt['rmse'] < 0.75 * control['rmse'] and learnt['rmse'] < 0.9 * constant, (learnt['rmse'], control['rmse'])
   assert learnt['head'] == 'deeplabv3' and learnt['optimizer'] == 'adam' and learnt['schedule'] == 'poly'
   assert 'rmse' in evaluate.format_table(learnt)
