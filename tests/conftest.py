@@ -86,3 +86,25 @@ def make_config():
   from tests.helpers import tiny_config
 
   return tiny_config
+
+
+@pytest.fixture(scope='session')
+def lone_run(tmp_path_factory, worker_id):
+  """The work directory of a command-line run of tests.test_train.SIX_SAVED_STEPS that nothing disturbed, the
+  reference of the tests that stop such a run and rerun it. Made once a session: under pytest-xdist the first worker
+  that needs it runs it in the folder the workers share, and a worker needing it meanwhile waits for it."""
+  import filelock
+
+  from tests.test_train import SIX_SAVED_STEPS
+  from tests.test_train import run_cli
+
+  base = tmp_path_factory.getbasetemp()
+  shared = base if worker_id == 'master' else base.parent  # each worker's folder is in the session's
+  workdir, done = shared / 'lone_run', shared / 'lone_run.done'
+  with filelock.FileLock(shared / 'lone_run.lock'):
+    if not done.exists():
+      shutil.rmtree(workdir, ignore_errors=True)  # a failed attempt's checkpoints
+      result = run_cli(workdir, SIX_SAVED_STEPS)
+      assert result.returncode == 0, result.stderr[-4000:]
+      done.touch()
+  return str(workdir)

@@ -17,21 +17,16 @@ from jax_moco import workdir_lock
 from tests.helpers import save_tiny_run
 from tests.helpers import user_environment
 from tests.test_train import ROOT
+from tests.test_train import SIX_SAVED_STEPS as OVERRIDES  # the full disk is met at the third checkpoint
 from tests.test_train import cli
 from tests.test_train import leaves_equal
 from tests.test_train import run_cli
 
-# Six steps, a checkpoint at each: the full disk is met at the third (see test_a_full_disk_...).
-OVERRIDES = {'dataset': 'embedded_subset', 'eval_dataset': '', 'num_train_steps': 6, 'checkpoint_every_steps': 1}
-
 
 @pytest.fixture(scope='module')
-def lone_run(tmp_path_factory):
+def lone_state(lone_run):
   """The final state of a run of OVERRIDES that nothing disturbed."""
-  workdir = tmp_path_factory.mktemp('lone')
-  result = run_cli(workdir, OVERRIDES)
-  assert result.returncode == 0, result.stderr[-4000:]
-  return checkpointing.load_run(str(workdir))[1]
+  return checkpointing.load_run(lone_run)[1]
 
 
 def started_and_locked(workdir):
@@ -52,8 +47,8 @@ def assert_said_in_one_line(result, pattern):
   assert re.fullmatch(pattern, console.strip().splitlines()[-1]), console[-2000:]
 
 
-@pytest.mark.heavy(30)  # seconds on 2 cores, for the order of tests/conftest.py
-def test_a_second_run_on_a_busy_workdir_is_refused_naming_the_first(tmp_path, lone_run):
+@pytest.mark.heavy(20)  # seconds on 2 cores, for the order of tests/conftest.py
+def test_a_second_run_on_a_busy_workdir_is_refused_naming_the_first(tmp_path, lone_state):
   first = started_and_locked(tmp_path)
   first.send_signal(signal.SIGSTOP)  # held in place while the second starts, so it is sure to meet the lock
   try:
@@ -67,12 +62,12 @@ def test_a_second_run_on_a_busy_workdir_is_refused_naming_the_first(tmp_path, lo
   )
   console, _ = first.communicate(timeout=300)
   assert first.returncode == 0, console[-4000:]
-  leaves_equal(checkpointing.load_run(str(tmp_path))[1], lone_run)
+  leaves_equal(checkpointing.load_run(str(tmp_path))[1], lone_state)
   assert not os.path.exists(tmp_path / workdir_lock.HOLDER_NAME)  # released
 
 
-@pytest.mark.heavy(25)  # seconds on 2 cores, for the order of tests/conftest.py
-def test_the_lock_of_a_killed_run_is_taken_over(tmp_path, lone_run):
+@pytest.mark.heavy(20)  # seconds on 2 cores, for the order of tests/conftest.py
+def test_the_lock_of_a_killed_run_is_taken_over(tmp_path, lone_state):
   killed = started_and_locked(tmp_path)
   killed.kill()  # SIGKILL: the holder's file stays, the kernel frees the lock
   killed.wait()
@@ -83,7 +78,7 @@ def test_the_lock_of_a_killed_run_is_taken_over(tmp_path, lone_run):
     f'{killed.pid}, started',
     rerun.stderr,
   )
-  leaves_equal(checkpointing.load_run(str(tmp_path))[1], lone_run)
+  leaves_equal(checkpointing.load_run(str(tmp_path))[1], lone_state)
 
 
 @pytest.fixture
@@ -101,7 +96,7 @@ def small_tmpfs(tmp_path):
 
 
 @pytest.mark.heavy(30)  # seconds on 2 cores, for the order of tests/conftest.py
-def test_a_full_disk_stops_the_run_in_one_line_and_the_rerun_on_a_freed_disk_resumes(small_tmpfs, lone_run):
+def test_a_full_disk_stops_the_run_in_one_line_and_the_rerun_on_a_freed_disk_resumes(small_tmpfs, lone_state):
   """On 3 MB the third checkpoint (1.1 MB each) does not fit: the run stops naming it, where, the OS error, the free
   space and the checkpoint a rerun resumes from, after a warning before training; the half-written checkpoint is
   removed. With room again (the tmpfs grown), the same command resumes and ends as the lone run."""
@@ -121,7 +116,7 @@ def test_a_full_disk_stops_the_run_in_one_line_and_the_rerun_on_a_freed_disk_res
   rerun = run_cli(workdir, OVERRIDES)
   assert rerun.returncode == 0, rerun.stderr[-4000:]
   assert f'Restored checkpoint at step {resumes} from {checkpoints}' in rerun.stdout + rerun.stderr
-  leaves_equal(checkpointing.load_run(str(workdir))[1], lone_run)
+  leaves_equal(checkpointing.load_run(str(workdir))[1], lone_state)
 
 
 def command(*args):

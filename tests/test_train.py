@@ -69,6 +69,11 @@ CLI_RUN = {
 }
 
 
+# Six steps, a checkpoint at each: the runs that are stopped (killed, locked out, out of disk) and rerun, compared with
+# conftest's lone_run.
+SIX_SAVED_STEPS = {'dataset': 'embedded_subset', 'eval_dataset': '', 'num_train_steps': 6, 'checkpoint_every_steps': 1}
+
+
 def cli(workdir, overrides, **environment):
   """The command line of `python -m jax_moco.main` on the demo config with `overrides`, in the environment a user
   has (TensorFlow's log level unset, one device) plus `environment`: (argv, env)."""
@@ -329,17 +334,13 @@ def test_logged_metrics_are_window_means_and_checkpoints_follow_the_policy(make_
   assert sorted(int(d) for d in os.listdir(tmp_path) if d.isdigit()) == [2, 4, 6]  # every_steps=2
 
 
-@pytest.mark.heavy(70)  # seconds on 2 cores, for the order of tests/conftest.py
-def test_killed_while_saving_a_checkpoint_resumes_from_the_last_committed_one(tmp_path):
+@pytest.mark.heavy(60)  # seconds on 2 cores with conftest.lone_run, which it is the first to need (heaviest first)
+def test_killed_while_saving_a_checkpoint_resumes_from_the_last_committed_one(tmp_path, lone_run):
   """A real SIGKILL while Orbax writes a checkpoint (its temporary directory on disk, not yet renamed into place):
   the checkpoints committed before it still restore, the rerun resumes from the newest of them and ends equal, bit
   for bit, to a run that was never killed."""
-  overrides = {'dataset': 'embedded_subset', 'eval_dataset': '', 'num_train_steps': 6, 'checkpoint_every_steps': 1}
-  straight = run_cli(tmp_path / 'straight', overrides)
-  assert straight.returncode == 0, straight.stderr[-4000:]
-
   checkpoints = tmp_path / 'killed' / 'checkpoints'
-  argv, env = cli(tmp_path / 'killed', overrides)
+  argv, env = cli(tmp_path / 'killed', SIX_SAVED_STEPS)
   process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   saving = []
   while not saving and process.poll() is None:
@@ -353,11 +354,11 @@ def test_killed_while_saving_a_checkpoint_resumes_from_the_last_committed_one(tm
   assert committed and max(committed) < int(saving[0].split('.')[0])
   assert checkpointing.load_run(str(tmp_path / 'killed'))[2] == max(committed)  # what was committed restores
 
-  rerun = run_cli(tmp_path / 'killed', overrides)
+  rerun = run_cli(tmp_path / 'killed', SIX_SAVED_STEPS)
   assert rerun.returncode == 0, rerun.stderr[-4000:]
   assert f'Restored checkpoint at step {max(committed)} from {checkpoints}' in rerun.stdout + rerun.stderr
   config, resumed, step = checkpointing.load_run(str(tmp_path / 'killed'))
-  _, uninterrupted, straight_step = checkpointing.load_run(str(tmp_path / 'straight'))
+  _, uninterrupted, straight_step = checkpointing.load_run(lone_run)
   assert step == straight_step == 6
   leaves_equal(resumed, uninterrupted)
 
