@@ -1,9 +1,12 @@
 """Shared test helpers: the tiny config and a saved run of it, building a step on a mesh, real batches from the
 pipeline, a folder with bad files, and what a command line must not print."""
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -81,14 +84,24 @@ def multihost_config():
   return tiny_config(num_train_steps=4, **{'knn.max_bank_examples': 500, 'knn.max_query_examples': 404})
 
 
+_TINY_RUNS = {}  # save_tiny_run's arguments -> the checkpoints it saved in this process
+
+
 def save_tiny_run(workdir, step=3, seed=1, **overrides):
   """A work directory holding one checkpoint (at `step`) of the tiny config at its initialisation, for the evaluation
-  protocols end to end; returns its path as a string."""
-  config = tiny_config(**overrides)
-  state = state_lib.initial_state(config, seed)
-  checkpointer = checkpointing.Checkpointer(str(workdir / 'checkpoints'), config.to_dict(), 100, 3)
-  checkpointer.save(step, state.replace(step=jnp.asarray(step, jnp.int32)), force=True)
-  checkpointer.close()
+  protocols end to end; returns its path as a string. Saved once a process for the same arguments, then copied: the
+  same state, and each caller's directory its own."""
+  key = (step, seed, tuple(sorted(overrides.items())))
+  if key not in _TINY_RUNS:
+    saved = os.path.join(tempfile.mkdtemp(prefix='jax_moco_tiny_run-'), 'checkpoints')
+    atexit.register(shutil.rmtree, os.path.dirname(saved), True)
+    config = tiny_config(**overrides)
+    state = state_lib.initial_state(config, seed)
+    checkpointer = checkpointing.Checkpointer(saved, config.to_dict(), 100, 3)
+    checkpointer.save(step, state.replace(step=jnp.asarray(step, jnp.int32)), force=True)
+    checkpointer.close()
+    _TINY_RUNS[key] = saved
+  shutil.copytree(_TINY_RUNS[key], os.path.join(workdir, 'checkpoints'))
   return str(workdir)
 
 
