@@ -84,25 +84,33 @@ def multihost_config():
   return tiny_config(num_train_steps=4, **{'knn.max_bank_examples': 500, 'knn.max_query_examples': 404})
 
 
-_TINY_RUNS = {}  # save_tiny_run's arguments -> the checkpoints it saved in this process
+_SAVED = {}  # copy_of_saved's keys -> the checkpoints saved for each in this process
+
+
+def copy_of_saved(key, save, workdir):
+  """`workdir` (returned as a string) with a copy of the checkpoints that `save(directory)` wrote, called once a
+  process for `key`: each caller's directory its own, the saving (an initialisation, an Orbax save) done once."""
+  if key not in _SAVED:
+    folder = tempfile.mkdtemp(prefix='jax_moco_tests_run-')
+    atexit.register(shutil.rmtree, folder, True)
+    save(os.path.join(folder, 'checkpoints'))
+    _SAVED[key] = os.path.join(folder, 'checkpoints')
+  shutil.copytree(_SAVED[key], os.path.join(workdir, 'checkpoints'))
+  return str(workdir)
+
+
+def save_checkpoint(directory, config, state, step):
+  checkpointer = checkpointing.Checkpointer(str(directory), config.to_dict(), 100, 3)
+  checkpointer.save(step, state.replace(step=jnp.asarray(step, jnp.int32)), force=True)
+  checkpointer.close()
 
 
 def save_tiny_run(workdir, step=3, seed=1, **overrides):
   """A work directory holding one checkpoint (at `step`) of the tiny config at its initialisation, for the evaluation
-  protocols end to end; returns its path as a string. Saved once a process for the same arguments, then copied: the
-  same state, and each caller's directory its own."""
-  key = (step, seed, tuple(sorted(overrides.items())))
-  if key not in _TINY_RUNS:
-    saved = os.path.join(tempfile.mkdtemp(prefix='jax_moco_tiny_run-'), 'checkpoints')
-    atexit.register(shutil.rmtree, os.path.dirname(saved), True)
-    config = tiny_config(**overrides)
-    state = state_lib.initial_state(config, seed)
-    checkpointer = checkpointing.Checkpointer(saved, config.to_dict(), 100, 3)
-    checkpointer.save(step, state.replace(step=jnp.asarray(step, jnp.int32)), force=True)
-    checkpointer.close()
-    _TINY_RUNS[key] = saved
-  shutil.copytree(_TINY_RUNS[key], os.path.join(workdir, 'checkpoints'))
-  return str(workdir)
+  protocols end to end; returns its path as a string."""
+  config = tiny_config(**overrides)
+  save = lambda directory: save_checkpoint(directory, config, state_lib.initial_state(config, seed), step)  # noqa: E731
+  return copy_of_saved(('tiny', step, seed, tuple(sorted(overrides.items()))), save, workdir)
 
 
 def loss_atol(temperature, dim, terms=1):

@@ -1,6 +1,7 @@
 """PyTorch interoperability against real torchvision: the exported models compute what ours compute, the MoCo layout
 is the official builder's key for key, detectron2 names follow MoCo's conversion rules, and round trips are exact."""
 
+import functools
 import pickle
 
 import jax
@@ -13,7 +14,9 @@ from jax_moco import export
 from jax_moco import import_torch
 from jax_moco import state as state_lib
 from jax_moco import torch_layout
+from tests.helpers import copy_of_saved
 from tests.helpers import run_quietly
+from tests.helpers import save_checkpoint
 from tests.helpers import tiny_config
 
 torch = pytest.importorskip('torch')
@@ -53,10 +56,21 @@ def perturbed_state(config, seed=0):
   )
 
 
-def save_run(workdir, config, state):
-  checkpointer = checkpointing.Checkpointer(str(workdir / 'checkpoints'), config.to_dict(), 100, 3)
-  checkpointer.save(int(state.step), state, force=True)
-  checkpointer.close()
+def save_run(directory, config, state):
+  save_checkpoint(directory, config, state, int(state.step))
+
+
+@functools.cache
+def perturbed_run_state(arch, stem):
+  config = run_config(arch, stem)
+  return (config, *perturbed_state(config))
+
+
+def perturbed_run(workdir, arch, stem='imagenet'):
+  """run_config(arch, stem), its encoder and perturbed_state, saved in `workdir`: made once a process, then copied."""
+  config, encoder, state = perturbed_run_state(arch, stem)
+  copy_of_saved(('export', arch, stem), functools.partial(save_run, config=config, state=state), workdir)
+  return config, encoder, state
 
 
 def images(n=4):
@@ -99,9 +113,7 @@ def to_nchw(x):
 @pytest.mark.heavy(20)  # seconds on 2 cores, for the order of tests/conftest.py
 @pytest.mark.parametrize('arch,stem', [('resnet18', 'cifar'), ('resnet50', 'imagenet')])
 def test_torchvision_export_computes_the_same_features(tmp_path, arch, stem):
-  config = run_config(arch, stem)
-  encoder, state = perturbed_state(config)
-  save_run(tmp_path, config, state)
+  _, encoder, state = perturbed_run(tmp_path, arch, stem)
   for which, params, stats in (
     ('online', state.params, state.batch_stats),
     ('momentum', state.ema_params, state.ema_batch_stats),
@@ -125,9 +137,7 @@ def test_torchvision_export_computes_the_same_features(tmp_path, arch, stem):
 @pytest.mark.fast_compile
 @pytest.mark.heavy(25)  # seconds on 2 cores, for the order of tests/conftest.py
 def test_moco_layout_is_the_official_builders_and_main_lincls_loads_it(tmp_path):
-  config = run_config('resnet50')
-  encoder, state = perturbed_state(config)
-  save_run(tmp_path, config, state)
+  config, encoder, state = perturbed_run(tmp_path, 'resnet50')
   out = tmp_path / 'moco.pth.tar'
   export.export(str(tmp_path), 'moco', str(out))
   checkpoint = torch.load(out, weights_only=True)
@@ -159,9 +169,7 @@ def test_moco_layout_is_the_official_builders_and_main_lincls_loads_it(tmp_path)
 
 
 def test_detectron2_names_follow_mocos_conversion(tmp_path):
-  config = run_config('resnet18')
-  _, state = perturbed_state(config)
-  save_run(tmp_path, config, state)
+  _, _, state = perturbed_run(tmp_path, 'resnet18')
   export.export(str(tmp_path), 'detectron2', str(tmp_path / 'd2.pkl'))
   with open(tmp_path / 'd2.pkl', 'rb') as f:
     payload = pickle.load(f)
@@ -207,9 +215,7 @@ def test_round_trip_torch_jax_torch_is_exact_through_the_command_lines(tmp_path)
 
 
 def test_round_trip_jax_torch_jax_is_exact(tmp_path):
-  config = run_config('resnet18')
-  _, state = perturbed_state(config)
-  save_run(tmp_path / 'a', config, state)
+  config, _, state = perturbed_run(tmp_path / 'a', 'resnet18')
   export.export(str(tmp_path / 'a'), 'moco', str(tmp_path / 'moco.pth.tar'))
   import_torch.import_checkpoint(str(tmp_path / 'moco.pth.tar'), str(tmp_path / 'b'), config)
   _, restored, _ = checkpointing.load_run(str(tmp_path / 'b'))
@@ -222,11 +228,10 @@ def test_clear_errors(tmp_path):
     export.export(str(tmp_path), 'torchvision', str(tmp_path / 'x.pth'))
   config = tiny_config()  # resnet10 at width 0.125
   _, state = perturbed_state(config)
-  save_run(tmp_path / 'tiny', config, state)
+  save_run(tmp_path / 'tiny' / 'checkpoints', config, state)
   with pytest.raises(ValueError, match="model.arch='resnet10'"):
     export.export(str(tmp_path / 'tiny'), 'torchvision', str(tmp_path / 'x.pth'))
-  cifar = run_config('resnet18', 'cifar')
-  save_run(tmp_path / 'cifar', cifar, perturbed_state(cifar)[1])
+  cifar, _, _ = perturbed_run(tmp_path / 'cifar', 'resnet18', 'cifar')
   with pytest.raises(ValueError, match='detectron2 expects the ImageNet stem'):
     export.export(str(tmp_path / 'cifar'), 'detectron2', str(tmp_path / 'x.pkl'))
   torch.save(torchvision.models.resnet34().state_dict(), tmp_path / 'r34.pth')
