@@ -19,8 +19,9 @@ FLAGS = flags.FLAGS
 BOX_COLOURS = ('red', 'lime') + ('deepskyblue',) * 64
 
 
-def draw_views(config, source, out_path, num_images):
-  """The picture of `num_images` of `source`'s examples (config.dataset's) as the module docstring says."""
+def draw_views(config, out_path, num_images, source=None):
+  """The picture of `num_images` of config.dataset's examples (from `source` where the caller has opened it) as the
+  module docstring says."""
   import matplotlib
 
   matplotlib.use('Agg')
@@ -29,6 +30,10 @@ def draw_views(config, source, out_path, num_images):
 
   # Imported here, as TensorFlow with it: the command line quiets TensorFlow's import first (main).
   from input_pipeline import pipeline
+  from input_pipeline import sources
+
+  if source is None:
+    source = sources.get_source(config.dataset, config.data_dir)
 
   # Augmented here whatever crops.augment_on_device says: the same views the step would make.
   spec = dataclasses.replace(pipeline.view_spec(config.crops), augment_on_device=False)
@@ -80,7 +85,7 @@ def main(argv):
   with console.bad_input(ValueError, *console.PATH_ERRORS):
     files.prepare_output(FLAGS.out, 'out')
     source = sources.get_source(FLAGS.config.dataset, FLAGS.config.data_dir)
-  print(draw_views(FLAGS.config, source, FLAGS.out, FLAGS.num_images))
+  print(draw_views(FLAGS.config, FLAGS.out, FLAGS.num_images, source))
 
 
 if __name__ == '__main__':
