@@ -68,17 +68,16 @@ def import_tensorflow(verbosity: int):
 
 @contextlib.contextmanager
 def one_line_errors(verbosity: int, *errors):
-  """Below verbosity 1, one of `errors`, or a full disk or quota met by any other file (metrics.jsonl,
-  config.json), ends the process with its message on one line (rc 1) rather than a traceback, and TensorStore's
-  "Event loop is closed" after a failed save is not printed (for the rest of the process). The process ends at once
-  (os._exit): Orbax's writer threads after a failed save would otherwise print their own tracebacks while Python
-  shuts down."""
+  """Training's bad_input: below verbosity 1, one of `errors`, or a full disk or quota met by any file
+  (metrics.jsonl, config.json), ends the process with `error: MESSAGE` (rc 1), and TensorStore's "Event loop is
+  closed" after a failed save is not printed (for the rest of the process). The process ends at once (os._exit):
+  Orbax's writer threads after a failed save would otherwise print their own tracebacks while Python shuts down."""
   if verbosity < 1:
     sys.unraisablehook = _closed_loop_hook(sys.unraisablehook)
   try:
     yield
   except Exception as e:
-    message = _one_line(e, errors)
+    message = _one_line(e, errors, full_disk=True)
     if message is None or verbosity >= 1:
       raise
     sys.stdout.flush()
@@ -86,11 +85,12 @@ def one_line_errors(verbosity: int, *errors):
     os._exit(1)
 
 
-def _one_line(error, errors):
-  """The one-line message of `error`: one of `errors`, or a full disk or quota met by any file; None for others."""
+def _one_line(error, errors, full_disk=False):
+  """The one-line message of `error` when it is one of `errors` (a KeyError's without the quotes its str adds), or
+  with `full_disk` a full disk or quota met by any file (training's: its checkpoints resume); None for others."""
   if isinstance(error, errors):
-    return str(error)
-  if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+    return str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+  if full_disk and isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
     return (
       f'{error.filename} could not be written: {error.strerror} (errno {error.errno}); the same command resumes '
       'from the newest checkpoint once there is room'
@@ -176,11 +176,12 @@ PATH_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirect
 @contextlib.contextmanager
 def bad_input(*errors):
   """Bad input met in the block, one of `errors` (those the library raises naming the culprit: a file, a field, a
-  flag), ends the command line with its message in one line, `error: ...` (rc 1; a KeyError's message without the
-  quotes), not a traceback nor absl's usage text; the traceback only with --verbosity=1."""
+  flag), ends the command line with `error: MESSAGE` (rc 1, as one_line_errors says it), not a traceback nor absl's
+  usage text; the traceback only with --verbosity=1. A SystemExit: these commands have no writer threads to cut off."""
   try:
     yield
-  except errors as e:
-    if flags.FLAGS['verbosity'].value >= 1:
+  except Exception as e:
+    message = _one_line(e, errors)
+    if message is None or flags.FLAGS['verbosity'].value >= 1:
       raise
-    raise SystemExit(f'error: {e.args[0] if isinstance(e, KeyError) and e.args else e}') from e
+    raise SystemExit(f'error: {message}') from e

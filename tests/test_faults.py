@@ -203,11 +203,11 @@ def test_half_written_checkpoints_are_removed_and_a_failed_save_is_said_without_
   checkpointer.close()
 
 
-def console_of(raised, verbosity=0):
-  """(rc, stderr) of a process that raises `raised` (Python source) inside console.one_line_errors."""
+def console_of(raised, verbosity=0, errors='checkpointing.CheckpointWriteError'):
+  """(rc, stderr) of a process that raises `raised` (Python source) inside console.one_line_errors(`errors`)."""
   source = (
     'from jax_moco import console, checkpointing\n'
-    f'with console.one_line_errors({verbosity}, checkpointing.CheckpointWriteError):\n'
+    f'with console.one_line_errors({verbosity}, {errors}):\n'
     f'  raise {raised}\n'
   )
   result = subprocess.run([sys.executable, '-c', source], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -222,6 +222,7 @@ def test_a_full_disk_met_by_any_file_is_one_line_and_other_errors_keep_their_tra
   )
   rc, said = console_of("checkpointing.CheckpointWriteError('checkpoint 3 could not be written')")
   assert rc == 1 and said == 'error: checkpoint 3 could not be written\n'
+  assert console_of("KeyError('no run x')", errors='KeyError') == (1, 'error: no run x\n')  # as bad_input says it
   for raised, verbosity in (("OSError(28, 'No space left on device', '/run/metrics.jsonl')", 1), ('KeyError(1)', 0)):
     rc, said = console_of(raised, verbosity)
     assert rc == 1 and 'Traceback' in said
