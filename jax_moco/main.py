@@ -14,7 +14,6 @@ JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID variables); `--coor
 
 import datetime
 import os
-import traceback
 
 from absl import app
 from absl import flags
@@ -35,15 +34,6 @@ flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0 (implie
 flags.DEFINE_integer('num_processes', None, 'Number of processes (with --coordinator_address).')
 flags.DEFINE_integer('process_id', None, "This process's index (with --coordinator_address).")
 flags.mark_flags_as_required(['config'])
-
-
-class BadInputError(Exception):
-  """A config or dataset that train.prepare refused before anything was built (a field out of range, a dataset
-  that does not open): bad input, said in one line; a ValueError raised later keeps its traceback (a bug)."""
-
-
-def _raised_in(function, error) -> bool:
-  return any(frame.f_code is function.__code__ for frame, _ in traceback.walk_tb(error.__traceback__))
 
 
 def main(argv):
@@ -73,14 +63,9 @@ def main(argv):
   )
   if jax.process_index() == 0:
     print(f'workdir: {os.path.abspath(workdir)}', flush=True)
-  refused = (checkpointing.ConfigMismatchError, checkpointing.UnreadableCheckpointsError, BadInputError)
+  refused = (checkpointing.ConfigMismatchError, checkpointing.UnreadableCheckpointsError)
   with console.one_line_errors(FLAGS.verbosity, *train.USER_ERRORS, *refused):
-    try:
-      train.train_and_evaluate(FLAGS.config, workdir)
-    except (ValueError, FileNotFoundError) as e:
-      if _raised_in(train.prepare, e):
-        raise BadInputError(str(e)) from e
-      raise
+    train.train_and_evaluate(FLAGS.config, workdir)
 
 
 if __name__ == '__main__':

@@ -49,8 +49,19 @@ class NonFiniteLossError(FloatingPointError):
   pass
 
 
+class BadInputError(Exception):
+  """A config or dataset that prepare refused before anything was built (a field out of range, a dataset that does
+  not open): bad input, which the command line says in one line; a ValueError raised later is a bug and keeps its
+  traceback."""
+
+
 # What stops a run for a reason its message says in full: the command line prints the message alone.
-USER_ERRORS = (workdir_lock.WorkdirBusyError, workdir_lock.WorkdirUnwritableError, checkpointing.CheckpointWriteError)
+USER_ERRORS = (
+  workdir_lock.WorkdirBusyError,
+  workdir_lock.WorkdirUnwritableError,
+  checkpointing.CheckpointWriteError,
+  BadInputError,
+)
 
 
 @contextlib.contextmanager
@@ -145,19 +156,23 @@ def make_step(config, mesh, encoder, tx, total_steps, steps_per_epoch):
 def prepare(config):
   """What a run is made of, checked before anything is built: (the config as the run uses it, see
   config_checks.resolved; the training source; the kNN monitor's (bank, queries), None when it is off). Invalid
-  fields, and a bank and queries that cannot be compared, are refused naming the fields (config_checks.ConfigError).
-  When eval_dataset='auto' finds no labelled split to monitor, the console says so once."""
-  config_checks.validate(config, jax.device_count(), jax.process_count())
-  queries, why_none = config_checks.eval_dataset_for(config)  # 'auto' looks on disk: once
-  run = config_checks.resolved(config, jax.device_count(), queries)
-  if config.eval_dataset == config_checks.AUTO_EVAL_DATASET and not queries:
-    logging.warning(
-      'kNN monitor off: %s. To monitor training, name a labelled split of the same classes: '
-      '--config.eval_dataset=folder:VAL',
-      why_none,
-    )
-  source = sources.get_source(run.dataset, run.data_dir)
-  return run, source, monitor_lib.datasets(run, source) if run.eval_dataset else None
+  fields, a dataset that does not open, and a bank and queries that cannot be compared are refused naming the
+  fields (BadInputError, from the check's ValueError or FileNotFoundError). When eval_dataset='auto' finds no
+  labelled split to monitor, the console says so once."""
+  try:
+    config_checks.validate(config, jax.device_count(), jax.process_count())
+    queries, why_none = config_checks.eval_dataset_for(config)  # 'auto' looks on disk: once
+    run = config_checks.resolved(config, jax.device_count(), queries)
+    if config.eval_dataset == config_checks.AUTO_EVAL_DATASET and not queries:
+      logging.warning(
+        'kNN monitor off: %s. To monitor training, name a labelled split of the same classes: '
+        '--config.eval_dataset=folder:VAL',
+        why_none,
+      )
+    source = sources.get_source(run.dataset, run.data_dir)
+    return run, source, monitor_lib.datasets(run, source) if run.eval_dataset else None
+  except (ValueError, FileNotFoundError) as e:
+    raise BadInputError(str(e)) from e
 
 
 def plan(config, source):

@@ -328,8 +328,9 @@ def test_labelled_folder_is_monitored_on_its_val_folder(tmp_path):
 def test_a_bank_and_queries_that_cannot_be_compared_are_refused_naming_the_fields(tmp_path, overrides, refused):
   image_folders(tmp_path, {'flat': 3, 'train': ['cat', 'dog'], 'val_fox': ['cat', 'fox']})
   config = tiny_config(**{k: v.format(root=tmp_path) for k, v in overrides.items()})
-  with pytest.raises(config_checks.ConfigError, match=refused) as error:
+  with pytest.raises(train.BadInputError, match=refused) as error:
     train.prepare(config)
+  assert isinstance(error.value.__cause__, config_checks.ConfigError)
   first, bank, queries, advice = str(error.value).splitlines()
   assert first.startswith('dataset and eval_dataset: the kNN monitor cannot score these queries against this bank')
   assert bank.startswith(f'  dataset={config.dataset}') and queries.startswith(f'  eval_dataset={config.eval_dataset}')

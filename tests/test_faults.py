@@ -126,7 +126,7 @@ def command(*args):
   return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
 
 
-@pytest.mark.heavy(25)  # seconds on 2 cores, for the order of tests/conftest.py
+@pytest.mark.heavy(30)  # seconds on 2 cores, for the order of tests/conftest.py
 def test_start_up_errors_are_one_line_naming_the_path_and_the_cause(tmp_path):
   syntax_error = tmp_path / 'syntax_error.py'
   syntax_error.write_text('def get_config(:\n')
@@ -154,6 +154,10 @@ def test_start_up_errors_are_one_line_naming_the_path_and_the_cause(tmp_path):
       f'error: folder:{missing} is not a directory',
     ),
     (
+      ['--config=configs/knn.py', '--config.batch_size=0', f'--workdir={tmp_path / "run"}'],
+      'error: batch_size: must be positive, got 0',
+    ),
+    (
       ['--config=configs/knn.py', f'--workdir={tmp_path / "a_file" / "run"}'],
       f'error: cannot write to the work directory {tmp_path / "a_file" / "run"}: Not a directory',
     ),
@@ -167,6 +171,8 @@ def test_start_up_errors_are_one_line_naming_the_path_and_the_cause(tmp_path):
   assert f'error: no checkpoint in {checkpoints} restores' in damaged.stderr
   verbose = command(f'--config={syntax_error}', '--verbosity=1')
   assert verbose.returncode == 1 and 'Traceback' in verbose.stderr and 'SyntaxError' in verbose.stderr
+  refused = command('--config=configs/knn.py', '--config.batch_size=0', f'--workdir={tmp_path / "run"}', '-v=1')
+  assert refused.returncode == 1 and 'Traceback' in refused.stderr and 'ConfigError: batch_size' in refused.stderr
 
 
 def test_an_evaluation_is_refused_while_another_process_holds_the_run(tmp_path):
