@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from jax_moco import torch_layout
+from jax_moco.models import convolution
 from jax_moco.models import resnet
 from jax_moco.models.batchnorm import SplitBatchNorm
 
@@ -76,9 +77,10 @@ def test_split_batchnorm_against_numpy(groups):
   'size,stride,dilation,channels',
   [(2, 1, 1, 8), (1, 1, 1, 4), (4, 1, 2, 4), (2, 2, 1, 4), (4, 2, 1, 4), (5, 1, 1, 4), (6, 2, 1, 4)],
 )
-def test_small_map_convolution_equals_lax_convolution(size, stride, dilation, channels):
-  """The matmul path where the input or the output map is smaller than the kernel (4 px at stride 2: 2 px out), the
-  plain path otherwise (5 px, or 6 px at stride 2: 3 px out): values and gradients."""
+def test_convolution_equals_lax_convolution(size, stride, dilation, channels):
+  """The patches @ kernel path where the input or the output map is smaller than the kernel (4 px at stride 2: 2 px
+  out), the plain path otherwise (5 px, or 6 px at stride 2: 3 px out), both with the CPU's layout pin: values and
+  gradients, jitted as in training."""
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(3, size, size, channels)), jnp.float32)
   k = jnp.asarray(rng.normal(size=(3, 3, channels, 6)), jnp.float32)
@@ -86,7 +88,7 @@ def test_small_map_convolution_equals_lax_convolution(size, stride, dilation, ch
   dims = jax.lax.conv_dimension_numbers(x.shape, k.shape, ('NHWC', 'HWIO', 'NHWC'))
 
   def ours(x, k):
-    return resnet.conv_small_maps_as_matmul(
+    return convolution.convolution(
       x, k, (stride, stride), padding, rhs_dilation=(dilation, dilation), dimension_numbers=dims
     )
 
@@ -95,9 +97,9 @@ def test_small_map_convolution_equals_lax_convolution(size, stride, dilation, ch
       x, k, (stride, stride), padding, rhs_dilation=(dilation, dilation), dimension_numbers=dims
     )
 
-  np.testing.assert_allclose(ours(x, k), reference(x, k), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(jax.jit(ours)(x, k), reference(x, k), rtol=1e-5, atol=1e-5)
   for a, b in zip(
-    jax.grad(lambda *v: jnp.sum(ours(*v) ** 2), (0, 1))(x, k),
+    jax.jit(jax.grad(lambda *v: jnp.sum(ours(*v) ** 2), (0, 1)))(x, k),
     jax.grad(lambda *v: jnp.sum(reference(*v) ** 2), (0, 1))(x, k),
   ):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
@@ -114,3 +116,33 @@ def test_linear_head_is_resnets_fc_and_exports_as_fc():
   assert set(params) == {'backbone', 'fc'} and params['fc']['kernel'].shape == (backbone_width, 128)
   names = torch_layout.to_state_dict(torch_layout.encoder_tree(params, state.batch_stats))
   assert names['fc.weight'].shape == (128, backbone_width) and 'fc.0.weight' not in names
+
+
+def _transposes_that_compute(hlo_text):
+  """The fused computations of optimised HLO that hold both a transpose and a maximum."""
+  bodies = hlo_text.split('\n}\n')
+  return [b.split('\n')[0] for b in bodies if ' transpose(' in b and ' maximum(' in b and 'ENTRY' not in b]
+
+
+@pytest.mark.skipif(jax.default_backend() != 'cpu', reason='the layout pin is XLA:CPU-only')
+def test_weight_gradient_transposes_the_stored_input_on_cpu():
+  """The weight gradient of a convolution whose input is a ReLU: with the input pinned, XLA:CPU transposes the
+  stored input (a plain copy) rather than recomputing the ReLU inside the transpose, where its emitter is slow."""
+  x = jnp.ones((4, 8, 8, 16))
+  k = jnp.ones((3, 3, 16, 16))
+  dims = ('NHWC', 'HWIO', 'NHWC')
+
+  def weight_gradient(conv):
+    return (
+      jax.jit(
+        jax.grad(
+          lambda k, x: jnp.sum(conv(jnp.maximum(x, 0), k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dims) ** 2)
+        )
+      )
+      .lower(k, x)
+      .compile()
+      .as_text()
+    )
+
+  assert _transposes_that_compute(weight_gradient(jax.lax.conv_general_dilated))  # what the pin is for
+  assert not _transposes_that_compute(weight_gradient(convolution.convolution))

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from jax_moco import sharding
+from jax_moco.models import convolution
 from jax_moco.models import encoder
 from jax_moco.models import resnet
 from jax_moco.models.batchnorm import SplitBatchNorm
@@ -49,7 +50,7 @@ def torch_conv(features, kernel, dilation=1, bias_fan_in=None, dtype=jnp.float32
     dtype=dtype,
     kernel_init=encoder.torch_linear_kernel_init,
     bias_init=encoder.torch_linear_bias_init(bias_fan_in or 1),
-    conv_general_dilated=resnet.conv_small_maps_as_matmul,
+    conv_general_dilated=convolution.convolution,
     name=name,
   )
 

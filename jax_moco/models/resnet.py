@@ -12,64 +12,13 @@ import functools
 from typing import Sequence
 
 import flax.linen as nn
-from jax import lax
 import jax.numpy as jnp
 
 from jax_moco.models.batchnorm import SplitBatchNorm
+from jax_moco.models.convolution import convolution
 
 # PyTorch's kaiming_normal_(mode='fan_out', nonlinearity='relu'), as torchvision initialises its convolutions.
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
-
-
-def conv_small_maps_as_matmul(
-  lhs,
-  rhs,
-  window_strides,
-  padding,
-  lhs_dilation=None,
-  rhs_dilation=None,
-  dimension_numbers=None,
-  feature_group_count=1,
-  precision=None,
-):
-  """lax.conv_general_dilated (NHWC, HWIO), except where the input or the output map is smaller than the kernel's
-  extent (a 3x3 conv on the 2x2 or 1x1 maps of the last stage for 16-32 px crops, or the stride-2 one that makes
-  them), which is computed as patches @ kernel.
-
-  Why: XLA:CPU's convolution is pathological there, many times slower than the same FLOPs as a matmul, and so is its
-  input gradient of the stride-2 3x3 conv from 4x4 to 2x2 maps (bench/RESULTS.md, "Training step: ours vs a PyTorch
-  reference"); such maps are what small multi-crop views produce. Same result to float rounding; the parameter
-  layout is unchanged.
-  """
-  kh, kw = rhs.shape[:2]
-  dh, dw = rhs_dilation or (1, 1)
-  extent = ((kh - 1) * dh + 1, (kw - 1) * dw + 1)
-  pads = lax.padtype_to_pads(lhs.shape[1:3], extent, window_strides, padding) if isinstance(padding, str) else padding
-  output = [(n + lo + hi - e) // s + 1 for n, (lo, hi), e, s in zip(lhs.shape[1:3], pads, extent, window_strides)]
-  small = any(min(n, o) < e for n, o, e in zip(lhs.shape[1:3], output, extent))  # the input or the output map
-  if not small or feature_group_count != 1 or any(d != 1 for d in (lhs_dilation or ())):
-    return lax.conv_general_dilated(
-      lhs,
-      rhs,
-      window_strides,
-      padding,
-      lhs_dilation=lhs_dilation,
-      rhs_dilation=rhs_dilation,
-      dimension_numbers=dimension_numbers,
-      feature_group_count=feature_group_count,
-      precision=precision,
-    )
-  patches = lax.conv_general_dilated_patches(
-    lhs,
-    (kh, kw),
-    window_strides,
-    padding,
-    rhs_dilation=(dh, dw),
-    dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-    precision=precision,
-  )
-  kernel = rhs.transpose(2, 0, 1, 3).reshape(-1, rhs.shape[3])  # rows in the patches' (C, KH, KW) order
-  return jnp.dot(patches, kernel, precision=precision)
 
 
 class ResidualBlock(nn.Module):
@@ -214,7 +163,7 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     conv = functools.partial(
-      nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init, conv_general_dilated=conv_small_maps_as_matmul
+      nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init, conv_general_dilated=convolution
     )
     norm = functools.partial(
       SplitBatchNorm, groups=self.bn_groups, dtype=self.dtype, zero_init=False, axis_name=self.bn_axis_name
