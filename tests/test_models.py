@@ -172,3 +172,26 @@ def test_weight_gradient_transposes_the_stored_input_on_cpu():
 
   assert _transposes_that_compute(weight_gradient(jax.lax.conv_general_dilated))  # what the pin is for
   assert not _transposes_that_compute(weight_gradient(convolution.convolution))
+
+
+def test_jitted_outputs_keep_the_default_layout_under_the_pin():
+  """A program holding layout constraints may return some outputs in a layout XLA picks while JAX reads them in the
+  default one (seen with a pinned value, or its gradient, returned as is). The networks pin only values they compute,
+  so their features and the gradients of their parameters and of the images keep the default layout."""
+  model = resnet.create_resnet('resnet10', width=0.25, stem='cifar')
+  images = jnp.ones((4, 16, 16, 3))
+  variables = model.init(jax.random.key(0), images, train=False)
+
+  def loss(params, images):
+    features, _ = model.apply({**variables, 'params': params}, images, train=True, mutable=['batch_stats'])
+    return jnp.sum(features**2)
+
+  programs = (
+    (lambda images: model.apply(variables, images, train=False), (images,)),
+    (jax.grad(loss, (0, 1)), (variables['params'], images)),
+  )
+  for function, args in programs:
+    formats = jax.tree.leaves(
+      jax.jit(function).lower(*args).compile().output_formats, is_leaf=lambda f: hasattr(f, 'layout')
+    )
+    assert all(f.layout.major_to_minor == tuple(range(len(f.layout.major_to_minor))) for f in formats)

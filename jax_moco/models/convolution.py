@@ -7,9 +7,9 @@ same parameters; bench/RESULTS.md ("Training step: ours vs a PyTorch reference")
   convolution is pathological there, many times slower than the same FLOPs as a matmul. The patches are strided
   slices of the padded input, whose gradient is a pad and a sum (lax.conv_general_dilated_patches would be a grouped
   convolution, and its gradient another, both slow on XLA:CPU).
-- On CPU, the input is pinned to its own row-major layout. A convolution's weight gradient reads its input transposed
-  (batch minor); without the pin XLA:CPU recomputes the batch norm and ReLU that made the input inside that transpose,
-  where its fusion emitter runs several times slower than a plain transpose of the stored input.
+- On CPU, the input is pinned to its own row-major layout (`_pinned`). A convolution's weight gradient reads its input
+  transposed (batch minor); without the pin XLA:CPU recomputes the batch norm and ReLU that made the input inside that
+  transpose, where its fusion emitter runs several times slower than a plain transpose of the stored input.
 """
 
 import jax
@@ -31,7 +31,7 @@ def convolution(
 ):
   """lax.conv_general_dilated's signature, for NHWC inputs and HWIO kernels (nn.Conv's)."""
   if jax.default_backend() == 'cpu':
-    lhs = layout.with_layout_constraint(lhs, layout.Layout(major_to_minor=tuple(range(lhs.ndim))))
+    lhs = _pinned(lhs)
   kh, kw = rhs.shape[:2]
   dilation = rhs_dilation or (1, 1)
   extent = [(k - 1) * d + 1 for k, d in zip((kh, kw), dilation)]
@@ -65,3 +65,15 @@ def _patches(x, window, strides, pads, dilation, output):
       end = (x.shape[0], *(s + (o - 1) * t + 1 for s, o, t in zip(start[1:3], output, strides)), x.shape[3])
       taps.append(lax.slice(padded, start, end, (1, *strides, 1)))
   return jnp.concatenate(taps, axis=-1)
+
+
+@jax.custom_vjp
+def _pinned(x):
+  """x in its row-major layout, which XLA must store before any consumer reads it; its gradient passes unconstrained.
+  (Autodiff's gradient of a layout constraint is constrained too, and jax.jit hands such a value back, when it is an
+  output, in a layout of XLA's choosing, and then may read other outputs, such as the kernels' gradients, in the wrong
+  layout: the network's input gradient would be one.)"""
+  return layout.with_layout_constraint(x, layout.Layout(major_to_minor=tuple(range(x.ndim))))
+
+
+_pinned.defvjp(lambda x: (_pinned(x), None), lambda _, grad: (grad,))
