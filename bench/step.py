@@ -7,12 +7,15 @@ batch, crops and queue, on the same device, alternating rounds; medians and thei
       --queue=65536 --dtype=bfloat16        # the GPU setting (PyTorch reference then with AMP in bfloat16)
   python bench/step.py --xla_option=xla_cpu_prefer_vector_width=512 --xla_option=xla_cpu_enable_fast_math=true
                                             # + a row of ours compiled with each XLA option added
+  python bench/step.py --without=layout_pin --without=closed_form_bn
+                                            # + a row of ours without each of the model's CPU rewrites (WITHOUT)
 
 Also prints XLA's compile time, the model FLOPs per step from XLA's cost analysis, achieved FLOP/s and peak host RSS.
 One device, one BN group (the reference has no split BN). The reference runs on the GPU when JAX does (and PyTorch
 sees one), with autocast to bfloat16 when --dtype=bfloat16. On CPU both of XLA:CPU's convolution paths are timed.
 """
 
+import contextlib
 import functools
 import os
 import resource
@@ -35,6 +38,8 @@ from jax_moco import state as state_lib  # noqa: E402
 from jax_moco import step as step_lib  # noqa: E402
 from jax_moco import torch_layout  # noqa: E402
 from jax_moco import xla_cpu  # noqa: E402
+from jax_moco.models import batchnorm  # noqa: E402
+from jax_moco.models import convolution  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -58,6 +63,34 @@ def define_flags():
     'NAME=VALUE: one more row, our step compiled with this XLA option added (e.g. '
     'xla_cpu_prefer_vector_width=512); repeat the flag for more rows.',
   )
+  flags.DEFINE_multi_enum(
+    'without',
+    [],
+    list(WITHOUT),
+    'One more row: our step without this rewrite of the model for XLA:CPU; repeat the flag for more rows.',
+  )
+
+
+# The model's rewrites for XLA:CPU that a row of ours can go without (--without): the module attribute each lives in
+# and what the step traces in its place. Both stand-ins compute the same values; only XLA's program differs.
+WITHOUT = {
+  # The convolutions' inputs not pinned to their layout (models/convolution.py).
+  'layout_pin': (convolution, '_pinned', lambda x: x),
+  # Split BN's backward by autodiff of the same forward, not the closed form (models/batchnorm.py).
+  'closed_form_bn': (batchnorm, '_normalise', batchnorm._normalise.fun),
+}
+
+
+@contextlib.contextmanager
+def without(name):
+  """While tracing in this block, the model goes without the rewrite WITHOUT[name]."""
+  module, attribute, stand_in = WITHOUT[name]
+  original = getattr(module, attribute)
+  setattr(module, attribute, stand_in)
+  try:
+    yield
+  finally:
+    setattr(module, attribute, original)
 
 
 def bench_config(
@@ -170,31 +203,40 @@ def _run_compiled(compiled, holder, batch):
   jax.block_until_ready(metrics['loss'])
 
 
-def _compile_ours(config, device_batch, xla_options, on_cpu):
-  """{row name: one step} of ours (on CPU with both convolution settings, then with each of `xla_options` added),
-  {row name: compile seconds}, the model FLOPs per step, the name of the row of the config's setting, and the
-  initial state and learning rate."""
+def _compile_ours(config, device_batch, xla_options, on_cpu, without_rewrites=()):
+  """{row name: one step} of ours (on CPU with both convolution settings, then with each of `xla_options` added, then
+  without each of `without_rewrites`), {row name: compile seconds}, the model FLOPs per step, the name of the row of
+  the config's setting, and the initial state and learning rate."""
   ours_setting = config.cpu_ynnpack_convolutions
   names = {'on': 'jax_moco (XLA, YNNPACK convolutions)', 'off': 'jax_moco (XLA, own convolutions)'}
   if not on_cpu:  # the setting is XLA:CPU's alone: one program elsewhere
     names = {ours_setting: 'jax_moco (XLA)'}
-  variants = [(setting, name, None) for setting, name in names.items()]
+  variants = [(setting, name, None, contextlib.nullcontext) for setting, name in names.items()]
   for text in xla_options:
-    variants.append((ours_setting, f'{names[ours_setting]} + {text}', dict([parse_xla_option(text)])))
+    variants.append(
+      (ours_setting, f'{names[ours_setting]} + {text}', dict([parse_xla_option(text)]), contextlib.nullcontext)
+    )
+  for rewrite in without_rewrites:
+    variants.append(
+      (ours_setting, f'{names[ours_setting]} without {rewrite}', None, functools.partial(without, rewrite))
+    )
   runners, compile_s = {}, {}
-  for setting, name, options in variants:
+  for setting, name, options, context in variants:
     fn, state, lr = jax_step(config, ynnpack_convolutions=setting, xla_options=options)
     start = time.perf_counter()
-    compiled = fn.lower(state, device_batch).compile()
+    with context():
+      compiled = fn.lower(state, device_batch).compile()
     compile_s[name] = time.perf_counter() - start
     flops = (compiled.cost_analysis() or {}).get('flops', float('nan'))
     runners[name] = functools.partial(_run_compiled, compiled, {'state': state}, device_batch)
   return runners, compile_s, flops, names[ours_setting], state, lr
 
 
-def run(config, steps=5, rounds=3, torch_compile=False, channels_last=True, xla_options=(), log=print):
-  """Alternating rounds of ours and the reference(s), and of ours with each of `xla_options` ('NAME=VALUE') added;
-  returns {name: median images/s} and prints a summary."""
+def run(
+  config, steps=5, rounds=3, torch_compile=False, channels_last=True, xla_options=(), without_rewrites=(), log=print
+):
+  """Alternating rounds of ours and the reference(s), of ours with each of `xla_options` ('NAME=VALUE') added and
+  without each of `without_rewrites` (WITHOUT's names); returns {name: median images/s} and prints a summary."""
   import torch
   import torch_reference_step as ref
 
@@ -203,7 +245,9 @@ def run(config, steps=5, rounds=3, torch_compile=False, channels_last=True, xla_
   torch.backends.cudnn.benchmark = True  # cuDNN picks its convolution algorithms as XLA autotunes (no-op on CPU)
   batch = synthetic_batch(config)
   torch_batch = {k: torch.from_numpy(v).to(device) for k, v in batch.items()}
-  runners, compile_s, flops, ours, state, lr = _compile_ours(config, on_mesh(batch), xla_options, on_cpu)
+  runners, compile_s, flops, ours, state, lr = _compile_ours(
+    config, on_mesh(batch), xla_options, on_cpu, without_rewrites
+  )
   model, optimizer = torch_reference(config, state, lr, channels_last, device)  # the same initial state (seed 0)
   runners['PyTorch reference (eager)'] = lambda: ref.train_step(model, optimizer, torch_batch)
   if torch_compile:
@@ -226,8 +270,9 @@ def run(config, steps=5, rounds=3, torch_compile=False, channels_last=True, xla_
   )
   if on_cpu:
     log(f'  ours = {ours}, the setting cpu_ynnpack_convolutions={config.cpu_ynnpack_convolutions!r}')
+  width = max(map(len, medians))
   for name, value in medians.items():
-    log(f'  {name:44s} {value:8.1f} images/s   ours / this: {ours_rate / value:.2f}x')
+    log(f'  {name:{width}s} {value:8.1f} images/s   ours / this: {ours_rate / value:.2f}x')
   log(
     '  XLA compile '
     + ' / '.join(f'{seconds:.1f} s ({name})' for name, seconds in compile_s.items())
@@ -243,7 +288,7 @@ def main(argv):
   config = bench_config(
     FLAGS.arch, FLAGS.stem, FLAGS.batch, FLAGS.large, FLAGS.small, FLAGS.num_small, FLAGS.queue, FLAGS.dtype
   )
-  run(config, FLAGS.steps, FLAGS.rounds, FLAGS.torch_compile, FLAGS.channels_last, FLAGS.xla_option)
+  run(config, FLAGS.steps, FLAGS.rounds, FLAGS.torch_compile, FLAGS.channels_last, FLAGS.xla_option, FLAGS.without)
 
 
 if __name__ == '__main__':

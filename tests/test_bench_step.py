@@ -69,3 +69,21 @@ def test_xla_options_are_parsed_and_reach_the_compiler():
   fn, state, _ = bench_step.jax_step(config, xla_options={'xla_no_such_option_here': 1})
   with pytest.raises(Exception, match='xla_no_such_option_here'):  # the option was handed to XLA, which refuses it
     fn.lower(state, bench_step.on_mesh(bench_step.synthetic_batch(config))).compile()
+
+
+def test_rows_without_a_rewrite_trace_the_stand_in_and_put_it_back():
+  """--without=layout_pin traces the step without the layout constraints its convolutions carry, and the model's own
+  function is back afterwards (the rows after it and the reference compare against the real step)."""
+  config = tiny('loss_then_enqueue')
+  config.model.arch, config.model.width = 'resnet10', 0.25
+  batch = bench_step.on_mesh(bench_step.synthetic_batch(config))
+
+  def lowered():
+    fn, state, _ = bench_step.jax_step(config)
+    return fn.lower(state, batch).as_text()
+
+  pinned = bench_step.convolution._pinned
+  with bench_step.without('layout_pin'):
+    unpinned_text = lowered()
+  assert bench_step.convolution._pinned is pinned and bench_step.batchnorm._normalise.fun
+  assert 'LayoutConstraint' in lowered() and 'LayoutConstraint' not in unpinned_text
