@@ -49,10 +49,10 @@ class NonFiniteLossError(FloatingPointError):
   pass
 
 
-class BadInputError(Exception):
+class BadInputError(ValueError):
   """A config or dataset that prepare refused before anything was built (a field out of range, a dataset that does
   not open): bad input, which the command line says in one line; a ValueError raised later is a bug and keeps its
-  traceback."""
+  traceback. A ValueError still, for callers that caught the config checks' errors as one."""
 
 
 # What stops a run for a reason its message says in full: the command line prints the message alone.
