@@ -111,12 +111,14 @@ def test_two_processes_match_one_process_with_eight_devices(tmp_path, monkeypatc
   leaves = flat_state(single)
   assert leaves.keys() == first.keys()
   for name in first:
-    # The same global batches and the same per-device programs; only the cross-process reductions (gloo) add in
-    # another order. Parameters, EMA, BN statistics and queues agree to ~1e-6 (seen: <= 9e-7); SGD's momentum
-    # buffers, dominated by the last step's gradient (applied with the cosine schedule's near-zero last rate) and
-    # sums of raw gradients with heavy cancellation across 4-image devices, to ~1e-2 (seen: 8e-4 on one data
-    # stream, 8.3e-3 on 13 of 216 conv1 weights on another; the parameters they moved still agree to 1e-5).
-    atol = 2e-2 if name.startswith('.opt_state') else 1e-5
+    # The same global batches and per-device programs, but sums that add in another order: the cross-process
+    # reductions (gloo), and the per-channel sums of split BN's closed-form backward, which XLA:CPU hands to
+    # YNNPACK, whose threads split a reduction by what else the process runs (4 local devices here, 8 there; with
+    # XLA's own reductions the parameters agreed to 1.4e-6). Four steps amplify that through BN's bias gradients
+    # (sums with heavy cancellation): parameters to 1e-4, BN statistics to 3e-4 (seen: 7.3e-5 and 3.0e-4), queues
+    # 1.4e-5; SGD's momentum buffers, dominated by the last step's gradient (applied with the cosine schedule's
+    # near-zero last rate), to ~1e-2 (seen: 1.3e-2). An example missed or seen twice moves them by 1e-1.
+    atol = 3e-2 if name.startswith('.opt_state') else 1e-3
     np.testing.assert_allclose(first[name], leaves[name], rtol=0, atol=atol, err_msg=name)
   pair_losses, single_losses = (
     [m['loss'] for m in map(json.loads, open(tmp_path / d / 'metrics.jsonl')) if 'loss' in m]
