@@ -23,7 +23,8 @@ protocol that does not take them. What a protocol reads and writes besides its r
 
 Features are extracted data-parallel over all devices without augmentation, every example exactly once, and cached
 under DIR/eval/<step>_<encoder>/, so a second protocol or a rerun does not run the network again. The result is
-written there as <protocol>.json and printed as a table. `--random_init` scores the same architecture at its
+written there as <protocol>.json (the latest; every result also goes to results.jsonl there, one line each, so a
+rerun with other options loses nothing) and printed as a table. `--random_init` scores the same architecture at its
 initialisation, the baseline a trained encoder must beat.
 """
 
@@ -36,10 +37,13 @@ import jax
 
 from jax_moco import checkpointing
 from jax_moco import evaluators
+from jax_moco import files
 from jax_moco import sharding
 from jax_moco import state as state_lib
 from jax_moco import workdir_lock
 from jax_moco import xla_cpu
+
+RESULTS_LOG = 'results.jsonl'
 
 
 def _backbone_variables(config, state, encoder, random_init):
@@ -65,10 +69,14 @@ def _feature_extractor(config, image_size, directory, resize=None):
 
 
 def _write(result, directory, name):
+  """`result` as DIR/<name>.json (the latest, replaced whole), and appended to DIR/results.jsonl, the log of every
+  result written there: a rerun with other options replaces <name>.json but loses nothing."""
   if jax.process_index() == 0:
     os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, f'{name}.json'), 'w') as f:
+    with files.atomic_write(os.path.join(directory, f'{name}.json')) as f:
       json.dump(result, f, indent=2)
+    with open(os.path.join(directory, RESULTS_LOG), 'a') as f:
+      f.write(json.dumps(result) + '\n')
 
 
 def evaluate(
@@ -115,7 +123,7 @@ def evaluate(
       train_dataset=None if train is None else train.name,
       test_dataset=test.name,
     )
-    result.update(scores)
+    result.update(scores, options={k: v for k, v in options.items() if v is not None})
     # <protocol>.json, or the protocol's own name for results that differ by dataset (segmentation_voc.json)
     _write(result, directory, getattr(instance, 'result_name', protocol))
     return result

@@ -278,6 +278,16 @@ def test_evaluate_a_saved_run_writes_results_and_reuses_features(make_config, tm
   monkeypatch.setattr(features_lib.Features, 'extract', no_network)
   probe = evaluate.evaluate(str(tmp_path), 'linear_probe', max_examples=400, n_jobs=1)
   assert 10 <= probe['top1'] <= 100 and len(probe['validation_curve']) == 45
+  # A rerun with other options replaces knn.json; the log keeps every result, in order, with its options.
+  rerun = evaluate.evaluate(str(tmp_path), 'knn', max_examples=400, knn_k=5)
+  directory = tmp_path / 'eval' / 'step_3_online'
+  assert json.load(open(directory / 'knn.json')) == json.loads(json.dumps(rerun))
+  logged = [json.loads(line) for line in open(directory / evaluate.RESULTS_LOG)]
+  assert [(r['protocol'], r['options'], r['top1']) for r in logged] == [
+    ('knn', {}, result['top1']),
+    ('linear_probe', {'n_jobs': 1}, probe['top1']),
+    ('knn', {'knn_k': 5}, rerun['top1']),
+  ]
   assert 'linear probe' in evaluate.format_table(probe)
   (tmp_path / 'unlabelled').mkdir()
   Image.new('RGB', (8, 8)).save(tmp_path / 'unlabelled' / 'a.png')
