@@ -4,9 +4,10 @@ Statistics are per group and per device (no cross-device sync: shuffling BN need
 averaged over that mesh axis (PyTorch's SyncBatchNorm, for finetuning on several devices). Running statistics follow
 PyTorch: momentum 0.1, the unbiased batch variance, averaged over the groups. G = 1 is plain per-device BN.
 
-With per-device statistics the training-mode normalisation has its gradient in closed form (`_normalise`): autodiff's
-backward of the same expression makes XLA:CPU write several full-size intermediates per layer, the closed form reads
-the input and the incoming gradient twice and writes one (Ioffe and Szegedy 2015, "Batch Normalization", section 3).
+On CPU, with per-device statistics, the training-mode normalisation has its gradient in closed form (`_normalise`):
+autodiff's backward of the same expression makes XLA:CPU write several full-size intermediates per layer, the closed
+form reads the input and the incoming gradient twice and writes one (Ioffe and Szegedy 2015, "Batch Normalization",
+section 3). GPU and TPU keep autodiff's, unmeasured against it.
 """
 
 import functools
@@ -44,7 +45,7 @@ class SplitBatchNorm(nn.Module):
         group_var = var.reshape(self.groups, channels).mean(0) * count / max(count - 1, 1)
         ra_mean.value = (1 - self.momentum) * ra_mean.value + self.momentum * group_mean
         ra_var.value = (1 - self.momentum) * ra_var.value + self.momentum * group_var
-      if self.axis_name:  # statistics over the mesh axis: autodiff's backward, through the pmean
+      if self.axis_name or jax.default_backend() != 'cpu':  # autodiff's backward (through the pmean, if any)
         y = (xg - mean) * _inverse_std(var, self.epsilon) * scale + bias
       else:
         y = _normalise(xg, scale, bias, self.epsilon)
