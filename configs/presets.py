@@ -5,6 +5,8 @@ value that is a dict keyed by method name is method-dependent (a method it does 
 bare name '' is the CPU demo; the others are the papers' runs and the MoCo CIFAR-10 Colab's.
 """
 
+import difflib
+
 from configs import base
 
 # What each variant adds to MoCo-v2 (Van Gansbeke et al. 2021, Sec. 4): constrained multi-crop, then A+ and the NN
@@ -151,14 +153,24 @@ PRESETS = {
 
 
 def override(config, overrides):
-  """Sets dotted fields, {'moco.queue_size': 1024, ...}, of `config` in place and returns it."""
+  """Sets dotted fields, {'moco.queue_size': 1024, ...}, of `config` in place and returns it. A field that is not
+  there (a locked config adds none) is refused in one line naming it and the nearest field."""
   for name, value in overrides.items():
     *parents, leaf = name.split('.')
     target = config
     for parent in parents:
-      target = target[parent]
-    target[leaf] = value
+      target = target[_present(target, parent, name)]
+    target[_present(target, leaf, name) if target.is_locked else leaf] = value
   return config
+
+
+def _present(config, key, name):
+  """`key` when `config` has it, else a ValueError naming the override `name`, the missing key and the nearest."""
+  if key in config:
+    return key
+  nearest = difflib.get_close_matches(key, list(config.keys()), n=1)
+  hint = f' (did you mean {nearest[0]}?)' if nearest else ''
+  raise ValueError(f'{name}: the config has no field {key!r}{hint}')
 
 
 def config(method, preset=''):

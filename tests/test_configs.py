@@ -365,3 +365,15 @@ def test_evaluation_refuses_a_test_set_of_other_classes_or_none(tmp_path):
     common.labelled_datasets(config, test_dataset='embedded_subset:test')
   train_set, test_set = common.labelled_datasets(config, test_dataset=f'folder:{tmp_path}/val')
   assert train_set.class_names == test_set.class_names == ('cat', 'dog')
+
+
+def test_an_override_of_a_missing_field_is_refused_naming_it_and_the_nearest():
+  from configs import presets
+
+  config = presets.config('knn')
+  config.lock()
+  with pytest.raises(ValueError, match=r"^model\.archx: the config has no field 'archx' \(did you mean arch\?\)$"):
+    presets.override(config, {'model.archx': 'resnet10'})
+  with pytest.raises(ValueError, match=r"^modl\.arch: the config has no field 'modl' \(did you mean model\?\)$"):
+    presets.override(config, {'modl.arch': 'resnet10'})
+  assert presets.override(config, {'model.arch': 'resnet10'}).model.arch == 'resnet10'

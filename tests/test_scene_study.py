@@ -57,7 +57,7 @@ def test_the_scene_scale_and_the_rows_configs():
   assert objects['dataset'] == 'voc07:DATA/object/VOC2007:trainval' and objects['method'] == 'mocov2'
   # The common overrides come last: a batch of 32 makes the queue a multiple of 32.
   assert flat_config(centric, 'scene', overrides={'batch_size': 32})['moco.queue_size'] == 480
-  with pytest.raises(KeyError, match='archh'):
+  with pytest.raises(ValueError, match="model.archh: the config has no field 'archh' \\(did you mean arch\\?\\)"):
     flat_config(centric, 'scene', overrides={'model.archh': 'resnet10'})
 
 

@@ -46,7 +46,7 @@ def test_ablation_rows_add_one_thing_each_at_an_equal_budget():
     ['method', 'moco.nn_order', 'moco.nn_weight'],
   ]
   assert all(c['num_train_steps'] == 7 and c['seed'] == 1 and c['batch_size'] == 64 for c in configs)
-  with pytest.raises(KeyError, match='archh'):
+  with pytest.raises(ValueError, match="model.archh: the config has no field 'archh' \\(did you mean arch\\?\\)"):
     ablation.row_config('mocov2', 0, overrides={'model.archh': 'resnet10'})
 
 
